@@ -1,0 +1,55 @@
+// Command dllm converts autoregressive LLaMA/Qwen checkpoints into
+// masked-diffusion language models, samples from them and measures them.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "0.1.0-dev"
+
+// exitError carries an exit code through cobra to main.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+
+func notLanded(what string) error {
+	return &exitError{2, fmt.Errorf("%s is not implemented yet", what)}
+}
+
+func newRoot() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "dllm",
+		Short:         "Convert autoregressive LLaMA/Qwen checkpoints into masked-diffusion language models",
+		Version:       version,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(newInspectCmd(), newConvertCmd(), newGenerateCmd(), newEvalCmd(), newBenchCmd(), newTokenizeCmd())
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return &exitError{2, fmt.Errorf("%v (see '%s --help')", err, c.CommandPath())}
+	})
+	return root
+}
+
+func main() {
+	err := newRoot().Execute()
+	if err == nil {
+		return
+	}
+	code := 1
+	var ee *exitError
+	if errors.As(err, &ee) {
+		code = ee.code
+	}
+	fmt.Fprintf(os.Stderr, "dllm: %v\n", err)
+	os.Exit(code)
+}

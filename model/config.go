@@ -1,0 +1,291 @@
+// Package model describes the decoder architectures dllm converts (llama,
+// qwen2, qwen3, mistral): config.json, the checkpoint's tensor names and
+// shapes, and the forward and backward passes written as kernel calls.
+package model
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// Supported lists the model_type values dllm understands.
+var Supported = []string{"llama", "mistral", "qwen2", "qwen3"}
+
+// RopeScaling is config.json's rope_scaling for the types dllm implements.
+type RopeScaling struct {
+	Type                 string  // "llama3" or "linear"
+	Factor               float64 // both
+	LowFreqFactor        float64 // llama3
+	HighFreqFactor       float64 // llama3
+	OriginalMaxPositions int     // llama3: original_max_position_embeddings
+}
+
+// Config is the architecture of one checkpoint, read from config.json.
+type Config struct {
+	ModelType        string
+	Hidden           int // hidden_size
+	Intermediate     int // intermediate_size
+	Layers           int // num_hidden_layers
+	Heads            int // num_attention_heads
+	KVHeads          int // num_key_value_heads
+	HeadDim          int // head_dim (hidden/heads unless given)
+	Vocab            int // vocab_size
+	MaxPositions     int // max_position_embeddings
+	RMSNormEps       float64
+	RopeTheta        float64
+	RopeScaling      *RopeScaling
+	TieEmbeddings    bool // tie_word_embeddings
+	QKVBias          bool // biases on q/k/v (qwen2; llama/mistral attention_bias)
+	OBias            bool // bias on o_proj (llama/mistral attention_bias)
+	QKNorm           bool // per-head RMSNorm on q and k (qwen3)
+	SlidingWindow    int  // mistral/qwen sliding window, 0 = none; dllm attends over the whole row
+	BOS              int  // bos_token_id, -1 if none
+	EOS              []int
+	Pad              int // pad_token_id, -1 if none
+	TorchDType       string
+	Raw              map[string]any // the whole config.json, for writing it back
+	DLLM             *DLLMInfo      // the "dllm" block of a converted checkpoint
+	Path             string         // the file it was read from
+	ArchitectureName string         // architectures[0]
+}
+
+// DLLMInfo is the "dllm" object dllm adds to config.json of a diffusion
+// checkpoint (DESIGN.md §4).
+type DLLMInfo struct {
+	MaskTokenID int     `json:"mask_token_id"`
+	Shift       bool    `json:"shift"`
+	Attention   string  `json:"attention"` // "bidirectional" or "block"
+	BlockSize   int     `json:"block_size,omitempty"`
+	Objective   string  `json:"objective"`
+	Weighting   string  `json:"weighting"`
+	Source      string  `json:"source_model"`
+	Steps       int     `json:"steps"`
+	TokensSeen  int64   `json:"tokens_seen"`
+	Extra       any     `json:"extra,omitempty"`
+	CartP       float64 `json:"cart_p,omitempty"`
+}
+
+// LoadConfig reads config.json from a model directory (or the file itself).
+func LoadConfig(path string) (*Config, error) {
+	if st, err := os.Stat(path); err == nil && st.IsDir() {
+		path = filepath.Join(path, "config.json")
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("cannot read model config: %w", err)
+	}
+	c, err := ParseConfig(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	c.Path = path
+	return c, nil
+}
+
+// ParseConfig interprets the bytes of a config.json.
+func ParseConfig(b []byte) (*Config, error) {
+	var raw map[string]any
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return nil, fmt.Errorf("not valid JSON: %v", err)
+	}
+	c := &Config{Raw: raw, BOS: -1, Pad: -1}
+	g := getter{raw: raw}
+	c.ModelType = g.str("model_type")
+	switch c.ModelType {
+	case "llama", "mistral", "qwen2", "qwen3":
+	case "":
+		return nil, fmt.Errorf("config.json has no model_type; supported: %s", strings.Join(Supported, ", "))
+	default:
+		return nil, fmt.Errorf("model_type %q is not supported; supported: %s", c.ModelType, strings.Join(Supported, ", "))
+	}
+	if a, ok := raw["architectures"].([]any); ok && len(a) > 0 {
+		c.ArchitectureName, _ = a[0].(string)
+	}
+	c.Hidden = g.int("hidden_size", 0)
+	c.Intermediate = g.int("intermediate_size", 0)
+	c.Layers = g.int("num_hidden_layers", 0)
+	c.Heads = g.int("num_attention_heads", 0)
+	c.KVHeads = g.int("num_key_value_heads", c.Heads)
+	c.Vocab = g.int("vocab_size", 0)
+	c.MaxPositions = g.int("max_position_embeddings", 0)
+	c.RMSNormEps = g.float("rms_norm_eps", 1e-6)
+	c.RopeTheta = g.float("rope_theta", 10000)
+	c.TieEmbeddings = g.bool("tie_word_embeddings", false)
+	c.TorchDType = g.str("torch_dtype")
+	if c.TorchDType == "" {
+		c.TorchDType = g.str("dtype")
+	}
+	if c.Heads > 0 {
+		c.HeadDim = g.int("head_dim", c.Hidden/max(c.Heads, 1))
+	}
+	switch c.ModelType {
+	case "qwen2":
+		c.QKVBias = true
+	case "qwen3":
+		c.QKNorm = true
+		c.QKVBias = g.bool("attention_bias", false)
+		c.OBias = c.QKVBias
+	default:
+		c.QKVBias = g.bool("attention_bias", false)
+		c.OBias = c.QKVBias
+	}
+	if g.bool("mlp_bias", false) {
+		return nil, fmt.Errorf("mlp_bias is true: biases on the MLP are not supported")
+	}
+	if act := g.str("hidden_act"); act != "" && act != "silu" {
+		return nil, fmt.Errorf("hidden_act %q is not supported (only silu)", act)
+	}
+	if w := g.int("sliding_window", 0); w > 0 && (c.ModelType == "mistral" || g.bool("use_sliding_window", false)) {
+		c.SlidingWindow = w
+	}
+	if v, ok := raw["bos_token_id"]; ok && v != nil {
+		c.BOS = g.int("bos_token_id", -1)
+	}
+	if v, ok := raw["pad_token_id"]; ok && v != nil {
+		c.Pad = g.int("pad_token_id", -1)
+	}
+	switch v := raw["eos_token_id"].(type) {
+	case float64:
+		c.EOS = []int{int(v)}
+	case []any:
+		for _, e := range v {
+			if f, ok := e.(float64); ok {
+				c.EOS = append(c.EOS, int(f))
+			}
+		}
+	}
+	if rs, ok := raw["rope_scaling"].(map[string]any); ok && rs != nil {
+		sg := getter{raw: rs}
+		t := sg.str("rope_type")
+		if t == "" {
+			t = sg.str("type")
+		}
+		switch t {
+		case "llama3":
+			c.RopeScaling = &RopeScaling{Type: t, Factor: sg.float("factor", 8), LowFreqFactor: sg.float("low_freq_factor", 1),
+				HighFreqFactor: sg.float("high_freq_factor", 4), OriginalMaxPositions: sg.int("original_max_position_embeddings", 8192)}
+		case "linear":
+			c.RopeScaling = &RopeScaling{Type: t, Factor: sg.float("factor", 1)}
+		case "default", "":
+		default:
+			return nil, fmt.Errorf("rope_scaling type %q is not supported (llama3, linear)", t)
+		}
+	}
+	if d, ok := raw["dllm"]; ok && d != nil {
+		js, _ := json.Marshal(d)
+		var info DLLMInfo
+		if err := json.Unmarshal(js, &info); err != nil {
+			return nil, fmt.Errorf("the \"dllm\" block is malformed: %v", err)
+		}
+		c.DLLM = &info
+	}
+	if g.err != nil {
+		return nil, g.err
+	}
+	return c, c.Validate()
+}
+
+// Validate checks that the sizes are usable.
+func (c *Config) Validate() error {
+	for _, f := range []struct {
+		name string
+		v    int
+	}{{"hidden_size", c.Hidden}, {"intermediate_size", c.Intermediate}, {"num_hidden_layers", c.Layers},
+		{"num_attention_heads", c.Heads}, {"num_key_value_heads", c.KVHeads}, {"head_dim", c.HeadDim}, {"vocab_size", c.Vocab}} {
+		if f.v <= 0 {
+			return fmt.Errorf("%s must be a positive integer, got %d", f.name, f.v)
+		}
+	}
+	if c.Heads%c.KVHeads != 0 {
+		return fmt.Errorf("num_attention_heads (%d) is not a multiple of num_key_value_heads (%d)", c.Heads, c.KVHeads)
+	}
+	if c.HeadDim%2 != 0 {
+		return fmt.Errorf("head_dim %d must be even for rotary embeddings", c.HeadDim)
+	}
+	return nil
+}
+
+// QDim is the width of the query projection (heads x head_dim).
+func (c *Config) QDim() int { return c.Heads * c.HeadDim }
+
+// KVDim is the width of the key and value projections.
+func (c *Config) KVDim() int { return c.KVHeads * c.HeadDim }
+
+// IsEOS reports whether id ends a sequence.
+func (c *Config) IsEOS(id int) bool {
+	for _, e := range c.EOS {
+		if e == id {
+			return true
+		}
+	}
+	return false
+}
+
+type getter struct {
+	raw map[string]any
+	err error
+}
+
+func (g *getter) fail(key string, v any, want string) {
+	if g.err == nil {
+		g.err = fmt.Errorf("%s must be %s, got %v", key, want, v)
+	}
+}
+
+func (g *getter) int(key string, def int) int {
+	v, ok := g.raw[key]
+	if !ok || v == nil {
+		return def
+	}
+	f, ok := v.(float64)
+	if !ok || f != float64(int(f)) {
+		g.fail(key, v, "an integer")
+		return def
+	}
+	return int(f)
+}
+
+func (g *getter) float(key string, def float64) float64 {
+	v, ok := g.raw[key]
+	if !ok || v == nil {
+		return def
+	}
+	f, ok := v.(float64)
+	if !ok {
+		g.fail(key, v, "a number")
+		return def
+	}
+	return f
+}
+
+func (g *getter) bool(key string, def bool) bool {
+	v, ok := g.raw[key]
+	if !ok || v == nil {
+		return def
+	}
+	b, ok := v.(bool)
+	if !ok {
+		g.fail(key, v, "true or false")
+		return def
+	}
+	return b
+}
+
+func (g *getter) str(key string) string {
+	s, _ := g.raw[key].(string)
+	return s
+}
+
+// sortedKeys is used where map order would make output unstable.
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
