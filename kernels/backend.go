@@ -1,0 +1,162 @@
+// Package kernels defines the Backend interface: the handful of ops a
+// decoder-only transformer needs, each with its backward, over flat float32
+// buffers. kernels/cpu is the reference implementation; kernels/cuda runs the
+// same functions on NVIDIA GPUs. This package imports nothing of dllm's.
+package kernels
+
+import "fmt"
+
+// Buf is a view of N float32 values owned by a backend: a slice on the CPU,
+// a device address on a GPU. Views are cheap values; Slice never copies.
+type Buf struct {
+	Host []float32
+	Dev  uintptr
+	N    int
+}
+
+// Slice returns the view of n values starting at off.
+func (b Buf) Slice(off, n int) Buf {
+	if off < 0 || n < 0 || off+n > b.N {
+		panic(fmt.Sprintf("kernels: slice [%d:%d] of a buffer of %d", off, off+n, b.N))
+	}
+	s := Buf{N: n}
+	if b.Host != nil {
+		s.Host = b.Host[off : off+n : off+n]
+	}
+	if b.Dev != 0 {
+		s.Dev = b.Dev + uintptr(off)*4
+	}
+	return s
+}
+
+// IBuf is a view of N int32 values (token ids, targets, positions, document ids).
+type IBuf struct {
+	Host []int32
+	Dev  uintptr
+	N    int
+}
+
+// Slice returns the view of n values starting at off.
+func (b IBuf) Slice(off, n int) IBuf {
+	if off < 0 || n < 0 || off+n > b.N {
+		panic(fmt.Sprintf("kernels: slice [%d:%d] of an int buffer of %d", off, off+n, b.N))
+	}
+	s := IBuf{N: n}
+	if b.Host != nil {
+		s.Host = b.Host[off : off+n : off+n]
+	}
+	if b.Dev != 0 {
+		s.Dev = b.Dev + uintptr(off)*4
+	}
+	return s
+}
+
+// AttnDims describes one attention call. Queries are B*Lq rows of
+// Heads*HeadDim values; keys and values are B rows of KStride positions
+// (KVHeads*HeadDim values each), of which the first Lk are used. Query i of a
+// row sits at position QOff+i of the key row, which is what the visibility
+// rule and document ids are evaluated on.
+type AttnDims struct {
+	B, Lq, Lk int
+	QOff      int
+	KStride   int // 0 means Lk
+	Heads     int
+	KVHeads   int
+	HeadDim   int
+}
+
+// Stride is the number of key positions between consecutive batch rows.
+func (d AttnDims) Stride() int {
+	if d.KStride == 0 {
+		return d.Lk
+	}
+	return d.KStride
+}
+
+// AdamW holds the hyper-parameters of one optimizer update. BC1 and BC2 are
+// the bias corrections 1-beta1^t and 1-beta2^t; GradScale multiplies the
+// gradient first (global-norm clipping).
+type AdamW struct {
+	LR, Beta1, Beta2, Eps, WeightDecay float32
+	BC1, BC2                           float32
+	GradScale                          float32
+}
+
+// Backend is one device's implementation of every op. Shapes are given in
+// elements; matrices are row-major. Backward ops accumulate (+=) into
+// parameter gradients and into the input gradient where the comment says so.
+// A backend records its first error and reports it from Err; ops after an
+// error are skipped.
+type Backend interface {
+	Name() string
+	Err() error
+	Sync() error
+	Close() error
+
+	Alloc(n int) Buf
+	AllocInt(n int) IBuf
+	Free(b Buf)
+	FreeInt(b IBuf)
+	Upload(dst Buf, src []float32)
+	Download(dst []float32, src Buf)
+	UploadInt(dst IBuf, src []int32)
+	DownloadInt(dst []int32, src IBuf)
+	Zero(b Buf)
+	Copy(dst, src Buf)
+
+	// MatMul computes C = op(A) op(B) + beta*C with C m x n and op(A) m x k,
+	// op(B) k x n; op transposes when the flag is set (A stored k x m, B
+	// stored n x k). beta is 0 or 1.
+	MatMul(c, a, b Buf, m, n, k int, transA, transB bool, beta float32)
+	// AddBias adds bias (cols) to every row of c (rows x cols).
+	AddBias(c, bias Buf, rows, cols int)
+	// BiasBackward accumulates the column sums of dout into dbias.
+	BiasBackward(dbias, dout Buf, rows, cols int)
+
+	// Embedding gathers rows of table (vocab x dim) into out (n x dim).
+	Embedding(out, table Buf, ids IBuf, n, dim int)
+	// EmbeddingBackward accumulates dout's rows into dtable at ids.
+	EmbeddingBackward(dtable, dout Buf, ids IBuf, n, dim int)
+
+	// RMSNorm: out = x / sqrt(mean(x^2) + eps) * w per row; rstd keeps
+	// 1/sqrt(mean(x^2)+eps) per row for the backward.
+	RMSNorm(out, rstd, x, w Buf, rows, dim int, eps float32)
+	// RMSNormBackward accumulates into dx and dw.
+	RMSNormBackward(dx, dw, dout, x, w, rstd Buf, rows, dim int)
+
+	// RoPE rotates x (rows x heads*headDim) in place in the rotate_half
+	// layout; row r uses position pos[r] of the cos/sin tables (positions x
+	// headDim/2). inverse rotates back, which is the backward.
+	RoPE(x Buf, pos IBuf, cos, sin Buf, rows, heads, headDim int, inverse bool)
+
+	// Attention: out = softmax(q k^T / sqrt(headDim) under vis) v per head
+	// (GQA: query head h reads KV head h / (Heads/KVHeads)); lse keeps the
+	// log-sum-exp per (row, query, head): B*Lq*Heads values. docs (B*Lk
+	// entries, document id per key position) is used when vis.DocMask.
+	Attention(out, lse, q, k, v Buf, d AttnDims, vis Visibility, docs IBuf)
+	// AttentionBackward writes dq, dk and dv (not accumulated). Lq == Lk,
+	// QOff == 0.
+	AttentionBackward(dq, dk, dv, dout, q, k, v, out, lse Buf, d AttnDims, vis Visibility, docs IBuf)
+
+	// SwiGLU: out = silu(g) * u.
+	SwiGLU(out, g, u Buf, n int)
+	// SwiGLUBackward writes dg and du.
+	SwiGLUBackward(dg, du, dout, g, u Buf, n int)
+	// Add: out = a + b (out may alias a).
+	Add(out, a, b Buf, n int)
+	// Scale multiplies x by s in place.
+	Scale(x Buf, s float32, n int)
+
+	// CrossEntropy over rows of logits (rows x vocab) against targets (-1 =
+	// ignored). loss[r] = weights[r] * CE_r, correct[r] = 1 where the argmax
+	// is the target (rows with a target only). With grad the logits are
+	// replaced by d(sum loss * gradScale)/dlogits.
+	CrossEntropy(loss, correct, logits Buf, targets IBuf, weights Buf, rows, vocab int, gradScale float32, grad bool)
+
+	// AdamWStep updates n parameters in place (decoupled weight decay).
+	AdamWStep(p, g, m, v Buf, n int, h AdamW)
+	// SumSquares returns the sum of squares of x, accumulated in float64.
+	SumSquares(x Buf) float64
+	// Sum returns the sum of x in float64.
+	Sum(x Buf) float64
+}

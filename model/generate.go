@@ -1,0 +1,159 @@
+package model
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"sort"
+
+	"github.com/dllm-dev/dllm/kernels"
+)
+
+// Sampling turns logits into a token: greedy at temperature 0, else
+// softmax(logits/temperature) restricted by top-k and top-p.
+type Sampling struct {
+	Temperature float64
+	TopK        int
+	TopP        float64
+}
+
+// Sampler draws tokens from host logits, reusing its scratch.
+type Sampler struct {
+	S     Sampling
+	Rng   *rand.Rand
+	probs []float64
+	idx   []int
+}
+
+// Pick returns the chosen token of one row of logits.
+func (s *Sampler) Pick(logits []float32) int {
+	if s.S.Temperature <= 0 {
+		return Argmax(logits)
+	}
+	n := len(logits)
+	if cap(s.probs) < n {
+		s.probs, s.idx = make([]float64, n), make([]int, n)
+	}
+	p, idx := s.probs[:n], s.idx[:n]
+	mx := float64(logits[Argmax(logits)])
+	var sum float64
+	for i, v := range logits {
+		p[i] = math.Exp((float64(v) - mx) / s.S.Temperature)
+		sum += p[i]
+		idx[i] = i
+	}
+	keep := n
+	if s.S.TopK > 0 && s.S.TopK < n || s.S.TopP > 0 && s.S.TopP < 1 {
+		sort.Slice(idx, func(a, b int) bool { return p[idx[a]] > p[idx[b]] })
+		if s.S.TopK > 0 && s.S.TopK < keep {
+			keep = s.S.TopK
+		}
+		if s.S.TopP > 0 && s.S.TopP < 1 {
+			var c float64
+			for i := 0; i < keep; i++ {
+				c += p[idx[i]] / sum
+				if c >= s.S.TopP {
+					keep = i + 1
+					break
+				}
+			}
+		}
+		sum = 0
+		for _, i := range idx[:keep] {
+			sum += p[i]
+		}
+	}
+	u := s.Rng.Float64() * sum
+	for _, i := range idx[:keep] {
+		u -= p[i]
+		if u <= 0 {
+			return i
+		}
+	}
+	return idx[keep-1]
+}
+
+// Argmax is the index of the largest value (the first on ties).
+func Argmax(x []float32) int {
+	best := 0
+	for i, v := range x {
+		if v > x[best] {
+			best = i
+		}
+	}
+	return best
+}
+
+// ARGenerator decodes left to right with a KV cache: the prompt in one
+// forward, then one position per step.
+type ARGenerator struct {
+	m       *Model
+	cache   *KVCache
+	prefill *Activations
+	step    *Activations
+	logits  []float32
+	maxLen  int
+}
+
+// NewARGenerator prepares buffers for prompts of up to promptLen tokens and
+// sequences of up to maxLen tokens (batch 1).
+func (m *Model) NewARGenerator(promptLen, maxLen int) *ARGenerator {
+	g := &ARGenerator{m: m, cache: m.NewKVCache(1, maxLen), maxLen: maxLen,
+		prefill: m.NewActivations(1, max(promptLen, 1), false), step: m.NewActivations(1, 1, false),
+		logits: make([]float32, m.Cfg.Vocab)}
+	return g
+}
+
+// Free returns the buffers.
+func (g *ARGenerator) Free() {
+	g.cache.Free(g.m.BE)
+	g.prefill.Free(g.m.BE)
+	g.step.Free(g.m.BE)
+}
+
+// Generate extends prompt by up to n tokens, stopping after a token for
+// which stop returns true. It returns the new tokens.
+func (g *ARGenerator) Generate(prompt []int32, n int, s *Sampler, stop func(int32) bool) ([]int32, error) {
+	m, be := g.m, g.m.BE
+	if len(prompt) == 0 {
+		return nil, fmt.Errorf("generate: empty prompt (AR decoding needs at least one token, e.g. BOS)")
+	}
+	if len(prompt) > g.prefill.L {
+		return nil, fmt.Errorf("generate: prompt of %d tokens, buffers for %d", len(prompt), g.prefill.L)
+	}
+	if len(prompt)+n > g.maxLen {
+		n = g.maxLen - len(prompt)
+	}
+	causal := kernels.Visibility{Mode: kernels.Causal}
+	// Prefill: only the last row's logits are needed.
+	a := g.prefill
+	if len(prompt) != a.L {
+		a.Free(be)
+		a = m.NewActivations(1, len(prompt), false)
+		g.prefill = a
+	}
+	copy(a.IDs, prompt)
+	for i := range a.Pos {
+		a.Pos[i] = int32(i)
+	}
+	a.AllRows, a.NRows, a.Rows[0] = false, 1, int32(len(prompt)-1)
+	a.Upload(be)
+	m.ForwardCached(a, g.cache, 0, causal)
+	be.Download(g.logits, a.Logits.Slice(0, m.Cfg.Vocab))
+	var out []int32
+	pos := len(prompt)
+	st := g.step
+	for len(out) < n {
+		tok := int32(s.Pick(g.logits))
+		out = append(out, tok)
+		if stop != nil && stop(tok) || len(out) == n {
+			break
+		}
+		st.IDs[0], st.Pos[0] = tok, int32(pos)
+		st.Upload(be)
+		m.ForwardCached(st, g.cache, pos, causal)
+		be.Download(g.logits, st.Logits.Slice(0, m.Cfg.Vocab))
+		pos++
+	}
+	return out, be.Err()
+}

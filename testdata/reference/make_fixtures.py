@@ -1,0 +1,758 @@
+#!/usr/bin/python3
+"""PyTorch reference fixtures for dllm's Go engine and masked-diffusion objective.
+
+Written from the Hugging Face modeling semantics of LlamaForCausalLM, Qwen2ForCausalLM and
+Qwen3ForCausalLM (no transformers import: standard library + torch + numpy only), and from
+DESIGN.md sections 2 (engine, attention visibility, hash) and 3 (objective).
+
+Everything is computed in float64 (weights are drawn in float64, rounded to float32 and then
+widened again, so the Go engine loading the F32 files uses exactly the same weights); results are
+stored as little-endian F32 safetensors. Gradients come from torch autograd in float64.
+
+Run with Debian's PyTorch:   apt-get install python3-torch
+                             /usr/bin/python3 testdata/reference/make_fixtures.py
+The output is deterministic: a rerun rewrites byte-identical files under
+testdata/reference/fixtures/ (the folder is deleted and rebuilt). See README.md next to this file.
+"""
+
+import json
+import math
+import os
+import shutil
+import struct
+from fractions import Fraction
+import sys
+
+import numpy as np
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OUT = os.path.join(HERE, "fixtures")
+
+torch.manual_seed(0)  # nothing below draws from torch's generator; fixed anyway
+np.random.seed(0)  # likewise for numpy's legacy global generator
+torch.set_num_threads(1)  # one thread: float64 reductions in a fixed order, run to run
+torch.set_default_dtype(torch.float64)
+
+M64 = (1 << 64) - 1
+
+# --------------------------------------------------------------------------------------------
+# Output helpers: safetensors writer/reader and a stable JSON layout
+# --------------------------------------------------------------------------------------------
+
+
+def write_safetensors(path, tensors):
+    """Writes {name: array} as F32 safetensors.
+
+    8-byte little-endian header length; compact JSON header with "__metadata__" {"format": "pt"}
+    first and the tensors in sorted name order; header padded with spaces to a multiple of 8;
+    data little-endian float32, offsets contiguous from 0 in the same sorted order.
+    """
+    names = sorted(tensors)
+    header = {"__metadata__": {"format": "pt"}}
+    blobs = []
+    off = 0
+    for name in names:
+        a = np.ascontiguousarray(np.asarray(tensors[name], dtype="<f4"))
+        b = a.tobytes()
+        header[name] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
+        off += len(b)
+        blobs.append(b)
+    h = json.dumps(header, separators=(",", ":"), ensure_ascii=True).encode("utf-8")
+    h += b" " * ((-len(h)) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)))
+        f.write(h)
+        for b in blobs:
+            f.write(b)
+
+
+def read_safetensors(path):
+    """Reads back what write_safetensors writes, checking the format rules on the way."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    (n,) = struct.unpack("<Q", raw[:8])
+    assert n % 8 == 0 and 8 + n <= len(raw), path
+    header = json.loads(raw[8 : 8 + n].decode("utf-8"))
+    assert header.pop("__metadata__") == {"format": "pt"}
+    data = raw[8 + n :]
+    out = {}
+    off = 0
+    for name in sorted(header):
+        e = header[name]
+        assert e["dtype"] == "F32"
+        s, t = e["data_offsets"]
+        assert s == off and t - s == 4 * int(np.prod(e["shape"], dtype=np.int64)), (path, name)
+        out[name] = np.frombuffer(data[s:t], dtype="<f4").reshape(e["shape"])
+        off = t
+    assert off == len(data), path
+    return out
+
+
+def jfmt(obj, indent=0):
+    """JSON with dicts broken over lines and lists of scalars on one line (git-diffable)."""
+    sp = "  "
+    if isinstance(obj, dict):
+        if not obj:
+            return "{}"
+        items = [sp * (indent + 1) + json.dumps(k) + ": " + jfmt(v, indent + 1) for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + sp * indent + "}"
+    if isinstance(obj, (list, tuple)):
+        if all(not isinstance(x, (list, tuple, dict)) for x in obj):
+            return "[" + ", ".join(jfmt(x) for x in obj) + "]"
+        items = [sp * (indent + 1) + jfmt(v, indent + 1) for v in obj]
+        return "[\n" + ",\n".join(items) + "\n" + sp * indent + "]"
+    if isinstance(obj, (np.integer,)):
+        return json.dumps(int(obj))
+    if isinstance(obj, (float, np.floating)):
+        v = float(obj)
+        assert math.isfinite(v)
+        return json.dumps(v)  # repr: shortest string that round-trips the float64
+    return json.dumps(obj)
+
+
+def write_json(path, obj, sort_keys=False):
+    if sort_keys:
+        text = json.dumps(obj, indent=2, sort_keys=True)
+    else:
+        text = jfmt(obj)
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        f.write(text + "\n")
+
+
+def f32(x):
+    """The float64 value of x rounded to float32 (exact in JSON, parses back to the same f32)."""
+    return float(np.float32(x))
+
+
+# --------------------------------------------------------------------------------------------
+# Attention visibility (DESIGN.md section 2)
+# --------------------------------------------------------------------------------------------
+
+
+def hash_bits(seed, i, j):
+    """splitmix64 finaliser of (seed, i, j); returns (z, z >> 40). Python ints, wrapped to 64 bits."""
+    z = (seed + ((((i << 32) | j) * 0x9E3779B97F4A7C15) & M64)) & M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+    z = z ^ (z >> 31)
+    return z, z >> 40
+
+
+def hash_u(seed, i, j):
+    """u in [0, 1): float32(z >> 40) / 2^24, exact in float32 and float64."""
+    return float(np.float32(hash_bits(seed, i, j)[1]) / np.float32(1 << 24))
+
+
+def hash_u_matrix_np(seed, L):
+    """The same hash vectorised with numpy uint64 (wrapping); cross-checked against hash_u."""
+    i = np.arange(L, dtype=np.uint64)[:, None]
+    j = np.arange(L, dtype=np.uint64)[None, :]
+    with np.errstate(over="ignore"):
+        z = np.uint64(seed) + ((i << np.uint64(32)) | j) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(40)).astype(np.float32) / np.float32(1 << 24)
+
+
+def visibility(mode, L, ratio=None, seed=None, block=None):
+    """[L, L] boolean matrix visible[i, j] (query i, key j)."""
+    i = np.arange(L)[:, None]
+    j = np.arange(L)[None, :]
+    causal = j <= i
+    if mode == "causal":
+        return causal
+    if mode == "bidirectional":
+        return np.ones((L, L), dtype=bool)
+    if mode == "annealed":
+        u = np.array([[hash_u(seed, a, b) for b in range(L)] for a in range(L)], dtype=np.float32)
+        assert np.array_equal(u, hash_u_matrix_np(seed, L))
+        return causal | (u < np.float32(ratio))
+    if mode == "block":
+        return (j // block) <= (i // block)
+    raise ValueError(mode)
+
+
+def doc_visibility(vis, doc_ids):
+    """[B, L, L]: vis and doc(i) == doc(j), per row."""
+    d = np.asarray(doc_ids)
+    same = d[:, :, None] == d[:, None, :]
+    return vis[None, :, :] & same
+
+
+# --------------------------------------------------------------------------------------------
+# The model (HF LlamaForCausalLM / Qwen2ForCausalLM / Qwen3ForCausalLM semantics, float64)
+# --------------------------------------------------------------------------------------------
+
+
+def param_specs(cfg):
+    """(name, shape, kind) in HF module-definition order; kind is matrix, bias or norm."""
+    H, hd, KV = cfg["num_attention_heads"], cfg["head_dim"], cfg["num_key_value_heads"]
+    D, I, V = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
+    mt = cfg["model_type"]
+    qkv_bias = mt == "qwen2" or cfg["attention_bias"]
+    o_bias = mt != "qwen2" and cfg["attention_bias"]
+    specs = [("model.embed_tokens.weight", (V, D), "matrix")]
+    for n in range(cfg["num_hidden_layers"]):
+        p = "model.layers.%d." % n
+        specs.append((p + "input_layernorm.weight", (D,), "norm"))
+        for proj, rows in (("q", H * hd), ("k", KV * hd), ("v", KV * hd)):
+            specs.append((p + "self_attn.%s_proj.weight" % proj, (rows, D), "matrix"))
+            if qkv_bias:
+                specs.append((p + "self_attn.%s_proj.bias" % proj, (rows,), "bias"))
+        specs.append((p + "self_attn.o_proj.weight", (D, H * hd), "matrix"))
+        if o_bias:
+            specs.append((p + "self_attn.o_proj.bias", (D,), "bias"))
+        if mt == "qwen3":
+            specs.append((p + "self_attn.q_norm.weight", (hd,), "norm"))
+            specs.append((p + "self_attn.k_norm.weight", (hd,), "norm"))
+        specs.append((p + "post_attention_layernorm.weight", (D,), "norm"))
+        specs.append((p + "mlp.gate_proj.weight", (I, D), "matrix"))
+        specs.append((p + "mlp.up_proj.weight", (I, D), "matrix"))
+        specs.append((p + "mlp.down_proj.weight", (D, I), "matrix"))
+    specs.append(("model.norm.weight", (D,), "norm"))
+    if not cfg["tie_word_embeddings"]:
+        specs.append(("lm_head.weight", (V, D), "matrix"))
+    return specs
+
+
+def init_weights(cfg, rng):
+    """Drawn in float64 in param_specs order, then rounded to float32."""
+    W = {}
+    for name, shape, kind in param_specs(cfg):
+        x = rng.normal(0.0, 0.1, size=shape)
+        if kind == "norm":
+            x = 1.0 + x
+        W[name] = x.astype(np.float32)
+    return W
+
+
+def rope_inv_freq(cfg):
+    """HF _compute_default_rope_parameters + linear / llama3 scaling, in float64."""
+    hd = cfg["head_dim"]
+    inv_freq = 1.0 / (cfg["rope_theta"] ** (torch.arange(0, hd, 2, dtype=torch.int64).double() / hd))
+    rs = cfg.get("rope_scaling")
+    bands = None
+    if rs is not None:
+        t = rs.get("rope_type", rs.get("type"))
+        if t == "linear":
+            inv_freq = inv_freq / rs["factor"]
+        elif t == "llama3":
+            # transcription of transformers' _compute_llama3_parameters
+            factor = rs["factor"]
+            lff, hff = rs["low_freq_factor"], rs["high_freq_factor"]
+            old = rs["original_max_position_embeddings"]
+            low_freq_wavelen = old / lff
+            high_freq_wavelen = old / hff
+            wavelen = 2 * math.pi / inv_freq
+            llama = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+            smooth = (old / wavelen - lff) / (hff - lff)
+            smoothed = (1 - smooth) * llama / factor + smooth * llama
+            medium = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
+            llama = torch.where(medium, smoothed, llama)
+            bands = {
+                "high (unchanged)": int((wavelen < high_freq_wavelen).sum()),
+                "medium (smoothed)": int(medium.sum()),
+                "low (divided by factor)": int((wavelen > low_freq_wavelen).sum()),
+                "wavelen": [round(float(w), 3) for w in wavelen],
+                "smooth": [round(float(s), 4) for s in smooth],
+            }
+            inv_freq = llama
+        elif t not in (None, "default"):
+            raise ValueError(t)
+    return inv_freq, bands
+
+
+def rotate_half(x):
+    h = x.shape[-1] // 2
+    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
+
+
+def rms_norm(x, w, eps):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+
+def forward(cfg, P, ids, vis):
+    """logits [B, L, V]. P: name -> float64 tensor; ids [B, L] long; vis bool [L, L] or [B, L, L]."""
+    B, L = ids.shape
+    H, hd, KV = cfg["num_attention_heads"], cfg["head_dim"], cfg["num_key_value_heads"]
+    eps = cfg["rms_norm_eps"]
+    rep = H // KV
+
+    def lin(x, name):
+        y = x @ P[name + ".weight"].t()
+        if name + ".bias" in P:
+            y = y + P[name + ".bias"]
+        return y
+
+    inv_freq, _ = rope_inv_freq(cfg)
+    pos = torch.arange(L, dtype=torch.float64)  # positions 0..L-1 in every row
+    freqs = pos[:, None] * inv_freq[None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)  # [L, hd]
+    cos, sin = emb.cos(), emb.sin()
+
+    vis = torch.as_tensor(vis)
+    if vis.dim() == 2:
+        vis = vis[None]
+    vis = vis[:, None, :, :]  # [B or 1, 1, L, L]
+
+    h = P["model.embed_tokens.weight"][ids]
+    for n in range(cfg["num_hidden_layers"]):
+        p = "model.layers.%d." % n
+        x = rms_norm(h, P[p + "input_layernorm.weight"], eps)
+        q = lin(x, p + "self_attn.q_proj").view(B, L, H, hd)
+        k = lin(x, p + "self_attn.k_proj").view(B, L, KV, hd)
+        v = lin(x, p + "self_attn.v_proj").view(B, L, KV, hd)
+        if cfg["model_type"] == "qwen3":
+            q = rms_norm(q, P[p + "self_attn.q_norm.weight"], eps)
+            k = rms_norm(k, P[p + "self_attn.k_norm.weight"], eps)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, L, hd]
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        k = k.repeat_interleave(rep, dim=1)  # q head h reads kv head h // rep (HF repeat_kv)
+        v = v.repeat_interleave(rep, dim=1)
+        s = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
+        s = s.masked_fill(~vis, float("-inf"))
+        a = torch.softmax(s, dim=-1) @ v
+        a = a.transpose(1, 2).reshape(B, L, H * hd)
+        h = h + lin(a, p + "self_attn.o_proj")
+        x = rms_norm(h, P[p + "post_attention_layernorm.weight"], eps)
+        g = lin(x, p + "mlp.gate_proj")
+        u = lin(x, p + "mlp.up_proj")
+        h = h + lin(torch.nn.functional.silu(g) * u, p + "mlp.down_proj")
+    x = rms_norm(h, P["model.norm.weight"], eps)
+    head = P["model.embed_tokens.weight"] if cfg["tie_word_embeddings"] else P["lm_head.weight"]
+    return x @ head.t()
+
+
+def naive_forward(cfg, W, ids, vis):
+    """A second, loop-based numpy float64 forward (per row, position and head), used only to
+    cross-check forward(): same maths, written independently of the tensor layout tricks."""
+    ids = np.asarray(ids)
+    B, L = ids.shape
+    H, hd, KV = cfg["num_attention_heads"], cfg["head_dim"], cfg["num_key_value_heads"]
+    eps = cfg["rms_norm_eps"]
+    Wd = {k: v.astype(np.float64) for k, v in W.items()}
+    vis = np.asarray(vis)
+    if vis.ndim == 2:
+        vis = np.broadcast_to(vis, (B, L, L))
+    inv = rope_inv_freq(cfg)[0].numpy()
+    half = hd // 2
+
+    def rms(x, w):
+        return x / np.sqrt(np.mean(x * x) + eps) * w
+
+    def mv(name, x):
+        y = Wd[name + ".weight"] @ x
+        return y + Wd[name + ".bias"] if name + ".bias" in Wd else y
+
+    def rope(vec, m):
+        out = np.empty_like(vec)
+        for c in range(half):
+            th = m * inv[c]
+            a, b = vec[c], vec[c + half]
+            out[c] = a * math.cos(th) - b * math.sin(th)
+            out[c + half] = b * math.cos(th) + a * math.sin(th)
+        return out
+
+    logits = np.zeros((B, L, cfg["vocab_size"]))
+    for b in range(B):
+        h = [Wd["model.embed_tokens.weight"][ids[b, m]].copy() for m in range(L)]
+        for n in range(cfg["num_hidden_layers"]):
+            p = "model.layers.%d." % n
+            Q, K, Vv = [], [], []
+            for m in range(L):
+                x = rms(h[m], Wd[p + "input_layernorm.weight"])
+                q = mv(p + "self_attn.q_proj", x).reshape(H, hd)
+                k = mv(p + "self_attn.k_proj", x).reshape(KV, hd)
+                v = mv(p + "self_attn.v_proj", x).reshape(KV, hd)
+                if cfg["model_type"] == "qwen3":
+                    q = np.stack([rms(q[e], Wd[p + "self_attn.q_norm.weight"]) for e in range(H)])
+                    k = np.stack([rms(k[e], Wd[p + "self_attn.k_norm.weight"]) for e in range(KV)])
+                Q.append([rope(q[e], m) for e in range(H)])
+                K.append([rope(k[e], m) for e in range(KV)])
+                Vv.append(v)
+            newh = []
+            for m in range(L):
+                heads = []
+                for e in range(H):
+                    kv = e // (H // KV)
+                    sc = [(np.dot(Q[m][e], K[j][kv]) / math.sqrt(hd)) if vis[b, m, j] else None for j in range(L)]
+                    mx = max(s for s in sc if s is not None)
+                    ex = [math.exp(s - mx) if s is not None else 0.0 for s in sc]
+                    z = sum(ex)
+                    heads.append(sum(ex[j] / z * Vv[j][kv] for j in range(L)))
+                hm = h[m] + mv(p + "self_attn.o_proj", np.concatenate(heads))
+                x = rms(hm, Wd[p + "post_attention_layernorm.weight"])
+                g, u = mv(p + "mlp.gate_proj", x), mv(p + "mlp.up_proj", x)
+                newh.append(hm + mv(p + "mlp.down_proj", g / (1 + np.exp(-g)) * u))
+            h = newh
+        head = Wd["model.embed_tokens.weight"] if cfg["tie_word_embeddings"] else Wd["lm_head.weight"]
+        for m in range(L):
+            logits[b, m] = head @ rms(h[m], Wd["model.norm.weight"])
+    return logits
+
+
+def weighted_ce(logits, targets, weights, norm):
+    """sum_n w_n * CE(logits[n], target[n]) / norm; target -100 is ignored (weight 0)."""
+    t = torch.as_tensor(targets, dtype=torch.long)
+    w = torch.as_tensor(weights, dtype=torch.float64) * (t != -100)
+    logp = torch.log_softmax(logits, dim=-1)
+    ce = -logp.gather(-1, t.clamp(min=0)[..., None])[..., 0]
+    return (w * ce).sum() / norm
+
+
+def run_model(cfg, W, ids, vis, loss_fn):
+    """Forward + loss + autograd. Returns logits, loss, grads (float64 numpy)."""
+    P = {k: torch.tensor(v.astype(np.float64), requires_grad=True) for k, v in W.items()}
+    logits = forward(cfg, P, torch.as_tensor(np.asarray(ids), dtype=torch.long), vis)
+    loss = loss_fn(logits)
+    loss.backward()
+    grads = {k: P[k].grad.numpy().copy() for k in W}
+    return logits.detach().numpy(), float(loss), grads
+
+
+def finite_difference_check(cfg, W, ids, vis, loss_fn, grads, rng, count=4):
+    """Central differences on a few parameter entries (float64) against the autograd gradients."""
+
+    def loss_at(Wx):
+        P = {k: torch.tensor(v) for k, v in Wx.items()}
+        with torch.no_grad():
+            return float(loss_fn(forward(cfg, P, torch.as_tensor(np.asarray(ids), dtype=torch.long), vis)))
+
+    names = sorted(W)
+    W64 = {k: v.astype(np.float64) for k, v in W.items()}
+    worst = 0.0
+    for _ in range(count):
+        name = names[rng.integers(len(names))]
+        idx = tuple(int(rng.integers(s)) for s in W[name].shape)
+        e = 1e-6
+        Wp = {k: v.copy() for k, v in W64.items()}
+        Wm = {k: v.copy() for k, v in W64.items()}
+        Wp[name][idx] += e
+        Wm[name][idx] -= e
+        fd = (loss_at(Wp) - loss_at(Wm)) / (2 * e)
+        err = abs(fd - grads[name][idx])
+        worst = max(worst, err)
+        assert err < 1e-7 * max(1.0, abs(fd)), (cfg["model_type"], name, idx, fd, grads[name][idx])
+    return worst
+
+
+# --------------------------------------------------------------------------------------------
+# Engine fixtures
+# --------------------------------------------------------------------------------------------
+
+B, L = 2, 16
+ANNEAL_RATIO = 0.3
+ANNEAL_SEED = 0x1234567  # 19088743
+BLOCK = 4
+DOC_LENGTHS = [[5, 7, 4], [9, 7]]
+
+
+def base_config(model_type, arch, **kw):
+    c = {
+        "architectures": [arch],
+        "model_type": model_type,
+        "max_position_embeddings": 64,
+        "rope_scaling": None,
+        "attention_bias": False,
+        "hidden_act": "silu",
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "torch_dtype": "float32",
+    }
+    c.update(kw)
+    return c
+
+
+CONFIGS = [
+    (
+        "llama",
+        1001,
+        base_config(
+            "llama", "LlamaForCausalLM", hidden_size=16, intermediate_size=40, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=4, vocab_size=40, rms_norm_eps=1e-5,
+            rope_theta=10000.0, tie_word_embeddings=True,
+        ),
+    ),
+    (
+        "qwen2",
+        1002,
+        base_config(
+            "qwen2", "Qwen2ForCausalLM", hidden_size=16, intermediate_size=40, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=4, vocab_size=40, rms_norm_eps=1e-6,
+            rope_theta=1000000.0, tie_word_embeddings=False,
+        ),
+    ),
+    (
+        "qwen3",
+        1003,
+        base_config(
+            "qwen3", "Qwen3ForCausalLM", hidden_size=16, intermediate_size=40, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=6, vocab_size=40, rms_norm_eps=1e-6,
+            rope_theta=1000000.0, tie_word_embeddings=True,
+        ),
+    ),
+    (
+        "llama3rope",
+        1004,
+        base_config(
+            "llama", "LlamaForCausalLM", hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+            num_attention_heads=2, num_key_value_heads=1, head_dim=16, vocab_size=40, rms_norm_eps=1e-5,
+            rope_theta=10000.0, tie_word_embeddings=False,
+            # original_max_position_embeddings is 32, not 16: inv_freq[0] is always 1 (wavelength
+            # 2*pi), so with 16/4 = 4 as the high-frequency cut-off no band is "high"; with 32 the
+            # cut-offs are 8 and 32 and head_dim 16 has one high, one medium and six low bands.
+            rope_scaling={
+                "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 32,
+            },
+        ),
+    ),
+]
+
+MODES = [
+    ("causal", {}),
+    ("bidirectional", {}),
+    ("annealed", {"ratio": ANNEAL_RATIO, "seed": ANNEAL_SEED}),
+    ("block", {"block": BLOCK}),
+]
+
+
+def engine_inputs(cfg, rng):
+    V = cfg["vocab_size"]
+    ids = rng.integers(0, V, size=(B, L))
+    doc = [sum(([d] * n for d, n in enumerate(lens)), []) for lens in DOC_LENGTHS]
+    targets = rng.integers(0, V, size=(B, L))
+    ignore = rng.random((B, L)) < 0.3
+    targets[ignore] = -100
+    w = rng.uniform(0.5, 3.0, size=(B, L)).astype(np.float32).astype(np.float64)
+    w[ignore] = 0.0
+    assert all(len(r) == L for r in doc) and (~ignore).sum(1).min() >= 2
+    return {
+        "input_ids": ids.tolist(),
+        "doc_ids": doc,
+        "targets": targets.tolist(),
+        "weights": [[float(x) for x in r] for r in w],
+        "norm": float((~ignore).sum()),
+    }
+
+
+def make_engine():
+    root = os.path.join(OUT, "engine")
+    os.makedirs(root)
+    cases = []
+    models = {}
+    for name, seed, cfg in CONFIGS:
+        d = os.path.join(root, name)
+        os.makedirs(d)
+        W = init_weights(cfg, np.random.default_rng([seed, 0]))
+        inp = engine_inputs(cfg, np.random.default_rng([seed, 1]))
+        models[name] = (cfg, W)
+        write_json(os.path.join(d, "config.json"), cfg, sort_keys=True)
+        write_safetensors(os.path.join(d, "model.safetensors"), W)
+        back = read_safetensors(os.path.join(d, "model.safetensors"))
+        assert all(np.array_equal(back[k], W[k]) for k in W)
+        write_json(os.path.join(d, "inputs.json"), inp)
+
+        _, bands = rope_inv_freq(cfg)
+        if bands is not None:
+            print("  %s llama3 rope bands: %s" % (name, bands))
+            assert bands["high (unchanged)"] > 0 and bands["medium (smoothed)"] > 0 and bands["low (divided by factor)"] > 0
+
+        fd_rng = np.random.default_rng([seed, 2])
+        for mode, opts in MODES:
+            vis = visibility(mode, L, **opts)
+            for doc_mask in (False, True):
+                v = doc_visibility(vis, inp["doc_ids"]) if doc_mask else vis
+                loss_fn = lambda lg: weighted_ce(lg, inp["targets"], inp["weights"], inp["norm"])
+                logits, loss, grads = run_model(cfg, W, inp["input_ids"], v, loss_fn)
+                assert np.isfinite(logits).all() and math.isfinite(loss)
+                if mode == "annealed" and doc_mask:
+                    ref = naive_forward(cfg, W, inp["input_ids"], v)
+                    diff = np.abs(ref - logits).max()
+                    assert diff < 1e-12, diff
+                    worst = finite_difference_check(cfg, W, inp["input_ids"], v, loss_fn, grads, fd_rng)
+                    print("  %s: naive forward max |diff| %.1e, finite-difference max |err| %.1e" % (name, diff, worst))
+                fname = "case_%s%s.safetensors" % (mode, "_doc" if doc_mask else "")
+                out = {"logits": logits, "loss": np.array([loss]), "visible": v.astype(np.float32)}
+                for k, g in grads.items():
+                    out["grad." + k] = g
+                write_safetensors(os.path.join(d, fname), out)
+                cases.append({
+                    "config": name,
+                    "file": name + "/" + fname,
+                    "mode": mode,
+                    "ratio": opts.get("ratio"),
+                    "seed": opts.get("seed"),
+                    "block": opts.get("block"),
+                    "doc_mask": doc_mask,
+                })
+    write_json(os.path.join(root, "cases.json"), {"cases": cases})
+    return models
+
+
+def make_hash():
+    picks = [
+        (0, 0, 0), (0, 0, 1), (0, 1, 0), (1, 0, 0), (7, 0, 0), (7, 3, 5), (7, 511, 511),
+        (7, 0, 511), (7, 511, 0), (7, 255, 256), (ANNEAL_SEED, 2, 9), (ANNEAL_SEED, 15, 14),
+        (ANNEAL_SEED, 300, 17), (123456789, 42, 421), ((1 << 53) - 1, 0, 0), ((1 << 53) - 1, 17, 400),
+        ((1 << 53) - 1, 511, 510), ((1 << 53) - 12345, 128, 64), ((1 << 52) + 3, 99, 500), (0xDEADBEEF, 510, 1),
+    ]
+    samples = []
+    for seed, i, j in picks:
+        assert seed < (1 << 53)
+        z, bits = hash_bits(seed, i, j)
+        samples.append({"seed": seed, "i": i, "j": j, "u": hash_u(seed, i, j), "u24": bits, "z": "0x%016x" % z})
+        assert hash_u_matrix_np(seed, max(i, j) + 1)[i, j] == np.float32(samples[-1]["u"])
+    Lc, seed, ratio = 512, 7, ANNEAL_RATIO
+    u = hash_u_matrix_np(seed, Lc)
+    future = np.triu(np.ones((Lc, Lc), dtype=bool), k=1)
+    count = int((future & (u < np.float32(ratio))).sum())
+    # the same count with the scalar Python-int hash, as a check on the numpy version
+    thr = np.float32(ratio)
+    slow = sum(1 for i in range(Lc) for j in range(i + 1, Lc) if np.float32(hash_u(seed, i, j)) < thr)
+    assert slow == count
+    doc = {
+        "formula": "z = seed + ((i<<32)|j)*0x9E3779B97F4A7C15; z = (z^(z>>30))*0xBF58476D1CE4E5B9; "
+                   "z = (z^(z>>27))*0x94D049BB133111EB; z = z^(z>>31); u = float32(z>>40)/2^24 (uint64 wrapping)",
+        "samples": samples,
+        "annealed_count": {
+            "L": Lc, "seed": seed, "ratio": ratio,
+            "rule": "number of pairs j > i with u(seed, i, j) < float32(ratio)",
+            "future_pairs": Lc * (Lc - 1) // 2,
+            "visible_future_pairs": count,
+        },
+    }
+    write_json(os.path.join(OUT, "engine", "hash.json"), doc)
+    print("  hash: %d samples; L=512 seed 7 ratio 0.3: %d of %d future pairs visible" % (len(samples), count, Lc * (Lc - 1) // 2))
+
+
+# --------------------------------------------------------------------------------------------
+# Objective fixtures (DESIGN.md section 3)
+# --------------------------------------------------------------------------------------------
+
+OB, OL, MASK_ID, CART_P = 3, 16, 3, 0.1  # cart_weights uses p = 1/10 exactly
+T = [0.2, 0.55, 0.9]
+
+
+def cart_weights_exact(masked_row, p=Fraction(1, 10)):
+    """w_n = 1/2 * sum over unmasked i != n of p (1-p)^(|n-i|-1), for masked n; 0 elsewhere.
+    Exact rationals (p = 1/10 exactly); float(w) is the correctly rounded float64."""
+    Lr = len(masked_row)
+    w = [Fraction(0)] * Lr
+    for n in range(Lr):
+        if masked_row[n]:
+            w[n] = Fraction(1, 2) * sum(p * (1 - p) ** (abs(n - i) - 1) for i in range(Lr) if i != n and not masked_row[i])
+    return w
+
+
+def cart_weights(masked_row):
+    return [float(x) for x in cart_weights_exact(masked_row)]
+
+
+def make_objective(models):
+    root = os.path.join(OUT, "objective")
+    os.makedirs(root)
+    cfg, W = models["llama"]
+    shutil.copyfile(os.path.join(OUT, "engine", "llama", "config.json"), os.path.join(root, "config.json"))
+    shutil.copyfile(os.path.join(OUT, "engine", "llama", "model.safetensors"), os.path.join(root, "model.safetensors"))
+
+    rng = np.random.default_rng(2001)
+    x0 = rng.integers(4, cfg["vocab_size"], size=(OB, OL))
+    x0[:, 0] = 1  # BOS
+    settings = {}
+    for shift in ("shift", "noshift"):
+        masked = np.zeros((OB, OL), dtype=bool)
+        for b in range(OB):
+            while True:  # redraw the row until >= 1 masked and >= 2 unmasked
+                row = rng.random(OL) < T[b]
+                if shift == "shift":
+                    row[0] = False  # position 0 is not maskable with shift on
+                if row.sum() >= 1 and (~row).sum() >= 2:
+                    break
+            masked[b] = row
+        xt = np.where(masked, MASK_ID, x0)
+        settings[shift] = (masked, xt)
+
+    # Hand-checkable CART example. By hand, w_1 (unmasked 0, 3, 7 at distances 1, 2, 6):
+    #   0.5 * 0.1 * (0.9^0 + 0.9^1 + 0.9^5) = 0.05 * (1 + 0.9 + 0.59049) = 0.05 * 2.49049 = 0.1245245
+    ex_masked = [i in (1, 2, 4, 5, 6) for i in range(8)]
+    ex_exact = cart_weights_exact(ex_masked)
+    assert ex_exact[1] == Fraction(1245245, 10000000)
+    ex_w = [float(x) for x in ex_exact]
+
+    inputs = {
+        "x0": x0.tolist(),
+        "t": T,
+        "mask_id": MASK_ID,
+        "p": CART_P,
+        "attention": "bidirectional",
+        "doc_mask": False,
+        "shift": {"masked_positions": [np.flatnonzero(r).tolist() for r in settings["shift"][0]],
+                  "xt": settings["shift"][1].tolist()},
+        "noshift": {"masked_positions": [np.flatnonzero(r).tolist() for r in settings["noshift"][0]],
+                    "xt": settings["noshift"][1].tolist()},
+        "cart_example": {
+            "length": 8, "p": 0.1, "unmasked": [0, 3, 7], "masked": [1, 2, 4, 5, 6],
+            "weights": ex_w,
+            "weights_exact": [str(x) for x in ex_exact],
+            "check_w1": "0.5*0.1*(0.9^0 + 0.9^1 + 0.9^5) = 0.05*2.49049 = 0.1245245",
+        },
+        "cases": [],
+    }
+
+    P_vis = np.ones((OL, OL), dtype=bool)
+    for weighting in ("elbo", "cart", "uniform"):
+        for shift in ("shift", "noshift"):
+            masked, xt = settings[shift]
+            tw = np.zeros((OB, OL))
+            for b in range(OB):
+                cw = cart_weights(masked[b].tolist())
+                for n in range(OL):
+                    if masked[b, n]:
+                        tw[b, n] = {"elbo": 1.0 / T[b], "cart": cw[n], "uniform": 1.0}[weighting]
+            # per-logit-row targets and weights: masked n is scored by logits[n-1] (shift) or logits[n]
+            targets = np.full((OB, OL), -100)
+            rw = np.zeros((OB, OL))
+            for b in range(OB):
+                for n in np.flatnonzero(masked[b]):
+                    r = n - 1 if shift == "shift" else n
+                    assert r >= 0 and targets[b, r] == -100
+                    targets[b, r] = x0[b, n]
+                    rw[b, r] = tw[b, n]
+            for normname in ("masked", "tokens"):
+                norm = float(masked.sum()) if normname == "masked" else float(OB * OL)
+                loss_fn = lambda lg: weighted_ce(lg, targets, rw, norm)
+                logits, loss, grads = run_model(cfg, W, xt, P_vis, loss_fn)
+                fname = "%s_%s_%s.safetensors" % (weighting, shift, normname)
+                out = {"logits": logits, "loss": np.array([loss]), "token_weights": tw}
+                for k, g in grads.items():
+                    out["grad." + k] = g
+                write_safetensors(os.path.join(root, fname), out)
+                inputs["cases"].append({"file": fname, "weighting": weighting, "shift": shift == "shift",
+                                        "norm": normname, "norm_value": norm})
+    write_json(os.path.join(root, "inputs.json"), inputs)
+    print("  objective: masked per row shift %s, noshift %s" % (
+        settings["shift"][0].sum(1).tolist(), settings["noshift"][0].sum(1).tolist()))
+
+
+def main():
+    print("torch %s, numpy %s" % (torch.__version__, np.__version__))
+    if os.path.isdir(OUT):
+        shutil.rmtree(OUT)
+    os.makedirs(OUT)
+    models = make_engine()
+    make_hash()
+    make_objective(models)
+    nfiles, nbytes = 0, 0
+    for dp, _, fs in os.walk(OUT):
+        for f in fs:
+            nfiles += 1
+            nbytes += os.path.getsize(os.path.join(dp, f))
+    print("wrote %d files, %d bytes under %s" % (nfiles, nbytes, os.path.relpath(OUT, os.getcwd())))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
