@@ -112,9 +112,9 @@ func ParseHeader(file string, prefix []byte, fileSize int64) (*Header, error) {
 	if len(trimmed) == 0 || trimmed[0] != '{' {
 		return nil, bad("", RuleHeaderJSON, "header does not start with a JSON object")
 	}
-	entries, meta, err := decodeHeaderObject(js)
+	entries, meta, culprit, err := decodeHeaderObject(js)
 	if err != nil {
-		return nil, bad("", RuleHeaderJSON, "%v", err)
+		return nil, bad(culprit, RuleHeaderJSON, "%v", err)
 	}
 
 	h := &Header{Metadata: meta, DataLen: fileSize - 8 - int64(n), Size: int64(n)}
@@ -208,12 +208,13 @@ type namedEntry struct {
 }
 
 // decodeHeaderObject walks the top-level object token by token so that a
-// name given twice is an error rather than silently the last one.
-func decodeHeaderObject(js []byte) ([]namedEntry, map[string]string, error) {
+// name given twice is an error rather than silently the last one. On error
+// it also returns the tensor name at fault, if any.
+func decodeHeaderObject(js []byte) ([]namedEntry, map[string]string, string, error) {
 	dec := json.NewDecoder(bytes.NewReader(js))
 	dec.UseNumber()
 	if _, err := dec.Token(); err != nil {
-		return nil, nil, err
+		return nil, nil, "", err
 	}
 	seen := map[string]bool{}
 	var out []namedEntry
@@ -221,35 +222,35 @@ func decodeHeaderObject(js []byte) ([]namedEntry, map[string]string, error) {
 	for dec.More() {
 		tok, err := dec.Token()
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, "", err
 		}
 		name, ok := tok.(string)
 		if !ok {
-			return nil, nil, fmt.Errorf("expected a tensor name, got %v", tok)
+			return nil, nil, "", fmt.Errorf("expected a tensor name, got %v", tok)
 		}
 		if seen[name] {
-			return nil, nil, fmt.Errorf("name %q appears twice", name)
+			return nil, nil, name, fmt.Errorf("name %q appears twice", name)
 		}
 		seen[name] = true
 		if name == "__metadata__" {
 			if err := dec.Decode(&meta); err != nil {
-				return nil, nil, fmt.Errorf("__metadata__ must map strings to strings: %v", err)
+				return nil, nil, "", fmt.Errorf("__metadata__ must map strings to strings: %v", err)
 			}
 			continue
 		}
 		var e rawEntry
 		if err := dec.Decode(&e); err != nil {
-			return nil, nil, fmt.Errorf("tensor %q: %v", name, err)
+			return nil, nil, name, fmt.Errorf("tensor %q: %v", name, err)
 		}
 		out = append(out, namedEntry{name, e})
 	}
 	if _, err := dec.Token(); err != nil {
-		return nil, nil, err
+		return nil, nil, "", err
 	}
 	// Only padding may follow the object.
 	rest := js[dec.InputOffset():]
 	if len(bytes.Trim(rest, " \t\r\n")) != 0 {
-		return nil, nil, fmt.Errorf("%d unexpected bytes after the header object", len(bytes.TrimRight(rest, " \t\r\n")))
+		return nil, nil, "", fmt.Errorf("%d unexpected bytes after the header object", len(bytes.TrimRight(rest, " \t\r\n")))
 	}
-	return out, meta, nil
+	return out, meta, "", nil
 }

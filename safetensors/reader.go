@@ -31,6 +31,14 @@ type File struct {
 // OpenFile maps and validates one file. Nothing beyond the header is read
 // until a tensor is asked for.
 func OpenFile(path string) (*File, error) {
+	// Stat first: opening a FIFO would block.
+	if st, err := os.Stat(path); err != nil {
+		return nil, err
+	} else if st.IsDir() {
+		return nil, fmt.Errorf("%s is a directory, not a safetensors file", path)
+	} else if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file", path)
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
@@ -39,9 +47,6 @@ func OpenFile(path string) (*File, error) {
 	st, err := f.Stat()
 	if err != nil {
 		return nil, err
-	}
-	if st.IsDir() {
-		return nil, fmt.Errorf("%s is a directory, not a safetensors file", path)
 	}
 	data, unmap, err := mapFile(f, st.Size())
 	if err != nil {
@@ -83,6 +88,9 @@ func (f *File) Raw(name string) ([]byte, error) {
 	t, ok := f.Info(name)
 	if !ok {
 		return nil, fmt.Errorf("%s: no tensor %q", f.Path, name)
+	}
+	if f.unmap == nil {
+		return nil, fmt.Errorf("%s: tensor %q read after Close", f.Path, name)
 	}
 	start := 8 + f.Header.Size + t.Begin
 	return f.data[start : start+(t.End-t.Begin) : start+(t.End-t.Begin)], nil
@@ -199,8 +207,8 @@ func openSharded(dir string) (r *Reader, err error) {
 			continue
 		}
 		seen[s] = true
-		if !filepath.IsLocal(s) || strings.Contains(s, `\`) {
-			return nil, bad(n, RuleIndexPath, "shard %q is not a relative path inside the model directory", s)
+		if !filepath.IsLocal(s) || strings.ContainsAny(s, `/\`) || s == "." {
+			return nil, bad(n, RuleIndexPath, "shard %q is not a plain file name inside the model directory", s)
 		}
 		p := filepath.Join(dir, s)
 		real, err := filepath.EvalSymlinks(p)
@@ -212,6 +220,10 @@ func openSharded(dir string) (r *Reader, err error) {
 		}
 		if rel, err := filepath.Rel(realDir, real); err != nil || !filepath.IsLocal(rel) {
 			return nil, bad(n, RuleIndexPath, "shard %q resolves outside the model directory", s)
+		}
+		// Not a directory, and not a FIFO or device that would block open.
+		if st, err := os.Stat(real); err != nil || !st.Mode().IsRegular() {
+			return nil, bad(n, RuleIndexShard, "shard %q is not a regular file", s)
 		}
 		shards = append(shards, s)
 	}

@@ -44,8 +44,9 @@ type Fetch func(name string, dst []float32) error
 
 // Write writes tensors into dir as one file or as shards plus an index.
 // Tensors are fetched one at a time in name order, so memory is bounded by
-// the largest tensor. Every file is written under a temporary name, synced
-// and renamed; the index is renamed last. It returns the files written.
+// the largest tensor. Every file is written under a temporary name and
+// synced; only when all are complete are they renamed, the index last, so
+// an error leaves the directory as it was. It returns the files written.
 func Write(dir string, specs []Spec, fetch Fetch, opt WriteOptions) ([]string, error) {
 	if opt.DType == "" {
 		opt.DType = F32
@@ -116,15 +117,25 @@ func Write(dir string, specs []Spec, fetch Fetch, opt WriteOptions) ([]string, e
 	}
 	buf := make([]float32, maxElems)
 	enc := make([]byte, maxElems*esize)
-	var written []string
+
+	// Every file is staged under a temporary name first and renamed only
+	// once all of them are complete, so a failed fetch or a full disk leaves
+	// the directory as it was (no new shard without its index, no temp file).
+	var staged []staging
+	defer func() {
+		for _, s := range staged {
+			os.Remove(s.tmp) // already renamed on success: a harmless ENOENT
+		}
+	}()
 	for i, shard := range shards {
 		p := filepath.Join(dir, names[i])
-		if err := writeAtomic(p, func(w *bufio.Writer) error {
+		tmp, err := writeTemp(p, func(w *bufio.Writer) error {
 			return writeShard(w, shard, opt, buf, enc, fetch)
-		}); err != nil {
-			return written, err
+		})
+		if err != nil {
+			return nil, err
 		}
-		written = append(written, p)
+		staged = append(staged, staging{tmp, p})
 	}
 	if len(shards) > 1 {
 		wm := map[string]string{}
@@ -138,20 +149,30 @@ func Write(dir string, specs []Spec, fetch Fetch, opt WriteOptions) ([]string, e
 			"weight_map": wm,
 		}, "", "  ")
 		if err != nil {
-			return written, err
+			return nil, err
 		}
 		p := filepath.Join(dir, indexName)
-		if err := writeAtomic(p, func(w *bufio.Writer) error { _, err := w.Write(append(js, '\n')); return err }); err != nil {
+		tmp, err := writeTemp(p, func(w *bufio.Writer) error { _, err := w.Write(append(js, '\n')); return err })
+		if err != nil {
+			return nil, err
+		}
+		staged = append(staged, staging{tmp, p}) // renamed last
+	}
+	var written []string
+	for _, s := range staged {
+		if err := os.Rename(s.tmp, s.final); err != nil {
 			return written, err
 		}
-		written = append(written, p)
+		written = append(written, s.final)
 	}
 	// Weight files of an earlier layout would confuse loaders: remove those
-	// not rewritten (only with Overwrite, where old is non-empty).
+	// not rewritten (only with Overwrite, where old is non-empty), a stale
+	// index before the shards it names.
 	keep := map[string]bool{}
 	for _, p := range written {
 		keep[filepath.Base(p)] = true
 	}
+	sort.SliceStable(old, func(a, b int) bool { return old[a] == indexName && old[b] != indexName })
 	for _, o := range old {
 		if !keep[o] {
 			if err := os.Remove(filepath.Join(dir, o)); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -161,6 +182,9 @@ func Write(dir string, specs []Spec, fetch Fetch, opt WriteOptions) ([]string, e
 	}
 	return written, syncDir(dir)
 }
+
+// staging is a complete, synced temporary file waiting to be renamed.
+type staging struct{ tmp, final string }
 
 // existingWeights lists weight files of this base name already in dir.
 func existingWeights(dir, base string) ([]string, error) {
@@ -248,12 +272,12 @@ func headerJSON(specs []Spec, dt DType, extra map[string]string) ([]byte, error)
 	return js, nil
 }
 
-// writeAtomic writes path through a temporary file in the same directory,
-// fsyncs and renames it, so a crash never leaves a half-written file there.
-func writeAtomic(path string, fill func(*bufio.Writer) error) (err error) {
+// writeTemp fills a temporary file next to path, fsyncs and closes it, and
+// returns its name; on error nothing is left behind.
+func writeTemp(path string, fill func(*bufio.Writer) error) (_ string, err error) {
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
-		return err
+		return "", err
 	}
 	tmp := f.Name()
 	defer func() {
@@ -264,21 +288,35 @@ func writeAtomic(path string, fill func(*bufio.Writer) error) (err error) {
 	}()
 	w := bufio.NewWriterSize(f, 1<<20)
 	if err = fill(w); err != nil {
-		return err
+		return "", err
 	}
 	if err = w.Flush(); err != nil {
-		return err
+		return "", err
 	}
 	if err = f.Sync(); err != nil {
-		return err
+		return "", err
 	}
 	if err = f.Close(); err != nil {
-		return err
+		return "", err
 	}
 	if err = os.Chmod(tmp, 0o644); err != nil {
+		return "", err
+	}
+	return tmp, nil
+}
+
+// writeAtomic writes path through a temporary file in the same directory,
+// fsyncs and renames it, so a crash never leaves a half-written file there.
+func writeAtomic(path string, fill func(*bufio.Writer) error) error {
+	tmp, err := writeTemp(path, fill)
+	if err != nil {
 		return err
 	}
-	return os.Rename(tmp, path)
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return nil
 }
 
 // WriteFileAtomic writes data to path the same crash-safe way; an existing

@@ -183,7 +183,7 @@ func printInspect(w io.Writer, r *inspectReport) {
 	if len(r.Tensors) > 0 {
 		fmt.Fprintln(w, "tensors:")
 		for _, t := range r.Tensors {
-			fmt.Fprintf(w, "  %-52s %-5s %-14v %s\n", t.Name, t.DType, t.Shape, t.File)
+			fmt.Fprintf(w, "  %-52s %-5s %-14s %s\n", t.Name, t.DType, fmt.Sprint(t.Shape), t.File)
 		}
 	}
 	if len(r.Problems) == 0 {
