@@ -13,11 +13,10 @@ import (
 // Backend runs kernels on the host. It is not safe for concurrent use.
 type Backend struct {
 	threads int
-	scratch [][]float32 // per worker: packed A panel
-	packB   []float32   // shared packed B block
+	work    []workspace // per worker: GEMM packing, attention scratch
+	shared  workspace   // the packed B block shared by all workers
 	parts   []float64   // per-worker partial sums
-	rows    [][]float32 // per-worker attention score rows
-	masks   [][]bool    // per-worker visibility rows
+	vis     visCache
 }
 
 var _ kernels.Backend = (*Backend)(nil)
@@ -27,8 +26,7 @@ func New(threads int) *Backend {
 	if threads <= 0 {
 		threads = runtime.GOMAXPROCS(0)
 	}
-	return &Backend{threads: threads, scratch: make([][]float32, threads), parts: make([]float64, threads),
-		rows: make([][]float32, threads), masks: make([][]bool, threads)}
+	return &Backend{threads: threads, work: make([]workspace, threads), parts: make([]float64, threads)}
 }
 
 // Threads is the number of workers.

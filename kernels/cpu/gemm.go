@@ -12,98 +12,169 @@ const (
 	ncBlock = 1024
 )
 
-// MatMul computes C = op(A) op(B) + beta*C (see kernels.Backend).
-func (be *Backend) MatMul(c, a, b kernels.Buf, m, n, k int, transA, transB bool, beta float32) {
-	gemm(be, c.Host[:m*n], a.Host, b.Host, m, n, k, transA, transB, beta)
+// gemmArgs is C = op(A) op(B) + beta*C over strided row-major matrices:
+// op(A) is m x k, op(B) k x n, C m x n with row stride ldc.
+type gemmArgs struct {
+	m, n, k int
+	a       []float32
+	lda     int
+	transA  bool
+	b       []float32
+	ldb     int
+	transB  bool
+	c       []float32
+	ldc     int
+	beta    float32
 }
 
-func gemm(be *Backend, C, A, B []float32, m, n, k int, transA, transB bool, beta float32) {
-	switch {
-	case beta == 0 && k == 0:
-		clear(C)
-		return
-	case beta != 0 && beta != 1:
-		for i := range C {
-			C[i] *= beta
-		}
+// workspace holds one worker's packing buffers.
+type workspace struct {
+	packA, packB []float32
+	s1, s2, s3   []float32 // attention scores, their gradient, row scales
+}
+
+func (w *workspace) bufA(n int) []float32 {
+	if cap(w.packA) < n {
+		w.packA = make([]float32, max(n, mcBlock*kcBlock))
 	}
-	if m == 0 || n == 0 || k == 0 {
-		return
+	return w.packA[:n]
+}
+
+func (w *workspace) bufB(n int) []float32 {
+	if cap(w.packB) < n {
+		w.packB = make([]float32, n)
 	}
-	lda, ldb := k, n
+	return w.packB[:n]
+}
+
+// MatMul computes C = op(A) op(B) + beta*C (see kernels.Backend).
+func (be *Backend) MatMul(c, a, b kernels.Buf, m, n, k int, transA, transB bool, beta float32) {
+	g := gemmArgs{m: m, n: n, k: k, a: a.Host, lda: k, transA: transA, b: b.Host, ldb: n, transB: transB, c: c.Host, ldc: n, beta: beta}
 	if transA {
-		lda = m
+		g.lda = m
 	}
 	if transB {
-		ldb = k
+		g.ldb = k
 	}
-	for jc := 0; jc < n; jc += ncBlock {
-		ncur := min(ncBlock, n-jc)
-		nPanels := (ncur + nr - 1) / nr
-		for pc := 0; pc < k; pc += kcBlock {
-			kcur := min(kcBlock, k-pc)
-			accumulate := beta != 0 || pc > 0
-			need := nPanels * kcur * nr
-			if cap(be.packB) < need {
-				be.packB = make([]float32, nPanels*kcBlock*nr)
+	be.gemm(g)
+}
+
+// prologue applies beta and reports whether any product remains.
+func (g *gemmArgs) prologue() bool {
+	if g.m == 0 || g.n == 0 {
+		return false
+	}
+	if g.beta != 1 {
+		for i := 0; i < g.m; i++ {
+			row := g.c[i*g.ldc : i*g.ldc+g.n]
+			if g.beta == 0 {
+				if g.k == 0 {
+					clear(row)
+				}
+			} else {
+				for j := range row {
+					row[j] *= g.beta
+				}
 			}
-			bp := be.packB[:need]
+		}
+	}
+	return g.k > 0
+}
+
+// gemm runs on all workers: B blocks are packed once and shared, A blocks
+// (and, for short A, column ranges) are split among the workers.
+func (be *Backend) gemm(g gemmArgs) {
+	if !g.prologue() {
+		return
+	}
+	for jc := 0; jc < g.n; jc += ncBlock {
+		ncur := min(ncBlock, g.n-jc)
+		nPanels := (ncur + nr - 1) / nr
+		for pc := 0; pc < g.k; pc += kcBlock {
+			kcur := min(kcBlock, g.k-pc)
+			accumulate := g.beta != 0 || pc > 0
+			bp := be.shared.bufB(nPanels * kcur * nr)
 			be.parallel(nPanels, 4, func(lo, hi, _ int) {
 				for jp := lo; jp < hi; jp++ {
-					packB(bp[jp*kcur*nr:(jp+1)*kcur*nr], B, ldb, transB, pc, jc+jp*nr, kcur, min(nr, ncur-jp*nr))
+					packB(bp[jp*kcur*nr:(jp+1)*kcur*nr], g.b, g.ldb, g.transB, pc, jc+jp*nr, kcur, min(nr, ncur-jp*nr))
 				}
 			})
-			mBlocks := (m + mcBlock - 1) / mcBlock
+			mBlocks := (g.m + mcBlock - 1) / mcBlock
 			jSplit := 1
 			if mBlocks < be.threads {
 				jSplit = min(nPanels, (be.threads+mBlocks-1)/mBlocks)
 			}
 			be.parallel(mBlocks*jSplit, 1, func(lo, hi, worker int) {
-				ap := be.scratchA(worker, mcBlock*kcur)
+				ap := be.work[worker].bufA(mcBlock * kcur)
 				for item := lo; item < hi; item++ {
 					ib, js := item/jSplit, item%jSplit
 					ic := ib * mcBlock
-					mcur := min(mcBlock, m-ic)
-					packA(ap, A, lda, transA, ic, pc, mcur, kcur)
+					mcur := min(mcBlock, g.m-ic)
+					packA(ap, g.a, g.lda, g.transA, ic, pc, mcur, kcur)
 					jlo, jhi := nPanels*js/jSplit, nPanels*(js+1)/jSplit
-					for jp := jlo; jp < jhi; jp++ {
-						bpanel := bp[jp*kcur*nr : (jp+1)*kcur*nr]
-						cj := jc + jp*nr
-						ncols := min(nr, n-cj)
-						for ip := 0; ip*mr < mcur; ip++ {
-							rows := min(mr, mcur-ip*mr)
-							apanel := ap[ip*kcur*mr : (ip+1)*kcur*mr]
-							ci := ic + ip*mr
-							if rows == mr && ncols == nr {
-								microKernel(kcur, apanel, bpanel, C[ci*n+cj:], n, accumulate)
-								continue
-							}
-							var tile [mr * nr]float32
-							microKernel(kcur, apanel, bpanel, tile[:], nr, false)
-							for r := 0; r < rows; r++ {
-								dst := C[(ci+r)*n+cj : (ci+r)*n+cj+ncols]
-								src := tile[r*nr : r*nr+ncols]
-								if accumulate {
-									for j, v := range src {
-										dst[j] += v
-									}
-								} else {
-									copy(dst, src)
-								}
-							}
-						}
-					}
+					g.macro(ap, bp, ic, mcur, jc, jlo, jhi, kcur, accumulate)
 				}
 			})
 		}
 	}
 }
 
-func (be *Backend) scratchA(worker, n int) []float32 {
-	if cap(be.scratch[worker]) < n {
-		be.scratch[worker] = make([]float32, mcBlock*kcBlock)
+// gemmSerial is the same product on one worker with its own workspace, for
+// callers that are already parallel (attention).
+func gemmSerial(ws *workspace, g gemmArgs) {
+	if !g.prologue() {
+		return
 	}
-	return be.scratch[worker][:n]
+	for jc := 0; jc < g.n; jc += ncBlock {
+		ncur := min(ncBlock, g.n-jc)
+		nPanels := (ncur + nr - 1) / nr
+		for pc := 0; pc < g.k; pc += kcBlock {
+			kcur := min(kcBlock, g.k-pc)
+			accumulate := g.beta != 0 || pc > 0
+			bp := ws.bufB(nPanels * kcur * nr)
+			for jp := 0; jp < nPanels; jp++ {
+				packB(bp[jp*kcur*nr:(jp+1)*kcur*nr], g.b, g.ldb, g.transB, pc, jc+jp*nr, kcur, min(nr, ncur-jp*nr))
+			}
+			ap := ws.bufA(mcBlock * kcur)
+			for ic := 0; ic < g.m; ic += mcBlock {
+				mcur := min(mcBlock, g.m-ic)
+				packA(ap, g.a, g.lda, g.transA, ic, pc, mcur, kcur)
+				g.macro(ap, bp, ic, mcur, jc, 0, nPanels, kcur, accumulate)
+			}
+		}
+	}
+}
+
+// macro multiplies one packed A block by packed B panels [jlo, jhi).
+func (g *gemmArgs) macro(ap, bp []float32, ic, mcur, jc, jlo, jhi, kcur int, accumulate bool) {
+	C, ldc := g.c, g.ldc
+	for jp := jlo; jp < jhi; jp++ {
+		bpanel := bp[jp*kcur*nr : (jp+1)*kcur*nr]
+		cj := jc + jp*nr
+		ncols := min(nr, g.n-cj)
+		for ip := 0; ip*mr < mcur; ip++ {
+			rows := min(mr, mcur-ip*mr)
+			apanel := ap[ip*kcur*mr : (ip+1)*kcur*mr]
+			ci := ic + ip*mr
+			if rows == mr && ncols == nr {
+				microKernel(kcur, apanel, bpanel, C[ci*ldc+cj:], ldc, accumulate)
+				continue
+			}
+			var tile [mr * nr]float32
+			microKernel(kcur, apanel, bpanel, tile[:], nr, false)
+			for r := 0; r < rows; r++ {
+				dst := C[(ci+r)*ldc+cj : (ci+r)*ldc+cj+ncols]
+				src := tile[r*nr : r*nr+ncols]
+				if accumulate {
+					for j, v := range src {
+						dst[j] += v
+					}
+				} else {
+					copy(dst, src)
+				}
+			}
+		}
+	}
 }
 
 // packA copies rows [i0, i0+rows) x cols [p0, p0+kcur) of op(A) into panels
@@ -113,6 +184,10 @@ func packA(dst, a []float32, lda int, trans bool, i0, p0, rows, kcur int) {
 		panel := dst[ip*kcur*mr : (ip+1)*kcur*mr]
 		r0 := i0 + ip*mr
 		nrows := min(mr, rows-ip*mr)
+		if !trans && nrows == mr {
+			packFull(panel, a, lda, r0, p0, kcur)
+			continue
+		}
 		if !trans {
 			for r := 0; r < nrows; r++ {
 				src := a[(r0+r)*lda+p0 : (r0+r)*lda+p0+kcur]
@@ -156,5 +231,18 @@ func packB(dst, b []float32, ldb int, trans bool, p0, j0, kcur, ncols int) {
 		for p := 0; p < kcur; p++ {
 			clear(dst[p*nr+ncols : p*nr+nr])
 		}
+	}
+}
+
+// packFull packs a full panel of mr rows of an untransposed A, walking k
+// once with contiguous writes.
+func packFull(panel, a []float32, lda, r0, p0, kcur int) {
+	row := func(r int) []float32 { o := (r0+r)*lda + p0; return a[o : o+kcur : o+kcur] }
+	a0, a1, a2, a3, a4, a5 := row(0), row(1), row(2), row(3), row(4), row(5)
+	a6, a7, a8, a9, a10, a11 := row(6), row(7), row(8), row(9), row(10), row(11)
+	for p := 0; p < kcur; p++ {
+		d := panel[p*mr : p*mr+mr : p*mr+mr]
+		d[0], d[1], d[2], d[3], d[4], d[5] = a0[p], a1[p], a2[p], a3[p], a4[p], a5[p]
+		d[6], d[7], d[8], d[9], d[10], d[11] = a6[p], a7[p], a8[p], a9[p], a10[p], a11[p]
 	}
 }

@@ -18,3 +18,28 @@ func microKernel(k int, a, b, c []float32, ldc int, accumulate bool) {
 	}
 	kernelGo(k, a, b, c, ldc, accumulate)
 }
+
+//go:noescape
+func expShiftAVX512(dst, src *float32, n int, shift float32, sum *[16]float32)
+
+// expShift sets dst[i] = exp(src[i] - shift) (0 for -Inf) and returns the
+// sum of dst.
+func expShift(dst, src []float32, shift float32) float32 {
+	n := len(src)
+	dst = dst[:n]
+	var lanes [16]float32
+	v := 0
+	if hasAVX512 && n >= 16 {
+		v = n &^ 15
+		expShiftAVX512(&dst[0], &src[0], v, shift, &lanes)
+	}
+	var s float32
+	for _, l := range lanes {
+		s += l
+	}
+	for i := v; i < n; i++ {
+		dst[i] = expf(src[i] - shift)
+		s += dst[i]
+	}
+	return s
+}

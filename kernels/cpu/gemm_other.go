@@ -7,3 +7,13 @@ var hasAVX512 = false
 func microKernel(k int, a, b, c []float32, ldc int, accumulate bool) {
 	kernelGo(k, a, b, c, ldc, accumulate)
 }
+
+func expShift(dst, src []float32, shift float32) float32 {
+	dst = dst[:len(src)]
+	var s float32
+	for i, v := range src {
+		dst[i] = expf(v - shift)
+		s += dst[i]
+	}
+	return s
+}

@@ -2,6 +2,7 @@ package cpu
 
 import (
 	"fmt"
+	"github.com/dllm-dev/dllm/kernels"
 	"math"
 	"math/rand/v2"
 	"testing"
@@ -62,7 +63,7 @@ func TestGemmShapes(t *testing.T) {
 						A, B, C := randSlice(r, m*k), randSlice(r, k*n), randSlice(r, m*n)
 						want := widen(C)
 						naiveGemm(want, widen(A), widen(B), m, n, k, tA, tB, float64(beta))
-						gemm(be, C, A, B, m, n, k, tA, tB, beta)
+						be.MatMul(kernels.Buf{Host: C, N: len(C)}, kernels.Buf{Host: A, N: len(A)}, kernels.Buf{Host: B, N: len(B)}, m, n, k, tA, tB, beta)
 						var num, den float64
 						for i := range want {
 							d := float64(C[i]) - want[i]
@@ -85,7 +86,7 @@ func benchGemm(b *testing.B, m, n, k int, tA, tB bool) {
 	be := New(0)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		gemm(be, C, A, B, m, n, k, tA, tB, 0)
+		be.MatMul(kernels.Buf{Host: C, N: len(C)}, kernels.Buf{Host: A, N: len(A)}, kernels.Buf{Host: B, N: len(B)}, m, n, k, tA, tB, 0)
 	}
 	b.ReportMetric(2*float64(m)*float64(n)*float64(k)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
 }
