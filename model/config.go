@@ -65,8 +65,8 @@ type DLLMInfo struct {
 	Source      string  `json:"source_model"`
 	Steps       int     `json:"steps"`
 	TokensSeen  int64   `json:"tokens_seen"`
-	Extra       any     `json:"extra,omitempty"`
 	CartP       float64 `json:"cart_p,omitempty"`
+	TMin        float64 `json:"t_min,omitempty"`
 }
 
 // LoadConfig reads config.json from a model directory (or the file itself).

@@ -250,3 +250,49 @@ func HasNonFinite(be kernels.Backend, buf kernels.Buf) bool {
 	s := be.SumSquares(buf)
 	return math.IsNaN(s) || math.IsInf(s, 0)
 }
+
+// GrowVocab returns a copy of the model with n more vocabulary rows (a new
+// mask token): the new rows of the embedding, and of an untied lm_head, are
+// the mean of the existing rows (DESIGN.md §3). config.json's vocab_size
+// follows.
+func (m *Model) GrowVocab(n int) (*Model, error) {
+	if n <= 0 {
+		return m, nil
+	}
+	cfg := *m.Cfg
+	cfg.Raw = map[string]any{}
+	for k, v := range m.Cfg.Raw {
+		cfg.Raw[k] = v
+	}
+	cfg.Vocab += n
+	cfg.Raw["vocab_size"] = cfg.Vocab
+	g := New(&cfg, m.BE)
+	g.TiedAs = m.TiedAs
+	old := make([]float32, m.Layout.Total)
+	m.BE.Download(old, m.Params)
+	host := make([]float32, g.Layout.Total)
+	H := cfg.Hidden
+	for i, s := range g.Layout.Specs {
+		dst := host[g.Layout.Offsets[i] : g.Layout.Offsets[i]+s.Elements()]
+		j := m.Layout.index[s.Name]
+		src := old[m.Layout.Offsets[j] : m.Layout.Offsets[j]+m.Layout.Specs[j].Elements()]
+		copy(dst, src)
+		if s.Name != EmbedName && s.Name != LMHeadName {
+			continue
+		}
+		rows := len(src) / H
+		mean := make([]float64, H)
+		for r := 0; r < rows; r++ {
+			for c := 0; c < H; c++ {
+				mean[c] += float64(src[r*H+c])
+			}
+		}
+		for r := rows; r < rows+n; r++ {
+			for c := 0; c < H; c++ {
+				dst[r*H+c] = float32(mean[c] / float64(rows))
+			}
+		}
+	}
+	g.BE.Upload(g.Params, host)
+	return g, g.BE.Err()
+}

@@ -21,10 +21,6 @@ type exitError struct {
 
 func (e *exitError) Error() string { return e.err.Error() }
 
-func notLanded(what string) error {
-	return &exitError{2, fmt.Errorf("%s is not implemented yet", what)}
-}
-
 func newRoot() *cobra.Command {
 	root := &cobra.Command{
 		Use:           "dllm",

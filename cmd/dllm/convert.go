@@ -1,0 +1,126 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/dllm-dev/dllm/convert"
+)
+
+var convertUsage = map[string]string{
+	"data":            "training text: .txt / .jsonl files or folders of them (repeat or comma-separate)",
+	"out":             "output directory (checkpoints, metrics, final/ export)",
+	"text-field":      "JSONL field holding the text",
+	"separator":       "document separator in .txt files without <|endoftext|> markers: blank (a blank line), line, single-newline (TinyStories: paragraphs stay together), none",
+	"eval-data":       "held-out text (default: the last --eval-fraction of the documents of --data)",
+	"eval-fraction":   "fraction of documents held out for evaluation",
+	"shift":           "score masked position n with the logits of n-1 (the AR model's next-token head)",
+	"weighting":       "per-token loss weight: elbo (1/t), cart (Dream's context-adaptive weights) or uniform",
+	"cart-p":          "CART's geometric parameter p",
+	"loss-norm":       "normalise the loss by the number of masked tokens (masked) or by B*L (tokens)",
+	"t-min":           "smallest noise level t",
+	"mask-token":      "mask token string or id (default: the tokenizer's own, else <|mask|> on a spare or new row)",
+	"anneal-steps":    "steps over which attention anneals from causal to bidirectional (0: bidirectional at once; default a tenth of --steps)",
+	"doc-mask":        "attend only within a document in packed rows",
+	"block-schedule":  "block diffusion with a block-size schedule, e.g. 1:2000,4:2000,32:2000,full:20000,32:4000",
+	"t-per":           "block diffusion: one t per row or per block",
+	"embed-noise":     "block diffusion: add Gaussian noise to masked embeddings for this many steps",
+	"embed-noise-std": "standard deviation of --embed-noise",
+	"steps":           "optimizer steps",
+	"seq-len":         "tokens per row",
+	"batch-size":      "rows per micro-batch",
+	"grad-accum":      "micro-batches per optimizer step",
+	"lr":              "peak learning rate",
+	"min-lr":          "final learning rate of cosine / wsd (default lr/10)",
+	"warmup":          "linear warm-up steps (default 1% of --steps)",
+	"lr-schedule":     "cosine, wsd (warmup-stable-decay) or constant",
+	"decay-fraction":  "wsd: fraction of the steps spent decaying",
+	"weight-decay":    "AdamW weight decay (matrices only)",
+	"beta1":           "AdamW beta1",
+	"beta2":           "AdamW beta2",
+	"adam-eps":        "AdamW epsilon",
+	"clip":            "global gradient-norm clip (0: off)",
+	"seed":            "seed of data order, noise and attention masks",
+	"init":            "pretrained (convert the source) or random (same architecture, fresh weights: the baseline)",
+	"device":          "auto, cpu or cuda",
+	"threads":         "CPU threads (0: all)",
+	"dtype":           "dtype of the exported weights: f32, bf16, f16 (default: the source's)",
+	"eval-every":      "evaluate every N steps (default a tenth of --steps; 0: only at start and end)",
+	"eval-rows":       "held-out rows per evaluation",
+	"eval-mc":         "Monte-Carlo passes per evaluation",
+	"save-every":      "checkpoint every N steps (default a fifth of --steps; 0: only at the end)",
+	"keep":            "checkpoints to keep",
+	"resume":          "continue from the newest checkpoint in --out",
+	"force":           "start over in an --out that holds a previous run",
+	"quiet":           "no progress line",
+}
+
+func newConvertCmd() *cobra.Command {
+	opt := convert.Defaults()
+	var configFile string
+	cmd := &cobra.Command{
+		Use:   "convert SRC --data PATH... --out DIR",
+		Short: "Convert an AR checkpoint into a masked-diffusion model",
+		Long: `convert continues training the autoregressive model in SRC (a Hugging Face
+directory: config.json, safetensors, tokenizer.json) with the masked-diffusion
+objective while attention is annealed from causal to bidirectional
+(DiffuLLaMA), optionally with Dream's CART weights or LLaDA 2.0's block-size
+schedule, and exports a diffusion checkpoint to DIR/final.
+
+Every flag can also be set in --config FILE (YAML or JSON, flag names as keys);
+the command line wins. SIGINT saves a checkpoint; --resume continues exactly.`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			src := ""
+			if len(args) == 1 {
+				src = args[0]
+			}
+			if configFile != "" {
+				if err := applyConfigFile(cmd, configFile, map[string]*string{"source": &src}); err != nil {
+					return err
+				}
+			}
+			if src == "" {
+				return &exitError{2, fmt.Errorf("convert needs the source model directory: dllm convert SRC --data PATH --out DIR")}
+			}
+			opt.Source = src
+			be, err := openBackend(opt.Device, opt.Threads, cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			defer be.Close()
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			sum, err := convert.Run(ctx, opt, be, cmd.ErrOrStderr())
+			if errors.Is(err, convert.ErrInterrupted) {
+				return &exitError{130, fmt.Errorf("interrupted: checkpoint %s saved; continue with: dllm convert %s --out %s --resume", sum.Checkpoint, src, opt.Out)}
+			}
+			if err != nil {
+				return err
+			}
+			printSummary(cmd, sum)
+			return nil
+		},
+	}
+	bindFlags(cmd.Flags(), &opt, convertUsage)
+	cmd.Flags().StringVar(&configFile, "config", "", "YAML or JSON file of settings (flag names as keys)")
+	return cmd
+}
+
+func printSummary(cmd *cobra.Command, s *convert.Summary) {
+	w := cmd.OutOrStdout()
+	fmt.Fprintf(w, "converted: %s\n", s.Export)
+	fmt.Fprintf(w, "steps %d, %s tokens in %.1fs (%.0f tokens/s), final train loss %.4f\n", s.Steps, commas(s.TokensSeen), s.Seconds, s.TokensPerSec, s.FinalLoss)
+	if s.Before != nil && s.After != nil {
+		fmt.Fprintf(w, "held-out NELBO %.4f -> %.4f nats/token (ppl bound %.2f -> %.2f)\n", s.Before.NELBO, s.After.NELBO, s.Before.PPLBound, s.After.PPLBound)
+		for i, a := range s.After.Accuracy {
+			fmt.Fprintf(w, "masked-token accuracy at t=%.2f: %.3f -> %.3f\n", a.T, s.Before.Accuracy[i].Accuracy, a.Accuracy)
+		}
+	}
+}

@@ -1,0 +1,28 @@
+package main
+
+import (
+	"fmt"
+	"io"
+
+	"github.com/dllm-dev/dllm/kernels"
+	"github.com/dllm-dev/dllm/kernels/cpu"
+)
+
+// openBackend picks the compute device: cpu, cuda, or auto (the GPU when a
+// driver is found, else the CPU).
+func openBackend(device string, threads int, log io.Writer) (kernels.Backend, error) {
+	switch device {
+	case "cpu":
+		return cpu.New(threads), nil
+	case "cuda", "auto":
+		be, err := openCUDA()
+		if err == nil {
+			return be, nil
+		}
+		if device == "cuda" {
+			return nil, fmt.Errorf("--device cuda: %v (use --device cpu)", err)
+		}
+		return cpu.New(threads), nil
+	}
+	return nil, fmt.Errorf("unknown device %q: use auto, cpu or cuda", device)
+}

@@ -1,0 +1,327 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/dllm-dev/dllm/diffusion"
+	"github.com/dllm-dev/dllm/model"
+	"github.com/dllm-dev/dllm/tokenizer"
+)
+
+type generateFlags struct {
+	prompt, promptFile, ids string
+	ar, show, stopAtEOS     bool
+	noCache, asJSON         bool
+	genLen, steps, blockLen int
+	topK, batch, threads    int
+	temperature, topP       float64
+	algTemp, threshold      float64
+	alg, device             string
+	seed                    uint64
+}
+
+func newGenerateCmd() *cobra.Command {
+	var g generateFlags
+	cmd := &cobra.Command{
+		Use:   "generate DIR [--prompt TEXT | --prompt-file FILE | stdin]",
+		Short: "Sample text from a diffusion model (or, with --ar, from an AR model)",
+		Long: `generate decodes from a diffusion checkpoint written by 'dllm convert', the
+way its config.json's "dllm" block says it was trained (mask token, shift,
+attention rule, block size): the prompt followed by --gen-len mask tokens,
+revealed over --steps steps in semi-autoregressive blocks of --block-len.
+Defaults come from the model's generation_config.json.
+
+--ar decodes an autoregressive model left to right with a KV cache instead
+(greedy at --temperature 0): the check that a source model loaded right.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error { return runGenerate(cmd, args[0], &g) },
+	}
+	f := cmd.Flags()
+	f.StringVar(&g.prompt, "prompt", "", "prompt text")
+	f.StringVar(&g.promptFile, "prompt-file", "", "read the prompt from a file")
+	f.StringVar(&g.ids, "ids", "", "prompt as comma-separated token ids (prints ids)")
+	f.BoolVar(&g.ar, "ar", false, "autoregressive decoding with a KV cache (for AR source models)")
+	f.IntVar(&g.genLen, "gen-len", 128, "tokens to generate")
+	f.IntVar(&g.steps, "steps", 0, "denoising steps (default: gen-len)")
+	f.IntVar(&g.blockLen, "block-len", 0, "semi-autoregressive block length (default: gen-len, or the model's block size)")
+	f.Float64Var(&g.temperature, "temperature", 0, "sampling temperature (0: greedy)")
+	f.Float64Var(&g.topP, "top-p", 0, "nucleus sampling: keep the smallest set of tokens with this much probability (0: off)")
+	f.IntVar(&g.topK, "top-k", 0, "keep the k most likely tokens (0: off)")
+	f.StringVar(&g.alg, "alg", "confidence", "reveal order: confidence, margin, entropy, or random (Dream's origin)")
+	f.Float64Var(&g.algTemp, "alg-temp", 0, "> 0: draw positions from softmax(confidence/alg-temp) instead of taking the top ones")
+	f.Float64Var(&g.threshold, "threshold", 0, "Fast-dLLM parallel decoding: reveal every position more confident than this (0: off)")
+	f.Uint64Var(&g.seed, "seed", 0, "random seed")
+	f.IntVar(&g.batch, "batch", 1, "samples at once")
+	f.BoolVar(&g.stopAtEOS, "stop-at-eos", false, "cut each sample at its first end-of-sequence token")
+	f.BoolVar(&g.show, "show", false, "draw the denoising live in the terminal")
+	f.BoolVar(&g.noCache, "no-cache", false, "block models: recompute finished blocks every step")
+	f.BoolVar(&g.asJSON, "json", false, "print JSON")
+	f.StringVar(&g.device, "device", "auto", "auto, cpu or cuda")
+	f.IntVar(&g.threads, "threads", 0, "CPU threads (0: all)")
+	return cmd
+}
+
+// genDefaults applies generation_config.json to flags the user did not set.
+func genDefaults(cmd *cobra.Command, dir string, g *generateFlags) {
+	b, err := os.ReadFile(filepath.Join(dir, "generation_config.json"))
+	if err != nil {
+		return
+	}
+	var gc map[string]any
+	if json.Unmarshal(b, &gc) != nil {
+		return
+	}
+	set := func(flag, key string) {
+		if v, ok := gc[key]; ok && v != nil && !cmd.Flags().Changed(flag) {
+			cmd.Flags().Set(flag, fmt.Sprint(v))
+		}
+	}
+	set("gen-len", "gen_length")
+	set("steps", "steps")
+	set("block-len", "block_length")
+	set("alg", "alg")
+	set("alg-temp", "alg_temp")
+	set("temperature", "temperature")
+	set("top-p", "top_p")
+	set("top-k", "top_k")
+	set("threshold", "threshold")
+}
+
+func readPrompt(cmd *cobra.Command, g *generateFlags) (string, error) {
+	switch {
+	case g.prompt != "":
+		return g.prompt, nil
+	case g.promptFile != "":
+		b, err := os.ReadFile(g.promptFile)
+		if err != nil {
+			return "", fmt.Errorf("--prompt-file: %v", unwrapPathError(err))
+		}
+		return strings.TrimRight(string(b), "\n"), nil
+	}
+	in := cmd.InOrStdin()
+	if f, ok := in.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		return "", nil
+	}
+	b, err := io.ReadAll(in)
+	return strings.TrimRight(string(b), "\n"), err
+}
+
+// parseIDList reads comma-separated token ids.
+func parseIDList(s string) ([]int32, error) {
+	var out []int32
+	for _, p := range strings.Split(s, ",") {
+		p = strings.TrimSpace(p)
+		if p == "" {
+			continue
+		}
+		v, err := strconv.Atoi(p)
+		if err != nil {
+			return nil, fmt.Errorf("--ids: %q is not an integer", p)
+		}
+		out = append(out, int32(v))
+	}
+	return out, nil
+}
+
+func runGenerate(cmd *cobra.Command, dir string, g *generateFlags) error {
+	genDefaults(cmd, dir, g)
+	cfg, err := model.LoadConfig(dir)
+	if err != nil {
+		return err
+	}
+	var tok *tokenizer.Tokenizer
+	var prompt []int32
+	if g.ids != "" {
+		if prompt, err = parseIDList(g.ids); err != nil {
+			return err
+		}
+	} else {
+		if tok, err = tokenizer.Load(dir); err != nil {
+			return fmt.Errorf("%v (or give the prompt as --ids)", err)
+		}
+		text, err := readPrompt(cmd, g)
+		if err != nil {
+			return err
+		}
+		for _, id := range tok.Encode(text, true) {
+			prompt = append(prompt, int32(id))
+		}
+	}
+	for _, id := range prompt {
+		if id < 0 || int(id) >= cfg.Vocab {
+			return fmt.Errorf("prompt token %d is outside the vocabulary (%d)", id, cfg.Vocab)
+		}
+	}
+	var info diffusion.Info
+	if !g.ar {
+		if info, err = diffusion.InfoFrom(cfg); err != nil {
+			return err
+		}
+	}
+	be, err := openBackend(g.device, g.threads, cmd.ErrOrStderr())
+	if err != nil {
+		return err
+	}
+	defer be.Close()
+	m, err := model.Load(dir, be)
+	if err != nil {
+		return err
+	}
+	var eos []int32
+	for _, e := range cfg.EOS {
+		eos = append(eos, int32(e))
+	}
+	if tok != nil && tok.EOS() >= 0 {
+		eos = append(eos, int32(tok.EOS()))
+	}
+	decode := func(ids []int32) string {
+		if tok == nil {
+			b, _ := json.Marshal(ids)
+			return string(b)
+		}
+		xs := make([]int, len(ids))
+		for i, v := range ids {
+			xs[i] = int(v)
+		}
+		return tok.Decode(xs, true)
+	}
+	var samples [][]int32
+	var seconds float64
+	var steps, forwards int
+	if g.ar {
+		samples, seconds, err = generateAR(m, prompt, g, eos)
+		steps = g.genLen
+		forwards = g.genLen
+	} else {
+		opt := diffusion.GenOptions{GenLen: g.genLen, Steps: g.steps, BlockLen: g.blockLen, Temperature: g.temperature,
+			TopP: g.topP, TopK: g.topK, Alg: diffusion.Alg(g.alg), AlgTemp: g.algTemp, Threshold: g.threshold,
+			Seed: g.seed, Batch: g.batch, EOS: eos, StopAtEOS: g.stopAtEOS, NoCache: g.noCache}
+		if g.show {
+			opt.Observe = showStep(cmd.ErrOrStderr(), tok, info.MaskID, len(prompt))
+		}
+		s, err := diffusion.NewSampler(m, info, opt)
+		if err != nil {
+			return err
+		}
+		defer s.Free()
+		res, err := s.Generate(prompt)
+		if err != nil {
+			return err
+		}
+		samples, seconds, steps, forwards = res.Tokens, res.Seconds, res.Steps, res.Forward
+	}
+	out := cmd.OutOrStdout()
+	total := 0
+	for _, smp := range samples {
+		total += len(smp)
+	}
+	if g.asJSON {
+		type sample struct {
+			IDs  []int32 `json:"ids"`
+			Text string  `json:"text,omitempty"`
+		}
+		var ss []sample
+		for _, smp := range samples {
+			s := sample{IDs: smp}
+			if tok != nil {
+				s.Text = decode(smp)
+			}
+			ss = append(ss, s)
+		}
+		return json.NewEncoder(out).Encode(map[string]any{"prompt_ids": prompt, "samples": ss, "seconds": seconds,
+			"steps": steps, "forward_passes": forwards})
+	}
+	for i, smp := range samples {
+		if len(samples) > 1 {
+			fmt.Fprintf(out, "--- sample %d\n", i+1)
+		}
+		if tok != nil {
+			fmt.Fprintln(out, decode(prompt)+decode(smp))
+		} else {
+			fmt.Fprintln(out, decode(smp))
+		}
+	}
+	if seconds > 0 {
+		fmt.Fprintf(cmd.ErrOrStderr(), "%d tokens in %.2fs: %.1f tokens/s, %.1f steps/s (%d steps, %d forward passes)\n",
+			total, seconds, float64(total)/seconds, float64(steps)/seconds, steps, forwards)
+	}
+	return nil
+}
+
+func generateAR(m *model.Model, prompt []int32, g *generateFlags, eos []int32) ([][]int32, float64, error) {
+	if len(prompt) == 0 {
+		return nil, 0, fmt.Errorf("AR decoding needs a prompt (the tokenizer adds BOS to text prompts)")
+	}
+	maxLen := len(prompt) + g.genLen
+	gen := m.NewARGenerator(len(prompt), maxLen)
+	defer gen.Free()
+	stop := func(t int32) bool {
+		if !g.stopAtEOS {
+			return false
+		}
+		for _, e := range eos {
+			if e == t {
+				return true
+			}
+		}
+		return false
+	}
+	var out [][]int32
+	var secs float64
+	for b := 0; b < max(g.batch, 1); b++ {
+		s := &model.Sampler{S: model.Sampling{Temperature: g.temperature, TopK: g.topK, TopP: g.topP},
+			Rng: rand.New(rand.NewPCG(g.seed, uint64(b)))}
+		t0 := time.Now()
+		toks, err := gen.Generate(prompt, g.genLen, s, stop)
+		if err != nil {
+			return nil, 0, err
+		}
+		secs += time.Since(t0).Seconds()
+		if g.stopAtEOS && len(toks) > 0 && stop(toks[len(toks)-1]) {
+			toks = toks[:len(toks)-1]
+		}
+		out = append(out, toks)
+	}
+	return out, secs, nil
+}
+
+// showStep redraws the sample of row 0 after every step: masked positions
+// as a shaded block, revealed tokens as text.
+func showStep(w io.Writer, tok *tokenizer.Tokenizer, mask int32, promptLen int) func(int, [][]int32) {
+	f, ok := w.(*os.File)
+	if !ok || !term.IsTerminal(int(f.Fd())) {
+		return nil
+	}
+	first := true
+	return func(step int, x [][]int32) {
+		var b strings.Builder
+		for _, t := range x[0][promptLen:] {
+			switch {
+			case t == mask:
+				b.WriteString("\u2591")
+			case tok != nil:
+				b.WriteString(tok.Decode([]int{int(t)}, true))
+			default:
+				fmt.Fprintf(&b, "%d ", t)
+			}
+		}
+		if first {
+			fmt.Fprint(w, "\0337")
+			first = false
+		} else {
+			fmt.Fprint(w, "\0338\033[J")
+		}
+		fmt.Fprintf(w, "[step %d]\n%s\n", step, b.String())
+	}
+}

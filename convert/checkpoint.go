@@ -1,0 +1,204 @@
+package convert
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/dllm-dev/dllm/safetensors"
+)
+
+const checkpointPrefix = "checkpoint-"
+
+// runArtifacts are the names a run writes in its output directory; --force
+// removes them and nothing else.
+var runArtifacts = []string{"final", "metrics.jsonl", "run_config.json", "summary.json", "loss.png"}
+
+// prepareOut makes the output directory; an existing run there is an
+// error unless force, which removes that run's artifacts (the tokenized-data
+// cache is kept).
+func prepareOut(dir string, force bool) error {
+	entries, err := os.ReadDir(dir)
+	if os.IsNotExist(err) {
+		return os.MkdirAll(dir, 0o755)
+	}
+	if err != nil {
+		return err
+	}
+	var ours []string
+	for _, e := range entries {
+		n := e.Name()
+		if strings.HasPrefix(n, checkpointPrefix) || strings.HasPrefix(n, "."+checkpointPrefix) || contains(runArtifacts, n) {
+			ours = append(ours, n)
+		}
+	}
+	if len(ours) == 0 {
+		return nil
+	}
+	if !force {
+		return fmt.Errorf("%s already holds a run (%s): continue it with --resume, or start over with --force", dir, strings.Join(ours, ", "))
+	}
+	for _, n := range ours {
+		if err := os.RemoveAll(filepath.Join(dir, n)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// checkpoints lists finished checkpoints by step, oldest first.
+func checkpoints(dir string) ([]int, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var steps []int
+	for _, e := range entries {
+		if n, ok := strings.CutPrefix(e.Name(), checkpointPrefix); ok && e.IsDir() {
+			if s, err := strconv.Atoi(n); err == nil {
+				steps = append(steps, s)
+			}
+		}
+	}
+	sort.Ints(steps)
+	return steps, nil
+}
+
+func checkpointDir(out string, step int) string {
+	return filepath.Join(out, fmt.Sprintf("%s%d", checkpointPrefix, step))
+}
+
+func latestCheckpoint(out string) (string, error) {
+	steps, err := checkpoints(out)
+	if err != nil {
+		return "", fmt.Errorf("--resume: cannot read %s: %v", out, err)
+	}
+	if len(steps) == 0 {
+		return "", fmt.Errorf("--resume: no checkpoint-STEP folder in %s to continue from", out)
+	}
+	return checkpointDir(out, steps[len(steps)-1]), nil
+}
+
+func readState(dir string) (*trainerState, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "trainer_state.json"))
+	if err != nil {
+		return nil, fmt.Errorf("resume: %v", err)
+	}
+	var s trainerState
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, fmt.Errorf("resume: %s/trainer_state.json is not valid: %v", dir, err)
+	}
+	return &s, nil
+}
+
+// saveCheckpoint writes weights, optimizer moments, config and trainer
+// state into a temporary folder, syncs it and renames it into place, then
+// keeps only the newest --keep checkpoints.
+func (r *run) saveCheckpoint() (string, error) {
+	out, st := r.opt.Out, &r.state
+	final := checkpointDir(out, st.Step)
+	tmp, err := os.MkdirTemp(out, "."+filepath.Base(final)+".tmp-")
+	if err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(tmp)
+	m := r.m
+	if _, err := safetensors.Write(tmp, m.ExportSpecs(), m.FetchFrom(m.Params), safetensors.WriteOptions{DType: safetensors.F32}); err != nil {
+		return "", fmt.Errorf("checkpoint weights: %w", err)
+	}
+	var specs []safetensors.Spec
+	for _, s := range m.ExportSpecs() {
+		specs = append(specs, safetensors.Spec{Name: "m." + s.Name, Shape: s.Shape}, safetensors.Spec{Name: "v." + s.Name, Shape: s.Shape})
+	}
+	fm, fv := m.FetchFrom(r.adamM), m.FetchFrom(r.adamV)
+	fetch := func(name string, dst []float32) error {
+		if n, ok := strings.CutPrefix(name, "m."); ok {
+			return fm(n, dst)
+		}
+		return fv(strings.TrimPrefix(name, "v."), dst)
+	}
+	if _, err := safetensors.Write(tmp, specs, fetch, safetensors.WriteOptions{DType: safetensors.F32, BaseName: "optimizer"}); err != nil {
+		return "", fmt.Errorf("checkpoint optimizer: %w", err)
+	}
+	cfg, _ := json.MarshalIndent(m.Cfg.Raw, "", "  ")
+	if err := writeFileAtomic(filepath.Join(tmp, "config.json"), append(cfg, '\n')); err != nil {
+		return "", err
+	}
+	st.RNG, err = r.pcg.MarshalBinary()
+	if err != nil {
+		return "", err
+	}
+	sb, _ := json.MarshalIndent(st, "", "  ")
+	if err := writeFileAtomic(filepath.Join(tmp, "trainer_state.json"), append(sb, '\n')); err != nil {
+		return "", err
+	}
+	if err := syncPath(tmp); err != nil {
+		return "", err
+	}
+	if err := os.RemoveAll(final); err != nil {
+		return "", err
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		return "", err
+	}
+	syncPath(out)
+	steps, err := checkpoints(out)
+	if err != nil {
+		return final, err
+	}
+	for len(steps) > r.opt.Keep {
+		os.RemoveAll(checkpointDir(out, steps[0]))
+		steps = steps[1:]
+	}
+	return final, nil
+}
+
+func (r *run) loadOptimizer(dir string) error {
+	f, err := safetensors.Open(filepath.Join(dir, "optimizer.safetensors"))
+	if err != nil {
+		return fmt.Errorf("resume: %w", err)
+	}
+	defer f.Close()
+	host := make([]float32, r.m.Layout.Total)
+	for _, which := range []string{"m.", "v."} {
+		for i, s := range r.m.ExportSpecs() {
+			off, n := r.m.Layout.Offsets[i], r.m.Layout.Specs[i].Elements()
+			if err := f.ReadFloat32Into(which+s.Name, host[off:off+n]); err != nil {
+				return fmt.Errorf("resume: %w", err)
+			}
+		}
+		if which == "m." {
+			r.be.Upload(r.adamM, host)
+		} else {
+			r.be.Upload(r.adamV, host)
+		}
+	}
+	return r.be.Err()
+}
+
+func writeFileAtomic(path string, data []byte) error {
+	return safetensors.WriteFileAtomic(path, data, true)
+}
+
+func syncPath(p string) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_ = f.Sync()
+	return nil
+}

@@ -1,0 +1,178 @@
+// Package convert is a conversion run: an AR checkpoint continues training
+// with the masked-diffusion objective while attention is annealed from
+// causal to bidirectional (or scheduled through block sizes), with periodic
+// evaluation, crash-safe checkpoints, exact resume and an HF-layout export.
+// It is the only package that knows about "a run".
+package convert
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/dllm-dev/dllm/anneal"
+	"github.com/dllm-dev/dllm/diffusion"
+	"github.com/dllm-dev/dllm/safetensors"
+)
+
+// Options are every setting of a run; each has a CLI flag of the same name
+// (kebab-case) and a key in --config files.
+type Options struct {
+	Source string   `json:"source"`
+	Data   []string `json:"data"`
+	Out    string   `json:"out"`
+
+	// Data.
+	TextField    string   `json:"text-field"`
+	Separator    string   `json:"separator"`
+	EvalData     []string `json:"eval-data,omitempty"`
+	EvalFraction float64  `json:"eval-fraction"`
+
+	// Objective.
+	Shift     bool    `json:"shift"`
+	Weighting string  `json:"weighting"`
+	CartP     float64 `json:"cart-p"`
+	LossNorm  string  `json:"loss-norm"`
+	TMin      float64 `json:"t-min"`
+	MaskToken string  `json:"mask-token,omitempty"`
+
+	// Attention.
+	AnnealSteps   int     `json:"anneal-steps"` // -1: a tenth of Steps
+	DocMask       bool    `json:"doc-mask"`
+	BlockSchedule string  `json:"block-schedule,omitempty"`
+	TPer          string  `json:"t-per"`
+	EmbedNoise    int     `json:"embed-noise"`
+	EmbedNoiseStd float64 `json:"embed-noise-std"`
+
+	// Training.
+	Steps       int     `json:"steps"`
+	SeqLen      int     `json:"seq-len"`
+	BatchSize   int     `json:"batch-size"`
+	GradAccum   int     `json:"grad-accum"`
+	LR          float64 `json:"lr"`
+	MinLR       float64 `json:"min-lr"` // -1: LR/10
+	Warmup      int     `json:"warmup"`
+	LRSchedule  string  `json:"lr-schedule"`
+	DecayFrac   float64 `json:"decay-fraction"`
+	WeightDecay float64 `json:"weight-decay"`
+	Beta1       float64 `json:"beta1"`
+	Beta2       float64 `json:"beta2"`
+	Eps         float64 `json:"adam-eps"`
+	Clip        float64 `json:"clip"`
+	Seed        uint64  `json:"seed"`
+	Init        string  `json:"init"`
+
+	// System.
+	Device  string `json:"device"`
+	Threads int    `json:"threads"`
+	DType   string `json:"dtype,omitempty"` // export dtype; "" = the source's
+
+	// Run.
+	EvalEvery int  `json:"eval-every"` // -1: a tenth of Steps; 0: only at start and end
+	EvalRows  int  `json:"eval-rows"`
+	EvalMC    int  `json:"eval-mc"`
+	SaveEvery int  `json:"save-every"` // -1: a fifth of Steps; 0: only at the end
+	Keep      int  `json:"keep"`
+	Resume    bool `json:"resume"`
+	Force     bool `json:"force"`
+	Quiet     bool `json:"quiet"`
+}
+
+// Defaults are the settings a plain `dllm convert SRC --data D --out O` uses.
+func Defaults() Options {
+	return Options{
+		TextField: "text", Separator: "blank", EvalFraction: 0.05,
+		Shift: true, Weighting: "elbo", CartP: 0.1, LossNorm: "masked", TMin: 1e-3,
+		AnnealSteps: -1, TPer: "row", EmbedNoiseStd: 0.1,
+		Steps: 1000, SeqLen: 512, BatchSize: 8, GradAccum: 1, LR: 1e-4, MinLR: -1, Warmup: -1,
+		LRSchedule: "cosine", DecayFrac: 0.2, WeightDecay: 0.1, Beta1: 0.9, Beta2: 0.95, Eps: 1e-8, Clip: 1, Seed: 42,
+		Init: "pretrained", Device: "auto", EvalEvery: -1, EvalRows: 32, EvalMC: 8, SaveEvery: -1, Keep: 2,
+	}
+}
+
+// Resolve fills the derived defaults and checks every value, returning the
+// first problem as a message that says what to change.
+func (o *Options) Resolve() error {
+	switch {
+	case o.Source == "":
+		return fmt.Errorf("no source model: give the Hugging Face model directory to convert")
+	case len(o.Data) == 0:
+		return fmt.Errorf("no training data: pass --data with text or JSONL files or folders")
+	case o.Out == "":
+		return fmt.Errorf("no output directory: pass --out DIR")
+	case o.Steps <= 0:
+		return fmt.Errorf("--steps must be positive, got %d", o.Steps)
+	case o.SeqLen < 2:
+		return fmt.Errorf("--seq-len must be at least 2, got %d", o.SeqLen)
+	case o.BatchSize <= 0:
+		return fmt.Errorf("--batch-size must be positive, got %d", o.BatchSize)
+	case o.GradAccum <= 0:
+		return fmt.Errorf("--grad-accum must be positive, got %d", o.GradAccum)
+	case !(o.LR > 0):
+		return fmt.Errorf("--lr must be positive, got %g", o.LR)
+	case o.Clip < 0:
+		return fmt.Errorf("--clip must be >= 0 (0 disables clipping), got %g", o.Clip)
+	case o.Beta1 < 0 || o.Beta1 >= 1 || o.Beta2 < 0 || o.Beta2 >= 1:
+		return fmt.Errorf("--beta1 and --beta2 must be in [0, 1)")
+	case o.EvalFraction < 0 || o.EvalFraction >= 1:
+		return fmt.Errorf("--eval-fraction must be in [0, 1), got %g", o.EvalFraction)
+	case o.Keep < 1:
+		return fmt.Errorf("--keep must be at least 1, got %d", o.Keep)
+	}
+	switch o.Init {
+	case "pretrained", "random":
+	default:
+		return fmt.Errorf("--init must be pretrained or random, got %q", o.Init)
+	}
+	switch o.LRSchedule {
+	case "cosine", "wsd", "constant":
+	default:
+		return fmt.Errorf("--lr-schedule must be cosine, wsd or constant, got %q", o.LRSchedule)
+	}
+	switch o.Device {
+	case "auto", "cpu", "cuda":
+	default:
+		return fmt.Errorf("--device must be auto, cpu or cuda, got %q", o.Device)
+	}
+	switch o.TPer {
+	case "row", "block":
+	default:
+		return fmt.Errorf("--t-per must be row or block, got %q", o.TPer)
+	}
+	if o.DType != "" {
+		if _, err := safetensors.ParseDType(o.DType); err != nil {
+			return fmt.Errorf("--dtype: %v", err)
+		}
+	}
+	obj := o.Objective(0)
+	if err := obj.Validate(); err != nil {
+		return err
+	}
+	if o.AnnealSteps < 0 {
+		o.AnnealSteps = o.Steps / 10
+	}
+	if o.MinLR < 0 {
+		o.MinLR = o.LR / 10
+	}
+	if o.Warmup < 0 {
+		o.Warmup = o.Steps / 100
+	}
+	if o.EvalEvery < 0 {
+		o.EvalEvery = max(o.Steps/10, 1)
+	}
+	if o.SaveEvery < 0 {
+		o.SaveEvery = max(o.Steps/5, 1)
+	}
+	if o.BlockSchedule != "" {
+		if _, err := anneal.ParseSchedule(o.BlockSchedule, o.SeqLen); err != nil {
+			return err
+		}
+	}
+	o.Weighting = strings.ToLower(o.Weighting)
+	return nil
+}
+
+// Objective is the diffusion loss the options describe.
+func (o *Options) Objective(mask int32) diffusion.Objective {
+	return diffusion.Objective{MaskID: mask, Shift: o.Shift, Weighting: diffusion.Weighting(strings.ToLower(o.Weighting)),
+		CartP: o.CartP, Norm: diffusion.Norm(o.LossNorm), TMin: o.TMin}
+}

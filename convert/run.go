@@ -1,0 +1,482 @@
+package convert
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/dllm-dev/dllm/anneal"
+	"github.com/dllm-dev/dllm/corpus"
+	"github.com/dllm-dev/dllm/diffusion"
+	"github.com/dllm-dev/dllm/kernels"
+	"github.com/dllm-dev/dllm/model"
+	"github.com/dllm-dev/dllm/tokenizer"
+)
+
+// ErrInterrupted is returned when the context ends a run early; a
+// checkpoint of the last finished step has been written.
+var ErrInterrupted = errors.New("interrupted")
+
+// Summary is what a finished (or interrupted) run reports.
+type Summary struct {
+	Out          string                `json:"out"`
+	Export       string                `json:"export,omitempty"`
+	Steps        int                   `json:"steps"`
+	TokensSeen   int64                 `json:"tokens_seen"`
+	Seconds      float64               `json:"seconds"`
+	TokensPerSec float64               `json:"tokens_per_second"`
+	FinalLoss    float64               `json:"final_train_loss"`
+	MaskToken    tokenizer.MaskPlan    `json:"mask_token"`
+	Before       *diffusion.EvalResult `json:"eval_before,omitempty"`
+	After        *diffusion.EvalResult `json:"eval_after,omitempty"`
+	Checkpoint   string                `json:"last_checkpoint,omitempty"`
+}
+
+// run is the state of one conversion.
+type run struct {
+	opt   Options
+	be    kernels.Backend
+	log   io.Writer
+	m     *model.Model
+	tok   *tokenizer.Tokenizer
+	plan  tokenizer.MaskPlan
+	data  *corpus.Corpus
+	obj   diffusion.Objective
+	sched []anneal.Stage // block-size schedule, nil for plain annealing
+
+	adamM, adamV kernels.Buf
+	groups       []paramGroup
+	pcg          *rand.PCG
+	rng          *rand.Rand
+	state        trainerState
+	metrics      *os.File
+	prog         *progress
+	summary      Summary
+}
+
+// trainerState is what a checkpoint needs beyond weights and optimizer
+// moments to continue a run exactly.
+type trainerState struct {
+	Step       int                   `json:"step"` // optimizer steps done
+	TokensSeen int64                 `json:"tokens_seen"`
+	RNG        []byte                `json:"rng"`
+	Cursor     corpus.Cursor         `json:"cursor"`
+	Seconds    float64               `json:"seconds"`
+	MaskID     int                   `json:"mask_token_id"`
+	Before     *diffusion.EvalResult `json:"eval_before,omitempty"`
+	LastEval   *diffusion.EvalResult `json:"last_eval,omitempty"`
+	LastLoss   float64               `json:"last_loss"`
+	Options    Options               `json:"options"`
+}
+
+type paramGroup struct {
+	off, n int
+	decay  bool
+}
+
+// Run converts opt.Source on backend be, logging progress to log. When ctx
+// ends it saves a checkpoint and returns ErrInterrupted.
+func Run(ctx context.Context, opt Options, be kernels.Backend, log io.Writer) (*Summary, error) {
+	if err := opt.Resolve(); err != nil {
+		return nil, err
+	}
+	r := &run{opt: opt, be: be, log: log}
+	if err := r.prepare(); err != nil {
+		return nil, err
+	}
+	defer r.close()
+	if err := r.train(ctx); err != nil {
+		return &r.summary, err
+	}
+	if err := r.export(); err != nil {
+		return &r.summary, err
+	}
+	return &r.summary, nil
+}
+
+func (r *run) close() {
+	if r.metrics != nil {
+		r.metrics.Close()
+	}
+}
+
+func (r *run) logf(format string, a ...any) {
+	if r.prog != nil {
+		r.prog.clear()
+	}
+	fmt.Fprintf(r.log, format+"\n", a...)
+}
+
+func (r *run) prepare() error {
+	o := &r.opt
+	resumeDir := ""
+	if o.Resume {
+		d, err := latestCheckpoint(o.Out)
+		if err != nil {
+			return err
+		}
+		resumeDir = d
+		saved, err := readState(d)
+		if err != nil {
+			return err
+		}
+		// The saved run defines the experiment; only the length and the
+		// system / bookkeeping settings may change on resume.
+		keep := *o
+		*o = saved.Options
+		o.Steps, o.Device, o.Threads, o.EvalEvery, o.SaveEvery, o.Keep, o.Quiet, o.Resume, o.Force =
+			keep.Steps, keep.Device, keep.Threads, keep.EvalEvery, keep.SaveEvery, keep.Keep, keep.Quiet, true, false
+		if err := o.Resolve(); err != nil {
+			return err
+		}
+		r.state = *saved
+	} else if err := prepareOut(o.Out, o.Force); err != nil {
+		return err
+	}
+
+	tok, err := tokenizer.Load(o.Source)
+	if err != nil {
+		return fmt.Errorf("source tokenizer: %w", err)
+	}
+	r.tok = tok
+	cfg, err := model.LoadConfig(o.Source)
+	if err != nil {
+		return err
+	}
+	if cfg.BOS >= 0 && tok.BOS() < 0 {
+		tok.SetBOS(cfg.BOS)
+	}
+	if len(cfg.EOS) > 0 {
+		// Pretraining documents end with the model's EOS (Qwen's
+		// <|endoftext|>), not a chat turn's end that a tokenizer may name.
+		tok.SetEOS(cfg.EOS[0])
+	}
+	if tok.EOS() < 0 {
+		return fmt.Errorf("%s: neither the tokenizer nor config.json names an EOS token; documents need one", o.Source)
+	}
+	r.plan, err = tok.PlanMask(cfg.Vocab, o.MaskToken)
+	if err != nil {
+		return fmt.Errorf("mask token: %w", err)
+	}
+	if err := tok.ApplyMask(r.plan); err != nil {
+		return fmt.Errorf("mask token: %w", err)
+	}
+	r.summary.MaskToken = r.plan
+
+	switch {
+	case resumeDir != "":
+		r.m, err = model.Load(resumeDir, r.be)
+		if err != nil {
+			return fmt.Errorf("resume from %s: %w", resumeDir, err)
+		}
+		if r.state.MaskID != r.plan.ID {
+			return fmt.Errorf("resume: the checkpoint used mask id %d but the source now gives %d", r.state.MaskID, r.plan.ID)
+		}
+		src, err := model.LoadConfig(o.Source)
+		if err == nil {
+			r.m.Cfg.Raw = mergeVocab(src.Raw, r.m.Cfg.Vocab)
+		}
+	case o.Init == "random":
+		r.m = model.New(cfg, r.be)
+		r.m.InitRandom(o.Seed)
+	default:
+		r.m, err = model.Load(o.Source, r.be)
+		if err != nil {
+			return err
+		}
+	}
+	if resumeDir == "" && r.plan.Kind == tokenizer.MaskNewRow {
+		g, err := r.m.GrowVocab(1)
+		if err != nil {
+			return err
+		}
+		r.be.Free(r.m.Params)
+		r.m = g
+		r.logf("mask token: %s added as a new embedding row %d (mean of the existing rows)", r.plan.Token, r.plan.ID)
+	} else {
+		r.logf("mask token: %s = %d (%s)", r.plan.Token, r.plan.ID, r.plan.Kind)
+	}
+	r.m.EnableGrads()
+	r.obj = o.Objective(int32(r.plan.ID))
+	if o.BlockSchedule != "" {
+		r.sched, _ = anneal.ParseSchedule(o.BlockSchedule, o.SeqLen)
+	}
+
+	r.logf("data: reading %v", o.Data)
+	evalFrac := o.EvalFraction
+	if len(o.EvalData) > 0 {
+		evalFrac = 0
+	}
+	r.data, err = corpus.Load(tok, corpus.Options{
+		Paths: o.Data, EvalPaths: o.EvalData, EvalFraction: evalFrac, TextField: o.TextField,
+		Separator: o.Separator, SeqLen: o.SeqLen, Seed: o.Seed, CacheDir: filepath.Join(o.Out, "cache"),
+		BOSAtRowStart: tok.AddsBOS(),
+	}, nil)
+	if err != nil {
+		return err
+	}
+	if r.data.Train.Rows() == 0 {
+		return fmt.Errorf("the training data gives no full row of %d tokens: add data or lower --seq-len", o.SeqLen)
+	}
+
+	n := r.m.Layout.Total
+	r.adamM, r.adamV = r.be.Alloc(n), r.be.Alloc(n)
+	r.be.Zero(r.adamM)
+	r.be.Zero(r.adamV)
+	for i, s := range r.m.Layout.Specs {
+		d := model.Decays(s.Name)
+		off := r.m.Layout.Offsets[i]
+		if k := len(r.groups) - 1; k >= 0 && r.groups[k].decay == d && r.groups[k].off+r.groups[k].n == off {
+			r.groups[k].n += s.Elements()
+			continue
+		}
+		r.groups = append(r.groups, paramGroup{off, s.Elements(), d})
+	}
+	r.pcg = rand.NewPCG(o.Seed, 0x636f6e76)
+	if resumeDir != "" {
+		if err := r.pcg.UnmarshalBinary(r.state.RNG); err != nil {
+			return fmt.Errorf("resume: bad RNG state in %s: %v", resumeDir, err)
+		}
+		if err := r.loadOptimizer(resumeDir); err != nil {
+			return err
+		}
+		r.logf("resuming from %s (step %d)", resumeDir, r.state.Step)
+	} else {
+		r.state = trainerState{MaskID: r.plan.ID, Options: *o}
+	}
+	r.rng = rand.New(r.pcg)
+
+	cfgJSON, _ := json.MarshalIndent(o, "", "  ")
+	if err := writeFileAtomic(filepath.Join(o.Out, "run_config.json"), append(cfgJSON, '\n')); err != nil {
+		return err
+	}
+	r.logf("config:\n%s", cfgJSON)
+	r.logf("model: %s, %s parameters, vocab %d; data: %d train rows, %d eval rows of %d tokens; backend %s",
+		r.m.Cfg.ModelType, fmtCount(int64(r.m.Layout.Total)), r.m.Cfg.Vocab, r.data.Train.Rows(), r.data.Eval.Rows(), o.SeqLen, r.be.Name())
+	flags := os.O_CREATE | os.O_WRONLY | os.O_APPEND
+	if resumeDir == "" {
+		flags |= os.O_TRUNC
+	}
+	r.metrics, err = os.OpenFile(filepath.Join(o.Out, "metrics.jsonl"), flags, 0o644)
+	return err
+}
+
+// visibility is the attention rule of an optimizer step.
+func (r *run) visibility(step int) kernels.Visibility {
+	return anneal.Annealed(step, r.opt.AnnealSteps, r.opt.Seed, r.opt.DocMask)
+}
+
+// finalVisibility is the rule sampling and evaluation use.
+func (r *run) finalVisibility() kernels.Visibility {
+	return kernels.Visibility{Mode: kernels.Bidirectional, DocMask: r.opt.DocMask}
+}
+
+func (r *run) evaluate() (*diffusion.EvalResult, error) {
+	rows := min(r.opt.EvalRows, r.data.Eval.Rows())
+	if rows == 0 {
+		return nil, nil
+	}
+	docs := make([]int32, r.opt.SeqLen)
+	res, err := diffusion.Evaluate(r.m, func(i int, dst []int32) { r.data.Eval.Row(i, dst, docs) }, rows, r.opt.SeqLen,
+		r.obj, r.finalVisibility(), diffusion.EvalOptions{MC: r.opt.EvalMC, Seed: r.opt.Seed, BatchSize: r.opt.BatchSize,
+			AccuracyAt: diffusion.DefaultAccuracyAt})
+	if err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+func (r *run) train(ctx context.Context) error {
+	o := &r.opt
+	st := &r.state
+	if st.Step == 0 && st.Before == nil {
+		r.logf("eval before training (%d held-out rows, %d Monte-Carlo passes)...", min(o.EvalRows, r.data.Eval.Rows()), o.EvalMC)
+		ev, err := r.evaluate()
+		if err != nil {
+			return err
+		}
+		st.Before = ev
+		if ev != nil {
+			r.logf("eval before: %s", fmtEval(ev))
+			r.writeMetric(map[string]any{"type": "eval", "step": 0, "eval": ev})
+		}
+	}
+	r.summary.Before = st.Before
+	B, L := o.BatchSize, o.SeqLen
+	acts := r.m.NewActivations(B, L, true)
+	defer acts.Free(r.be)
+	batch := diffusion.NewBatch(B, L)
+	r.prog = newProgress(r.log, o.Steps, o.Quiet)
+	start := time.Now()
+	startStep, startSeconds := st.Step, st.Seconds
+	for st.Step < o.Steps {
+		if ctx.Err() != nil {
+			dir, err := r.saveCheckpoint()
+			if err != nil {
+				return fmt.Errorf("interrupted, and the checkpoint failed: %w", err)
+			}
+			r.summary.Checkpoint = dir
+			r.logf("interrupted at step %d: checkpoint %s written; continue with --resume", st.Step, dir)
+			return ErrInterrupted
+		}
+		step := st.Step
+		vis := r.visibility(step)
+		lr := o.LearningRate(step)
+		t0 := time.Now()
+		r.be.Zero(r.m.Grads)
+		var loss float64
+		var correct, masked int
+		for micro := 0; micro < o.GradAccum; micro++ {
+			r.data.Train.NextBatch(&st.Cursor, o.Seed, batch.X0, acts.Docs, B)
+			r.obj.DrawTimes(r.rng, batch, false)
+			r.obj.Mask(r.rng, batch)
+			norm := r.obj.Score(batch)
+			if batch.NMasked == 0 {
+				continue
+			}
+			copy(acts.IDs, batch.XT)
+			k := batch.NMasked
+			copy(acts.Rows, batch.Rows[:k])
+			copy(acts.Targets, batch.Targets[:k])
+			copy(acts.Weights, batch.Weights[:k])
+			acts.NRows, acts.AllRows = k, false
+			acts.Upload(r.be)
+			r.m.Forward(acts, vis)
+			s, c := r.m.Loss(acts, norm*float64(o.GradAccum), true)
+			if err := r.m.Backward(acts, vis); err != nil {
+				return err
+			}
+			loss += s / norm / float64(o.GradAccum)
+			correct += c
+			masked += k
+		}
+		gnorm := math.Sqrt(r.be.SumSquares(r.m.Grads))
+		if err := r.be.Err(); err != nil {
+			return err
+		}
+		if math.IsNaN(loss) || math.IsInf(loss, 0) || math.IsNaN(gnorm) || math.IsInf(gnorm, 0) {
+			return fmt.Errorf("step %d: non-finite loss (%v) or gradient norm (%v); the run stops here and the last good checkpoint is kept (lower --lr or tighten --clip)", step+1, loss, gnorm)
+		}
+		scale := float32(1)
+		if o.Clip > 0 && gnorm > o.Clip {
+			scale = float32(o.Clip / gnorm)
+		}
+		h := kernels.AdamW{LR: float32(lr), Beta1: float32(o.Beta1), Beta2: float32(o.Beta2), Eps: float32(o.Eps),
+			BC1: float32(1 - math.Pow(o.Beta1, float64(step+1))), BC2: float32(1 - math.Pow(o.Beta2, float64(step+1))), GradScale: scale}
+		for _, g := range r.groups {
+			h.WeightDecay = 0
+			if g.decay {
+				h.WeightDecay = float32(o.WeightDecay)
+			}
+			r.be.AdamWStep(r.m.Params.Slice(g.off, g.n), r.m.Grads.Slice(g.off, g.n), r.adamM.Slice(g.off, g.n), r.adamV.Slice(g.off, g.n), g.n, h)
+		}
+		if err := r.be.Sync(); err != nil {
+			return err
+		}
+		st.Step++
+		tokens := int64(B * L * o.GradAccum)
+		st.TokensSeen += tokens
+		st.LastLoss = loss
+		st.Seconds = startSeconds + time.Since(start).Seconds()
+		dt := time.Since(t0).Seconds()
+		acc := 0.0
+		if masked > 0 {
+			acc = float64(correct) / float64(masked)
+		}
+		ratio := 1.0
+		if vis.Mode == kernels.Annealed {
+			ratio = float64(vis.Ratio)
+		}
+		tps := float64(tokens) / dt
+		r.writeMetric(map[string]any{"type": "train", "step": st.Step, "loss": loss, "acc": acc, "lr": lr, "grad_norm": gnorm,
+			"ratio": ratio, "tokens_per_s": tps, "tokens_seen": st.TokensSeen, "seconds": st.Seconds})
+		avgTPS := float64(int64(st.Step-startStep)*tokens) / time.Since(start).Seconds()
+		r.prog.update(st.Step, loss, acc, ratio, lr, avgTPS, time.Since(start), st.Step-startStep)
+
+		if o.EvalEvery > 0 && st.Step%o.EvalEvery == 0 && st.Step < o.Steps {
+			if err := r.evalNow(); err != nil {
+				return err
+			}
+		}
+		if o.SaveEvery > 0 && st.Step%o.SaveEvery == 0 && st.Step < o.Steps {
+			dir, err := r.saveCheckpoint()
+			if err != nil {
+				return err
+			}
+			r.summary.Checkpoint = dir
+		}
+	}
+	r.prog.done()
+	if err := r.evalNow(); err != nil {
+		return err
+	}
+	dir, err := r.saveCheckpoint()
+	if err != nil {
+		return err
+	}
+	r.summary.Checkpoint = dir
+	r.summary.Out, r.summary.Steps, r.summary.TokensSeen, r.summary.Seconds = r.opt.Out, st.Step, st.TokensSeen, st.Seconds
+	if st.Seconds > 0 {
+		r.summary.TokensPerSec = float64(st.TokensSeen) / st.Seconds
+	}
+	r.summary.FinalLoss = st.LastLoss
+	r.summary.After = st.LastEval
+	return nil
+}
+
+func (r *run) evalNow() error {
+	ev, err := r.evaluate()
+	if err != nil {
+		return err
+	}
+	if ev == nil {
+		return nil
+	}
+	r.state.LastEval = ev
+	r.logf("eval at step %d: %s", r.state.Step, fmtEval(ev))
+	r.writeMetric(map[string]any{"type": "eval", "step": r.state.Step, "eval": ev})
+	return nil
+}
+
+func (r *run) writeMetric(v map[string]any) {
+	b, err := json.Marshal(v)
+	if err == nil {
+		r.metrics.Write(append(b, '\n'))
+	}
+}
+
+func fmtEval(e *diffusion.EvalResult) string {
+	s := fmt.Sprintf("NELBO %.4f nats/token (ppl bound %.2f)", e.NELBO, e.PPLBound)
+	for _, a := range e.Accuracy {
+		s += fmt.Sprintf(", acc@t=%.2g %.3f", a.T, a.Accuracy)
+	}
+	return s
+}
+
+func fmtCount(n int64) string {
+	switch {
+	case n >= 1e9:
+		return fmt.Sprintf("%.2fB", float64(n)/1e9)
+	case n >= 1e6:
+		return fmt.Sprintf("%.2fM", float64(n)/1e6)
+	case n >= 1e3:
+		return fmt.Sprintf("%.1fK", float64(n)/1e3)
+	}
+	return fmt.Sprint(n)
+}
+
+func mergeVocab(raw map[string]any, vocab int) map[string]any {
+	out := map[string]any{}
+	for k, v := range raw {
+		out[k] = v
+	}
+	out["vocab_size"] = vocab
+	return out
+}
