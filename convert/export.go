@@ -27,7 +27,7 @@ var tokenizerFiles = []string{"tokenizer.json", "tokenizer_config.json", "specia
 func (r *run) dllmBlock() model.DLLMInfo {
 	o := &r.opt
 	info := model.DLLMInfo{MaskTokenID: r.plan.ID, Shift: o.Shift, Attention: "bidirectional", Objective: "masked-diffusion",
-		Weighting: o.Weighting, Source: o.Source, Steps: r.state.Step, TokensSeen: r.state.TokensSeen, TMin: o.TMin}
+		Weighting: o.Weighting, Source: o.Source, Steps: r.state.Step, TokensSeen: r.state.TokensSeen, TMin: o.TMin, DocMask: o.DocMask}
 	if o.Weighting == "cart" {
 		info.CartP = o.CartP
 	}

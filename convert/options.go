@@ -82,7 +82,7 @@ func Defaults() Options {
 	return Options{
 		TextField: "text", Separator: "blank", EvalFraction: 0.05,
 		Shift: true, Weighting: "elbo", CartP: 0.1, LossNorm: "masked", TMin: 1e-3,
-		AnnealSteps: -1, TPer: "row", EmbedNoiseStd: 0.1,
+		AnnealSteps: -1, TPer: "row", EmbedNoise: -1,
 		Steps: 1000, SeqLen: 512, BatchSize: 8, GradAccum: 1, LR: 1e-4, MinLR: -1, Warmup: -1,
 		LRSchedule: "cosine", DecayFrac: 0.2, WeightDecay: 0.1, Beta1: 0.9, Beta2: 0.95, Eps: 1e-8, Clip: 1, Seed: 42,
 		Init: "pretrained", Device: "auto", EvalEvery: -1, EvalRows: 32, EvalMC: 8, SaveEvery: -1, Keep: 2,
@@ -147,6 +147,17 @@ func (o *Options) Resolve() error {
 	if err := obj.Validate(); err != nil {
 		return err
 	}
+	if o.BlockSchedule != "" {
+		stages, err := anneal.ParseSchedule(o.BlockSchedule, o.SeqLen)
+		if err != nil {
+			return err
+		}
+		o.Steps = anneal.TotalSteps(stages)
+		if o.AnnealSteps < 0 {
+			// The block warm-up already leads from AR to diffusion.
+			o.AnnealSteps = 0
+		}
+	}
 	if o.AnnealSteps < 0 {
 		o.AnnealSteps = o.Steps / 10
 	}
@@ -161,11 +172,6 @@ func (o *Options) Resolve() error {
 	}
 	if o.SaveEvery < 0 {
 		o.SaveEvery = max(o.Steps/5, 1)
-	}
-	if o.BlockSchedule != "" {
-		if _, err := anneal.ParseSchedule(o.BlockSchedule, o.SeqLen); err != nil {
-			return err
-		}
 	}
 	o.Weighting = strings.ToLower(o.Weighting)
 	return nil

@@ -30,7 +30,9 @@ func newProgress(w io.Writer, total int, quiet bool) *progress {
 	return p
 }
 
-func (p *progress) update(step int, loss, acc, ratio, lr, tps float64, elapsed time.Duration, done int) {
+// update shows a step; stage is the block size of a block schedule ("" for
+// plain annealing, where the attention ratio is shown instead).
+func (p *progress) update(step int, loss, acc, ratio float64, stage string, lr, tps float64, elapsed time.Duration, done int) {
 	if p.quiet {
 		return
 	}
@@ -44,8 +46,12 @@ func (p *progress) update(step int, loss, acc, ratio, lr, tps float64, elapsed t
 	const width = 24
 	fill := width * step / max(p.total, 1)
 	bar := strings.Repeat("=", fill) + strings.Repeat(" ", width-fill)
-	line := fmt.Sprintf("step %d/%d [%s] loss %.4f acc %.3f ratio %.2f lr %.2e %s tok/s ETA %s",
-		step, p.total, bar, loss, acc, ratio, lr, fmtRate(tps), eta.Round(time.Second))
+	attn := fmt.Sprintf("ratio %.2f", ratio)
+	if stage != "" {
+		attn = "block " + stage
+	}
+	line := fmt.Sprintf("step %d/%d [%s] loss %.4f acc %.3f %s lr %.2e %s tok/s ETA %s",
+		step, p.total, bar, loss, acc, attn, lr, fmtRate(tps), eta.Round(time.Second))
 	if p.tty {
 		fmt.Fprintf(p.w, "\r\033[K%s", line)
 		p.drawn = true

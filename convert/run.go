@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"sort"
 	"time"
 
 	"github.com/dllm-dev/dllm/anneal"
@@ -50,6 +51,12 @@ type run struct {
 	data  *corpus.Corpus
 	obj   diffusion.Objective
 	sched []anneal.Stage // block-size schedule, nil for plain annealing
+
+	batch *diffusion.Batch
+	docs  []int32
+	acts  map[int]*model.Activations // by row length
+	noiseSteps int     // steps with embedding noise
+	noiseStd   float64 // its standard deviation
 
 	adamM, adamV kernels.Buf
 	groups       []paramGroup
@@ -205,6 +212,7 @@ func (r *run) prepare() error {
 	}
 	r.m.EnableGrads()
 	r.obj = o.Objective(int32(r.plan.ID))
+	r.planEmbedNoise()
 	if o.BlockSchedule != "" {
 		r.sched, _ = anneal.ParseSchedule(o.BlockSchedule, o.SeqLen)
 	}
@@ -268,14 +276,97 @@ func (r *run) prepare() error {
 	return err
 }
 
-// visibility is the attention rule of an optimizer step.
-func (r *run) visibility(step int) kernels.Visibility {
-	return anneal.Annealed(step, r.opt.AnnealSteps, r.opt.Seed, r.opt.DocMask)
+// stepRule is the attention rule of an optimizer step and its block size:
+// > 0 for a block-diffusion stage (rows [xt ; x0] of 2L tokens), 0 for plain
+// masked diffusion, annealed from causal when asked.
+func (r *run) stepRule(step int) (kernels.Visibility, int) {
+	if r.sched != nil {
+		if st, _ := anneal.StageAt(r.sched, step); st.Block > 0 {
+			return kernels.Visibility{Mode: kernels.BlockDiffusion, Block: st.Block, Half: r.opt.SeqLen, DocMask: r.opt.DocMask}, st.Block
+		}
+	}
+	return anneal.Annealed(step, r.opt.AnnealSteps, r.opt.Seed, r.opt.DocMask), 0
 }
 
-// finalVisibility is the rule sampling and evaluation use.
-func (r *run) finalVisibility() kernels.Visibility {
-	return kernels.Visibility{Mode: kernels.Bidirectional, DocMask: r.opt.DocMask}
+// finalVisibility is the rule evaluation uses, and its block size.
+func (r *run) finalVisibility() (kernels.Visibility, int) {
+	if b := r.finalBlock(); b > 0 {
+		return kernels.Visibility{Mode: kernels.BlockDiffusion, Block: b, Half: r.opt.SeqLen, DocMask: r.opt.DocMask}, b
+	}
+	return kernels.Visibility{Mode: kernels.Bidirectional, DocMask: r.opt.DocMask}, 0
+}
+
+func blockOrFull(block, L int) any {
+	if block == 0 {
+		return "full"
+	}
+	return block
+}
+
+// actsFor returns the training activations of a layout (L or 2L tokens).
+func (r *run) actsFor(block int) *model.Activations {
+	L := r.opt.SeqLen
+	if block > 0 {
+		L *= 2
+	}
+	if r.acts == nil {
+		r.acts = map[int]*model.Activations{}
+	}
+	a, ok := r.acts[L]
+	if !ok {
+		a = r.m.NewActivations(r.opt.BatchSize, L, true)
+		r.acts[L] = a
+	}
+	return a
+}
+
+func (r *run) freeActs() {
+	for _, a := range r.acts {
+		a.Free(r.be)
+	}
+	r.acts = nil
+}
+
+// micro runs forward and backward of one micro-batch, accumulating
+// gradients; it returns the normalised loss share, the hits and the number
+// of masked tokens.
+func (r *run) micro(step int, vis kernels.Visibility, block int) (float64, int, int, error) {
+	o, b := &r.opt, r.batch
+	B := o.BatchSize
+	a := r.actsFor(block)
+	r.data.Train.NextBatch(&r.state.Cursor, o.Seed, b.X0, r.docs, B)
+	tb := 0
+	if block > 0 && o.TPer == "block" {
+		tb = block
+	}
+	if b.TBlock != tb || len(b.T) == 0 {
+		b.SetTimeBlock(tb)
+	}
+	r.obj.DrawTimes(r.rng, b, false)
+	r.obj.Mask(r.rng, b)
+	norm := r.obj.Score(b)
+	k := b.NMasked
+	if k == 0 {
+		return 0, 0, 0, nil
+	}
+	if block > 0 {
+		r.obj.TwoStream(b, block, a.IDs, a.Pos, r.docs, a.Docs, a.Rows)
+	} else {
+		copy(a.IDs, b.XT)
+		copy(a.Docs, r.docs)
+		copy(a.Rows, b.Rows[:k])
+	}
+	copy(a.Targets, b.Targets[:k])
+	copy(a.Weights, b.Weights[:k])
+	a.NRows, a.AllRows = k, false
+	r.embedNoise(step, a, block)
+	a.Upload(r.be)
+	r.m.Forward(a, vis)
+	s, c := r.m.Loss(a, norm*float64(o.GradAccum), true)
+	if err := r.m.Backward(a, vis); err != nil {
+		return 0, 0, 0, err
+	}
+	return s / norm / float64(o.GradAccum), c, k, nil
 }
 
 func (r *run) evaluate() (*diffusion.EvalResult, error) {
@@ -283,9 +374,9 @@ func (r *run) evaluate() (*diffusion.EvalResult, error) {
 	if rows == 0 {
 		return nil, nil
 	}
-	docs := make([]int32, r.opt.SeqLen)
-	res, err := diffusion.Evaluate(r.m, func(i int, dst []int32) { r.data.Eval.Row(i, dst, docs) }, rows, r.opt.SeqLen,
-		r.obj, r.finalVisibility(), diffusion.EvalOptions{MC: r.opt.EvalMC, Seed: r.opt.Seed, BatchSize: r.opt.BatchSize,
+	vis, block := r.finalVisibility()
+	res, err := diffusion.Evaluate(r.m, func(i int, ids, docs []int32) { r.data.Eval.Row(i, ids, docs) }, rows, r.opt.SeqLen,
+		r.obj, vis, diffusion.EvalOptions{MC: r.opt.EvalMC, Seed: r.opt.Seed, BatchSize: r.opt.BatchSize, Block: block,
 			AccuracyAt: diffusion.DefaultAccuracyAt})
 	if err != nil {
 		return nil, err
@@ -310,9 +401,9 @@ func (r *run) train(ctx context.Context) error {
 	}
 	r.summary.Before = st.Before
 	B, L := o.BatchSize, o.SeqLen
-	acts := r.m.NewActivations(B, L, true)
-	defer acts.Free(r.be)
-	batch := diffusion.NewBatch(B, L)
+	r.batch = diffusion.NewBatch(B, L)
+	r.docs = make([]int32, B*L)
+	defer r.freeActs()
 	r.prog = newProgress(r.log, o.Steps, o.Quiet)
 	start := time.Now()
 	startStep, startSeconds := st.Step, st.Seconds
@@ -327,33 +418,18 @@ func (r *run) train(ctx context.Context) error {
 			return ErrInterrupted
 		}
 		step := st.Step
-		vis := r.visibility(step)
+		vis, block := r.stepRule(step)
 		lr := o.LearningRate(step)
 		t0 := time.Now()
 		r.be.Zero(r.m.Grads)
 		var loss float64
 		var correct, masked int
 		for micro := 0; micro < o.GradAccum; micro++ {
-			r.data.Train.NextBatch(&st.Cursor, o.Seed, batch.X0, acts.Docs, B)
-			r.obj.DrawTimes(r.rng, batch, false)
-			r.obj.Mask(r.rng, batch)
-			norm := r.obj.Score(batch)
-			if batch.NMasked == 0 {
-				continue
-			}
-			copy(acts.IDs, batch.XT)
-			k := batch.NMasked
-			copy(acts.Rows, batch.Rows[:k])
-			copy(acts.Targets, batch.Targets[:k])
-			copy(acts.Weights, batch.Weights[:k])
-			acts.NRows, acts.AllRows = k, false
-			acts.Upload(r.be)
-			r.m.Forward(acts, vis)
-			s, c := r.m.Loss(acts, norm*float64(o.GradAccum), true)
-			if err := r.m.Backward(acts, vis); err != nil {
+			s, c, k, err := r.micro(step, vis, block)
+			if err != nil {
 				return err
 			}
-			loss += s / norm / float64(o.GradAccum)
+			loss += s
 			correct += c
 			masked += k
 		}
@@ -395,10 +471,18 @@ func (r *run) train(ctx context.Context) error {
 			ratio = float64(vis.Ratio)
 		}
 		tps := float64(tokens) / dt
-		r.writeMetric(map[string]any{"type": "train", "step": st.Step, "loss": loss, "acc": acc, "lr": lr, "grad_norm": gnorm,
-			"ratio": ratio, "tokens_per_s": tps, "tokens_seen": st.TokensSeen, "seconds": st.Seconds})
+		rec := map[string]any{"type": "train", "step": st.Step, "loss": loss, "acc": acc, "lr": lr, "grad_norm": gnorm,
+			"ratio": ratio, "tokens_per_s": tps, "tokens_seen": st.TokensSeen, "seconds": st.Seconds}
+		if r.sched != nil {
+			rec["block"] = blockOrFull(block, L)
+		}
+		r.writeMetric(rec)
 		avgTPS := float64(int64(st.Step-startStep)*tokens) / time.Since(start).Seconds()
-		r.prog.update(st.Step, loss, acc, ratio, lr, avgTPS, time.Since(start), st.Step-startStep)
+		stage := ""
+		if r.sched != nil {
+			stage = fmt.Sprint(blockOrFull(block, L))
+		}
+		r.prog.update(st.Step, loss, acc, ratio, stage, lr, avgTPS, time.Since(start), st.Step-startStep)
 
 		if o.EvalEvery > 0 && st.Step%o.EvalEvery == 0 && st.Step < o.Steps {
 			if err := r.evalNow(); err != nil {
@@ -479,4 +563,72 @@ func mergeVocab(raw map[string]any, vocab int) map[string]any {
 	}
 	out["vocab_size"] = vocab
 	return out
+}
+
+// planEmbedNoise settles LLaDA 2.0's embedding noise: --embed-noise N steps
+// (-1: automatic, on for the first 5% of steps when the mask token's
+// embedding row is nearly zero — an untrained spare row — which is the case
+// the noise is for, off otherwise), with standard deviation --embed-noise-std
+// (0: the RMS of the embedding's entries, so the noise is on the scale of a
+// real token).
+func (r *run) planEmbedNoise() {
+	o := &r.opt
+	H := r.m.Cfg.Hidden
+	emb := make([]float32, r.m.W.Embed.N)
+	r.be.Download(emb, r.m.W.Embed)
+	var ss float64
+	norms := make([]float64, 0, len(emb)/H)
+	for i := 0; i < len(emb)/H; i++ {
+		var n float64
+		for _, v := range emb[i*H : (i+1)*H] {
+			n += float64(v) * float64(v)
+		}
+		ss += n
+		norms = append(norms, math.Sqrt(n))
+	}
+	r.noiseStd = o.EmbedNoiseStd
+	if r.noiseStd <= 0 {
+		r.noiseStd = math.Sqrt(ss / float64(len(emb)))
+	}
+	r.noiseSteps = o.EmbedNoise
+	if r.noiseSteps < 0 {
+		sorted := append([]float64(nil), norms...)
+		sort.Float64s(sorted)
+		median := sorted[len(sorted)/2]
+		r.noiseSteps = 0
+		if norms[r.plan.ID] < 0.1*median {
+			r.noiseSteps = max(o.Steps/20, 1)
+		}
+	}
+	if r.noiseSteps > 0 {
+		r.logf("embedding noise: std %.3g on masked positions for the first %d steps", r.noiseStd, r.noiseSteps)
+	}
+}
+
+// embedNoise fills the activations' embedding noise for a step: Gaussian on
+// the masked (noisy-half) positions, zero elsewhere.
+func (r *run) embedNoise(step int, a *model.Activations, block int) {
+	if step >= r.noiseSteps {
+		a.UseNoise = false
+		return
+	}
+	H, L := r.m.Cfg.Hidden, r.opt.SeqLen
+	if len(a.EmbedNoise) != a.T*H {
+		a.EmbedNoise = make([]float32, a.T*H)
+	}
+	clear(a.EmbedNoise)
+	width := L
+	if block > 0 {
+		width = 2 * L
+	}
+	for i, m := range r.batch.Masked {
+		if !m {
+			continue
+		}
+		row := i/L*width + i%L
+		for j := 0; j < H; j++ {
+			a.EmbedNoise[row*H+j] = float32(r.rng.NormFloat64() * r.noiseStd)
+		}
+	}
+	a.UseNoise = true
 }

@@ -16,6 +16,9 @@ type EvalOptions struct {
 	BatchSize  int       // rows per forward
 	Stratified bool      // LLaDA's stratified count instead of Bernoulli(t) masks
 	AccuracyAt []float64 // t values for masked-token accuracy
+	// Block > 0 evaluates a block-diffusion model the way it trains: rows
+	// [xt ; x0] under kernels.BlockDiffusion (vis must be that rule).
+	Block int
 }
 
 // DefaultAccuracyAt are the noise levels of the accuracy report.
@@ -38,8 +41,8 @@ type AccuracyPoint struct {
 	Masked   int64   `json:"masked"`
 }
 
-// RowSource fills row i (L token ids) into dst.
-type RowSource func(i int, dst []int32)
+// RowSource fills row i: L token ids and their document ids.
+type RowSource func(i int, ids, docs []int32)
 
 // Evaluate computes the Monte-Carlo NELBO (DESIGN.md §3): per pass, t
 // antithetic across the rows of each batch, each maskable token masked with
@@ -57,9 +60,15 @@ func Evaluate(m *model.Model, rows RowSource, nRows, L int, obj Objective, vis k
 	B := min(max(opt.BatchSize, 1), nRows)
 	o := obj
 	o.Weighting, o.Norm = ELBO, NormTokens
-	a := m.NewActivations(B, L, false)
+	width := L
+	if opt.Block > 0 {
+		width = 2 * L
+	}
+	a := m.NewActivations(B, width, false)
 	defer a.Free(m.BE)
 	b := NewBatch(B, L)
+	docs := make([]int32, B*L)
+	rowsAt := make([]int32, B*width)
 	res := EvalResult{Rows: nRows, MC: opt.MC}
 
 	// run scores every batch of rows once under draw, which sets t (and
@@ -69,22 +78,29 @@ func Evaluate(m *model.Model, rows RowSource, nRows, L int, obj Objective, vis k
 			n := min(B, nRows-start)
 			for r := 0; r < B; r++ {
 				if r < n {
-					rows(start+r, b.X0[r*L:(r+1)*L])
+					rows(start+r, b.X0[r*L:(r+1)*L], docs[r*L:(r+1)*L])
 				} else { // pad a short last batch with copies; they are not counted
 					copy(b.X0[r*L:(r+1)*L], b.X0[:L])
+					copy(docs[r*L:(r+1)*L], docs[:L])
 				}
 			}
 			draw(rng, b, n)
 			o.Mask(rng, b)
 			o.Score(b)
+			if opt.Block > 0 {
+				o.TwoStream(b, opt.Block, a.IDs, a.Pos, docs, a.Docs, rowsAt)
+			} else {
+				copy(a.IDs, b.XT)
+				copy(a.Docs, docs)
+				copy(rowsAt, b.Rows[:b.NMasked])
+			}
 			k := 0
 			for j := 0; j < b.NMasked; j++ {
-				if int(b.Rows[j])/L < n {
-					a.Rows[k], a.Targets[k], a.Weights[k] = b.Rows[j], b.Targets[j], b.Weights[j]
+				if int(rowsAt[j])/width < n {
+					a.Rows[k], a.Targets[k], a.Weights[k] = rowsAt[j], b.Targets[j], b.Weights[j]
 					k++
 				}
 			}
-			copy(a.IDs, b.XT)
 			a.AllRows, a.NRows = false, k
 			a.Upload(m.BE)
 			m.Forward(a, vis)
@@ -142,8 +158,8 @@ func Evaluate(m *model.Model, rows RowSource, nRows, L int, obj Objective, vis k
 		rng := rand.New(rand.NewPCG(opt.Seed^0xacc, uint64(i)))
 		_, _, masked, correct, err := run(rng, func(_ *rand.Rand, b *Batch, _ int) {
 			b.Count = nil
-			for r := range b.T {
-				b.T[r] = t
+			for k := range b.T {
+				b.T[k] = t
 			}
 		})
 		if err != nil {

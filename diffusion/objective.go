@@ -67,7 +67,10 @@ type Batch struct {
 	// Fixed excludes positions from masking (prompt tokens, padding); nil
 	// means every position is maskable (except position 0 with shift).
 	Fixed []bool
-	T     []float64
+	// T is the noise level: one per row, or, with TBlock > 0, one per
+	// block of TBlock positions (T[r*L/TBlock + i/TBlock]).
+	T      []float64
+	TBlock int
 	// Count, when set per row, masks exactly that many positions (LLaDA's
 	// stratified count) and weights them n/k instead of 1/t.
 	Count []int
@@ -89,17 +92,39 @@ func NewBatch(B, L int) *Batch {
 		left: make([]float64, L+1), right: make([]float64, L+1), order: make([]int, L)}
 }
 
-// DrawTimes draws t_b ~ U(TMin, 1) per row; antithetic spreads them evenly,
-// t_b from (u + b/B) mod 1.
+// SetTimeBlock makes t per block of n positions (0: per row).
+func (b *Batch) SetTimeBlock(n int) {
+	b.TBlock = n
+	k := b.B
+	if n > 0 {
+		k = b.B * ((b.L + n - 1) / n)
+	}
+	if cap(b.T) < k {
+		b.T = make([]float64, k)
+	}
+	b.T = b.T[:k]
+}
+
+// tAt is the noise level of position i (flat index).
+func (b *Batch) tAt(i int) float64 {
+	if b.TBlock > 0 {
+		nb := (b.L + b.TBlock - 1) / b.TBlock
+		return b.T[i/b.L*nb+i%b.L/b.TBlock]
+	}
+	return b.T[i/b.L]
+}
+
+// DrawTimes draws every t ~ U(TMin, 1); antithetic spreads them evenly,
+// t_k from (u + k/K) mod 1.
 func (o *Objective) DrawTimes(rng *rand.Rand, b *Batch, antithetic bool) {
 	u0 := rng.Float64()
-	for r := 0; r < b.B; r++ {
+	for k := range b.T {
 		u := rng.Float64()
 		if antithetic {
-			u = u0 + float64(r)/float64(b.B)
+			u = u0 + float64(k)/float64(len(b.T))
 			u -= float64(int(u))
 		}
-		b.T[r] = o.TMin + (1-o.TMin)*u
+		b.T[k] = o.TMin + (1-o.TMin)*u
 	}
 }
 
@@ -136,7 +161,7 @@ func (o *Objective) Mask(rng *rand.Rand, b *Batch) {
 		} else {
 			for i := 0; i < b.L; i++ {
 				ok := o.maskable(b, base+i)
-				b.Masked[base+i] = ok && rng.Float64() < b.T[r]
+				b.Masked[base+i] = ok && rng.Float64() < b.tAt(base+i)
 				if ok {
 					b.NMaskable++
 				}
@@ -185,7 +210,7 @@ func (o *Objective) Score(b *Batch) (norm float64) {
 				if b.Count != nil {
 					w = float64(nMaskable) / float64(b.Count[r])
 				} else {
-					w = 1 / b.T[r]
+					w = 1 / b.tAt(n)
 				}
 			case CART:
 				w = 0.5 * o.CartP * (b.left[i] + b.right[i])

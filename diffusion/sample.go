@@ -106,6 +106,10 @@ type Sampler struct {
 	cand      []candidate
 	cachedTo  int
 	blockEdge []int // generation block boundaries, absolute positions
+
+	// score fills s.logits for s.cand; tests replace it with hand-built
+	// logits.
+	score func(lo, hi int, useCache bool) error
 }
 
 type candidate struct {
@@ -141,8 +145,10 @@ func NewSampler(m *model.Model, info Info, opt GenOptions) (*Sampler, error) {
 	if opt.TopP < 0 || opt.TopP > 1 {
 		return nil, fmt.Errorf("--top-p must be in [0, 1], got %g", opt.TopP)
 	}
-	return &Sampler{m: m, info: info, opt: opt, B: opt.Batch, acts: map[int]*model.Activations{},
-		rng: rand.New(rand.NewPCG(opt.Seed, 0x67656e))}, nil
+	s := &Sampler{m: m, info: info, opt: opt, B: opt.Batch, acts: map[int]*model.Activations{},
+		rng: rand.New(rand.NewPCG(opt.Seed, 0x67656e))}
+	s.score = s.forward
+	return s, nil
 }
 
 // Free returns the buffers.
@@ -229,7 +235,8 @@ func (s *Sampler) Generate(prompt []int32) (*GenResult, error) {
 			if s.opt.Alg == AlgRandom && step >= spb {
 				break
 			}
-			if err := s.forward(lo, hi, useCache); err != nil {
+			s.collect(lo, hi)
+			if err := s.score(lo, hi, useCache); err != nil {
 				return nil, err
 			}
 			res.Forward++
@@ -321,11 +328,8 @@ func transferCounts(n, steps int) []int {
 	return c
 }
 
-// forward computes the logits of every masked position of the block [lo,
-// hi) into s.logits (one row per candidate, in s.cand order).
-func (s *Sampler) forward(lo, hi int, useCache bool) error {
-	m, be := s.m, s.m.BE
-	V := m.Cfg.Vocab
+// collect lists the masked positions of the block [lo, hi) of every row.
+func (s *Sampler) collect(lo, hi int) {
 	s.cand = s.cand[:0]
 	for r := range s.x {
 		for i := lo; i < hi; i++ {
@@ -334,6 +338,13 @@ func (s *Sampler) forward(lo, hi int, useCache bool) error {
 			}
 		}
 	}
+}
+
+// forward computes the logits of every masked position of the block [lo,
+// hi) into s.logits (one row per candidate, in s.cand order).
+func (s *Sampler) forward(lo, hi int, useCache bool) error {
+	m, be := s.m, s.m.BE
+	V := m.Cfg.Vocab
 	vis := s.info.Visibility()
 	var a *model.Activations
 	var off int // absolute position of the first row of a
@@ -560,6 +571,9 @@ func (s *Sampler) pick(logits []float32) (int32, float64) {
 		p[i] = math.Exp((float64(v) - mx) / temp)
 		sum += p[i]
 	}
+	// Revealing the mask token would leave the position masked.
+	sum -= p[s.info.MaskID]
+	p[s.info.MaskID] = 0
 	if o.TopK > 0 && o.TopK < V || o.TopP > 0 && o.TopP < 1 {
 		idx := s.order[:V]
 		for i := range idx {

@@ -67,6 +67,7 @@ type DLLMInfo struct {
 	TokensSeen  int64   `json:"tokens_seen"`
 	CartP       float64 `json:"cart_p,omitempty"`
 	TMin        float64 `json:"t_min,omitempty"`
+	DocMask     bool    `json:"doc_mask,omitempty"`
 }
 
 // LoadConfig reads config.json from a model directory (or the file itself).

@@ -32,6 +32,11 @@ type Activations struct {
 	// logits are computed only for those rows. AllRows skips the gather.
 	NRows   int
 	AllRows bool
+	// EmbedNoise (T x hidden), when UseNoise, is added to the embedding
+	// output: LLaDA 2.0's noise on masked positions early in training.
+	EmbedNoise []float32
+	UseNoise   bool
+	noise      kernels.Buf
 
 	ids, pos, docs, rows, targets kernels.IBuf
 	weights                       kernels.Buf
@@ -121,7 +126,7 @@ func (a *Activations) Free(be kernels.Backend) {
 			}
 		}
 	}
-	for _, b := range []kernels.Buf{a.weights, a.resA, a.resB, a.hFinal, a.xf, a.rstdF, a.xg, a.Logits, a.loss, a.correct,
+	for _, b := range []kernels.Buf{a.weights, a.noise, a.resA, a.resB, a.hFinal, a.xf, a.rstdF, a.xg, a.Logits, a.loss, a.correct,
 		a.dh, a.dx, a.dxg, a.dq, a.dk, a.dv, a.dqn, a.dkn, a.datt, a.dg, a.du, a.da} {
 		if b.N > 0 {
 			be.Free(b)
@@ -142,6 +147,12 @@ func (a *Activations) Upload(be kernels.Backend) {
 	}
 	be.UploadInt(a.targets.Slice(0, a.NRows), a.Targets[:a.NRows])
 	be.Upload(a.weights.Slice(0, a.NRows), a.Weights[:a.NRows])
+	if a.UseNoise {
+		if a.noise.N == 0 {
+			a.noise = be.Alloc(len(a.EmbedNoise))
+		}
+		be.Upload(a.noise, a.EmbedNoise)
+	}
 }
 
 func (a *Activations) resIn(l int) kernels.Buf {
@@ -218,6 +229,9 @@ func (m *Model) forward(a *Activations, vis kernels.Visibility, cache *KVCache, 
 		dims.Lk, dims.QOff, dims.KStride = qoff+a.L, qoff, cache.MaxLen
 	}
 	be.Embedding(a.resIn(0), W.Embed, a.ids, T, H)
+	if a.UseNoise {
+		be.Add(a.resIn(0), a.resIn(0), a.noise, T*H)
+	}
 	for l := 0; l < c.Layers; l++ {
 		la, lw := a.layers[l], &W.Layers[l]
 		res, out := a.resIn(l), a.resOut(l)

@@ -137,13 +137,19 @@ func runEval(cmd *cobra.Command, dir string, e *evalFlags) error {
 	if e.rows > 0 {
 		n = min(n, e.rows)
 	}
-	docs := make([]int32, e.seqLen)
 	obj := diffusion.Objective{MaskID: info.MaskID, Shift: info.Shift, Weighting: diffusion.ELBO, Norm: diffusion.NormTokens, TMin: 1e-3}
 	if t := cfg.DLLM.TMin; t > 0 {
 		obj.TMin = t
 	}
-	res, err := diffusion.Evaluate(m, func(i int, dst []int32) { split.Row(i, dst, docs) }, n, e.seqLen, obj, info.Visibility(),
-		diffusion.EvalOptions{MC: e.mc, Seed: e.seed, BatchSize: e.batch, Stratified: e.stratified, AccuracyAt: diffusion.DefaultAccuracyAt})
+	vis := kernels.Visibility{Mode: kernels.Bidirectional, DocMask: cfg.DLLM.DocMask}
+	if b := info.BlockSize; b > 0 {
+		if e.seqLen%b != 0 {
+			return fmt.Errorf("--seq-len %d is not a multiple of the model's block size %d", e.seqLen, b)
+		}
+		vis = kernels.Visibility{Mode: kernels.BlockDiffusion, Block: b, Half: e.seqLen, DocMask: cfg.DLLM.DocMask}
+	}
+	res, err := diffusion.Evaluate(m, split.Row, n, e.seqLen, obj, vis, diffusion.EvalOptions{MC: e.mc, Seed: e.seed,
+		BatchSize: e.batch, Stratified: e.stratified, Block: info.BlockSize, AccuracyAt: diffusion.DefaultAccuracyAt})
 	if err != nil {
 		return err
 	}

@@ -273,8 +273,9 @@ def rms_norm(x, w, eps):
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
 
 
-def forward(cfg, P, ids, vis):
-    """logits [B, L, V]. P: name -> float64 tensor; ids [B, L] long; vis bool [L, L] or [B, L, L]."""
+def forward(cfg, P, ids, vis, positions=None):
+    """logits [B, L, V]. P: name -> float64 tensor; ids [B, L] long; vis bool [L, L] or [B, L, L];
+    positions [L] (default 0..L-1)."""
     B, L = ids.shape
     H, hd, KV = cfg["num_attention_heads"], cfg["head_dim"], cfg["num_key_value_heads"]
     eps = cfg["rms_norm_eps"]
@@ -287,7 +288,7 @@ def forward(cfg, P, ids, vis):
         return y
 
     inv_freq, _ = rope_inv_freq(cfg)
-    pos = torch.arange(L, dtype=torch.float64)  # positions 0..L-1 in every row
+    pos = torch.arange(L, dtype=torch.float64) if positions is None else torch.as_tensor(positions, dtype=torch.float64)
     freqs = pos[:, None] * inv_freq[None, :]
     emb = torch.cat((freqs, freqs), dim=-1)  # [L, hd]
     cos, sin = emb.cos(), emb.sin()
@@ -403,10 +404,10 @@ def weighted_ce(logits, targets, weights, norm):
     return (w * ce).sum() / norm
 
 
-def run_model(cfg, W, ids, vis, loss_fn):
+def run_model(cfg, W, ids, vis, loss_fn, positions=None):
     """Forward + loss + autograd. Returns logits, loss, grads (float64 numpy)."""
     P = {k: torch.tensor(v.astype(np.float64), requires_grad=True) for k, v in W.items()}
-    logits = forward(cfg, P, torch.as_tensor(np.asarray(ids), dtype=torch.long), vis)
+    logits = forward(cfg, P, torch.as_tensor(np.asarray(ids), dtype=torch.long), vis, positions)
     loss = loss_fn(logits)
     loss.backward()
     grads = {k: P[k].grad.numpy().copy() for k in W}
@@ -738,6 +739,74 @@ def make_objective(models):
         settings["shift"][0].sum(1).tolist(), settings["noshift"][0].sum(1).tolist()))
 
 
+# Block diffusion (BD3-LM / LLaDA 2.0): rows [xt ; x0] of length 2L.
+BD_L = 64
+BD_T = [0.3, 0.7]
+BD_DOCS = [[20, 30, 14], [40, 24]]
+
+
+def block_diff_mask(q_idx, kv_idx, block_size, n):
+    """The published block-diffusion mask (BD3-LM's block_diff_mask), for
+    query / key indices into [xt ; x0] with n = L."""
+    x0_q, x0_kv = q_idx >= n, kv_idx >= n
+    block_q = np.where(x0_q, (q_idx - n) // block_size, q_idx // block_size)
+    block_kv = np.where(x0_kv, (kv_idx - n) // block_size, kv_idx // block_size)
+    block_diagonal = (block_q == block_kv) & (x0_q == x0_kv)
+    offset_block_causal = (block_q > block_kv) & x0_kv & ~x0_q
+    block_causal = (block_q >= block_kv) & x0_kv & x0_q
+    return block_diagonal | offset_block_causal | block_causal
+
+
+def make_blockdiff(models):
+    root = os.path.join(OUT, "blockdiff")
+    os.makedirs(root)
+    cfg, W = models["llama"]
+    shutil.copyfile(os.path.join(OUT, "engine", "llama", "config.json"), os.path.join(root, "config.json"))
+    shutil.copyfile(os.path.join(OUT, "engine", "llama", "model.safetensors"), os.path.join(root, "model.safetensors"))
+    rng = np.random.default_rng(3001)
+    B, L = len(BD_T), BD_L
+    x0 = rng.integers(4, cfg["vocab_size"], size=(B, L))
+    x0[:, 0] = 1
+    docs = np.array([sum(([d] * n for d, n in enumerate(lens)), []) for lens in BD_DOCS])
+    masked = np.zeros((B, L), dtype=bool)
+    for b in range(B):
+        masked[b] = rng.random(L) < BD_T[b]
+        masked[b, 0] = False  # shift: position 0 is never masked
+    xt = np.where(masked, MASK_ID, x0)
+    ids2 = np.concatenate([xt, x0], axis=1)
+    pos2 = np.concatenate([np.arange(L), np.arange(L)])
+    docs2 = np.concatenate([docs, docs], axis=1)
+    idx = np.arange(2 * L)
+    inputs = {"x0": x0.tolist(), "xt": xt.tolist(), "t": BD_T, "mask_id": MASK_ID, "doc_ids": docs.tolist(),
+              "masked_positions": [np.flatnonzero(r).tolist() for r in masked], "shift": True,
+              "rule": "noisy n is scored by logits[n-1] (noisy half) or, at a block start, by logits[L+n-1] (clean copy); weight 1/t; norm = masked count",
+              "cases": []}
+    norm = float(masked.sum())
+    for block in (4, 16):
+        base = block_diff_mask(idx[:, None], idx[None, :], block, L)
+        for doc_mask in (False, True):
+            vis = base
+            if doc_mask:
+                vis = np.stack([base & (docs2[b][:, None] == docs2[b][None, :]) for b in range(B)])
+            targets = np.full((B, 2 * L), -100)
+            rw = np.zeros((B, 2 * L))
+            for b in range(B):
+                for n in np.flatnonzero(masked[b]):
+                    r = n - 1 if n % block != 0 else L + n - 1
+                    targets[b, r] = x0[b, n]
+                    rw[b, r] = 1.0 / BD_T[b]
+            loss_fn = lambda lg: weighted_ce(lg, targets, rw, norm)
+            logits, loss, grads = run_model(cfg, W, ids2, vis, loss_fn, positions=pos2)
+            fname = "block%d%s.safetensors" % (block, "_doc" if doc_mask else "")
+            out = {"logits": logits, "loss": np.array([loss]), "visible": vis.astype(np.float64)}
+            for k, g in grads.items():
+                out["grad." + k] = g
+            write_safetensors(os.path.join(root, fname), out)
+            inputs["cases"].append({"file": fname, "block": block, "doc_mask": doc_mask, "norm": norm})
+    write_json(os.path.join(root, "inputs.json"), inputs)
+    print("  blockdiff: L=%d, masked per row %s" % (L, masked.sum(1).tolist()))
+
+
 def main():
     print("torch %s, numpy %s" % (torch.__version__, np.__version__))
     if os.path.isdir(OUT):
@@ -746,6 +815,7 @@ def main():
     models = make_engine()
     make_hash()
     make_objective(models)
+    make_blockdiff(models)
     nfiles, nbytes = 0, 0
     for dp, _, fs in os.walk(OUT):
         for f in fs:
