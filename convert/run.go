@@ -52,11 +52,11 @@ type run struct {
 	obj   diffusion.Objective
 	sched []anneal.Stage // block-size schedule, nil for plain annealing
 
-	batch *diffusion.Batch
-	docs  []int32
-	acts  map[int]*model.Activations // by row length
-	noiseSteps int     // steps with embedding noise
-	noiseStd   float64 // its standard deviation
+	batch      *diffusion.Batch
+	docs       []int32
+	acts       map[int]*model.Activations // by row length
+	noiseSteps int                        // steps with embedding noise
+	noiseStd   float64                    // its standard deviation
 
 	adamM, adamV kernels.Buf
 	groups       []paramGroup
