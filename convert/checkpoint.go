@@ -18,16 +18,15 @@ const checkpointPrefix = "checkpoint-"
 // removes them and nothing else.
 var runArtifacts = []string{"final", "metrics.jsonl", "run_config.json", "summary.json", "loss.png"}
 
-// prepareOut makes the output directory; an existing run there is an
-// error unless force, which removes that run's artifacts (the tokenized-data
-// cache is kept).
-func prepareOut(dir string, force bool) error {
+// previousRun lists what an earlier run left in dir (nothing when dir does
+// not exist). It changes nothing.
+func previousRun(dir string) ([]string, error) {
 	entries, err := os.ReadDir(dir)
 	if os.IsNotExist(err) {
-		return os.MkdirAll(dir, 0o755)
+		return nil, nil
 	}
 	if err != nil {
-		return err
+		return nil, err
 	}
 	var ours []string
 	for _, e := range entries {
@@ -36,18 +35,34 @@ func prepareOut(dir string, force bool) error {
 			ours = append(ours, n)
 		}
 	}
-	if len(ours) == 0 {
-		return nil
+	return ours, nil
+}
+
+// checkOut refuses an output directory holding an earlier run unless force.
+func checkOut(dir string, force bool) error {
+	ours, err := previousRun(dir)
+	if err != nil {
+		return err
 	}
-	if !force {
+	if len(ours) > 0 && !force {
 		return fmt.Errorf("%s already holds a run (%s): continue it with --resume, or start over with --force", dir, strings.Join(ours, ", "))
+	}
+	return nil
+}
+
+// prepareOut makes the output directory, removing an earlier run's
+// artifacts (checked by checkOut first; the tokenized-data cache is kept).
+func prepareOut(dir string) error {
+	ours, err := previousRun(dir)
+	if err != nil {
+		return err
 	}
 	for _, n := range ours {
 		if err := os.RemoveAll(filepath.Join(dir, n)); err != nil {
 			return err
 		}
 	}
-	return nil
+	return os.MkdirAll(dir, 0o755)
 }
 
 func contains(list []string, s string) bool {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"image/color"
 	"io"
 	"os"
 	"path/filepath"
@@ -262,22 +263,24 @@ func (r *run) plotLoss(path string) error {
 	p := plot.New()
 	p.Title.Text = "dllm convert: " + filepath.Base(filepath.Clean(r.opt.Source))
 	p.X.Label.Text = "step"
-	p.Y.Label.Text = "loss (nats/token)"
+	p.Y.Label.Text = "nats"
 	smooth := movingAverage(train, max(len(train)/50, 1))
 	l, err := plotter.NewLine(smooth)
 	if err != nil {
 		return err
 	}
 	p.Add(l)
-	p.Legend.Add("train loss (moving average)", l)
+	p.Legend.Add("train loss: weighted CE per masked token (moving average)", l)
 	if len(eval) > 0 {
 		e, pts, err := plotter.NewLinePoints(eval)
 		if err != nil {
 			return err
 		}
 		e.Dashes = []vg.Length{vg.Points(4), vg.Points(2)}
+		e.Color = color.RGBA{R: 200, A: 255}
+		pts.Color = e.Color
 		p.Add(e, pts)
-		p.Legend.Add("held-out NELBO", e, pts)
+		p.Legend.Add("held-out NELBO, nats/token", e, pts)
 	}
 	p.Legend.Top = true
 	return p.Save(8*vg.Inch, 5*vg.Inch, path)

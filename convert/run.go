@@ -144,13 +144,21 @@ func (r *run) prepare() error {
 			return err
 		}
 		r.state = *saved
-	} else if err := prepareOut(o.Out, o.Force); err != nil {
+	} else if err := checkOut(o.Out, o.Force); err != nil {
 		return err
+	}
+	if st, err := os.Stat(o.Source); err != nil || !st.IsDir() {
+		return fmt.Errorf("source model %s is not a directory: give a Hugging Face model folder (config.json, *.safetensors, tokenizer.json)", o.Source)
+	}
+	for _, p := range append(append([]string(nil), o.Data...), o.EvalData...) {
+		if _, err := os.Stat(p); err != nil {
+			return fmt.Errorf("training data %s: %v", p, unwrapPath(err))
+		}
 	}
 
 	tok, err := tokenizer.Load(o.Source)
 	if err != nil {
-		return fmt.Errorf("source tokenizer: %w", err)
+		return err
 	}
 	r.tok = tok
 	cfg, err := model.LoadConfig(o.Source)
@@ -218,6 +226,12 @@ func (r *run) prepare() error {
 	}
 
 	r.logf("data: reading %v", o.Data)
+	if resumeDir == "" {
+		// Inputs are valid: now the output folder may change.
+		if err := prepareOut(o.Out); err != nil {
+			return err
+		}
+	}
 	evalFrac := o.EvalFraction
 	if len(o.EvalData) > 0 {
 		evalFrac = 0
@@ -631,4 +645,12 @@ func (r *run) embedNoise(step int, a *model.Activations, block int) {
 		}
 	}
 	a.UseNoise = true
+}
+
+func unwrapPath(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
 }

@@ -2,7 +2,8 @@
 # The convert issue's experiment: stories260K converted on TinyStories-train-head
 # (5% of the stories held out) for 2000 steps of 8 x 256 tokens, from the
 # pretrained weights and from random ones, plus the ablations, all with the
-# same seed and budget. Writes runs/<name>/ and prints one table.
+# same seed and budget, and (wsd) LLaDA 2.0's block-size schedule 1 -> 4 -> 32 ->
+# full -> 32 on the same budget. Writes runs/<name>/ and prints one table.
 # Usage: scripts/stories260k-experiment.sh [names...]   (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,7 @@ declare -A extra=(
   [anneal50]="--anneal-steps 1000"
   [noshift]="--shift=false"
   [cart]="--weighting cart"
+  [wsd]="--block-schedule 1:200,4:200,32:200,full:1200,32:200"
 )
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(pretrained random anneal0 anneal50 noshift cart)

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -20,6 +21,7 @@ func newBenchCmd() *cobra.Command {
 		warmup, threads        int
 		matmul, asJSON         bool
 		seed                   uint64
+		peak                   float64
 	)
 	cmd := &cobra.Command{
 		Use:   "bench (--model DIR | --arch CONFIG.json | --matmul)",
@@ -60,13 +62,21 @@ random weights (--arch, e.g. testdata/configs/llama-42m.json), or, with
 			if err != nil {
 				return err
 			}
+			mfu := r.TFLOPS / peak
 			if asJSON {
-				return json.NewEncoder(out).Encode(r)
+				return json.NewEncoder(out).Encode(struct {
+					convert.BenchResult
+					PeakTFLOPS float64 `json:"peak_tflops"`
+					MFU        float64 `json:"mfu"`
+				}{r, peak, mfu})
 			}
 			fmt.Fprintf(out, "%s: %s parameters, batch %d x %d tokens, %d steps after %d warm-up\n",
 				r.Backend, commas(r.Params), r.Batch, r.SeqLen, r.Steps, warmup)
 			fmt.Fprintf(out, "%.1f ms/step, %.0f tokens/s, %.3f TFLOP/s (6N + attention FLOPs per token)\n",
 				r.MsPerStep, r.TokensPerSec, r.TFLOPS)
+			if strings.HasPrefix(r.Backend, "cuda") || cmd.Flags().Changed("peak-tflops") {
+				fmt.Fprintf(out, "MFU %.1f%% of %g TFLOP/s (--peak-tflops)\n", 100*mfu, peak)
+			}
 			return nil
 		},
 	}
@@ -82,6 +92,7 @@ random weights (--arch, e.g. testdata/configs/llama-42m.json), or, with
 	f.BoolVar(&matmul, "matmul", false, "time matrix products instead")
 	f.BoolVar(&asJSON, "json", false, "print JSON")
 	f.Uint64Var(&seed, "seed", 1, "seed of the random weights and tokens")
+	f.Float64Var(&peak, "peak-tflops", 989, "the device's peak TFLOP/s for the MFU (989: H100/H200 dense bf16)")
 	return cmd
 }
 

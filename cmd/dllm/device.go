@@ -9,7 +9,7 @@ import (
 )
 
 // openBackend picks the compute device: cpu, cuda, or auto (the GPU when a
-// driver is found, else the CPU).
+// driver and a device are found, else the CPU with a one-line note on log).
 func openBackend(device string, threads int, log io.Writer) (kernels.Backend, error) {
 	switch device {
 	case "cpu":
@@ -21,6 +21,9 @@ func openBackend(device string, threads int, log io.Writer) (kernels.Backend, er
 		}
 		if device == "cuda" {
 			return nil, fmt.Errorf("--device cuda: %v (use --device cpu)", err)
+		}
+		if log != nil {
+			fmt.Fprintf(log, "dllm: running on the CPU: %v\n", err)
 		}
 		return cpu.New(threads), nil
 	}

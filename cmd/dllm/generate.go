@@ -247,7 +247,9 @@ func runGenerate(cmd *cobra.Command, dir string, g *generateFlags) error {
 			fmt.Fprintf(out, "--- sample %d\n", i+1)
 		}
 		if tok != nil {
-			fmt.Fprintln(out, decode(prompt)+decode(smp))
+			// Decoded together: a SentencePiece decoder strips the leading
+			// space of the first token of each call.
+			fmt.Fprintln(out, decode(append(append([]int32(nil), prompt...), smp...)))
 		} else {
 			fmt.Fprintln(out, decode(smp))
 		}

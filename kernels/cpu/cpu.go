@@ -61,7 +61,11 @@ func (be *Backend) UploadInt(dst kernels.IBuf, src []int32)   { copy(dst.Host, s
 func (be *Backend) DownloadInt(dst []int32, src kernels.IBuf) { copy(dst, src.Host) }
 func (be *Backend) Copy(dst, src kernels.Buf)                 { copy(dst.Host, src.Host) }
 
-func (be *Backend) Zero(b kernels.Buf) { clear(b.Host) }
+// Zero clears b; large buffers (gradients) are cleared by all workers.
+func (be *Backend) Zero(b kernels.Buf) {
+	h := b.Host[:b.N]
+	be.parallel(len(h), 1<<18, func(lo, hi, _ int) { clear(h[lo:hi]) })
+}
 
 // parallel splits [0, n) into at most threads contiguous chunks of at least
 // grain items and runs fn on each; worker ids are distinct within a call.

@@ -92,3 +92,22 @@ func benchGemm(b *testing.B, m, n, k int, tA, tB bool) {
 }
 
 func BenchmarkGemm1024(b *testing.B) { benchGemm(b, 1024, 1024, 1024, false, false) }
+
+// BenchmarkGemmShapes covers the products of a training step of the 42M
+// llama of EXPERIMENTS.md (d512, ffn 1376, vocab 32000) at 2048 tokens.
+func BenchmarkGemmShapes(b *testing.B) {
+	for _, s := range []struct {
+		name    string
+		m, n, k int
+		tA, tB  bool
+	}{
+		{"qkvo_fwd_NT", 2048, 512, 512, false, true},
+		{"ffn_up_fwd_NT", 2048, 1376, 512, false, true},
+		{"ffn_down_fwd_NT", 2048, 512, 1376, false, true},
+		{"ffn_dX_NN", 2048, 512, 1376, false, false},
+		{"ffn_dW_TN", 1376, 512, 2048, true, false},
+		{"lm_head_NT", 1024, 32000, 512, false, true},
+	} {
+		b.Run(s.name, func(b *testing.B) { benchGemm(b, s.m, s.n, s.k, s.tA, s.tB) })
+	}
+}

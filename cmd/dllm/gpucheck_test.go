@@ -1,0 +1,171 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+
+	"github.com/dllm-dev/dllm/kernels/cpu"
+	"github.com/dllm-dev/dllm/kernels/kernelcheck"
+)
+
+// The training-step check passes with the CPU on both sides.
+func TestCheckTrainingCPU(t *testing.T) {
+	for arch := range tinyConfigs {
+		var got []kernelcheck.Case
+		if err := checkTraining(cpu.New(2), cpu.New(1), arch, 1, func(c kernelcheck.Case) { got = append(got, c) }); err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != 2 {
+			t.Fatalf("%s: %d cases", arch, len(got))
+		}
+		for _, c := range got {
+			if !c.Pass {
+				t.Errorf("%s: %+v", arch, c)
+			}
+		}
+	}
+}
+
+func TestOpenBackendWithoutDriver(t *testing.T) {
+	if _, err := openCUDA(); err == nil {
+		t.Skip("this machine has a GPU")
+	}
+	var log bytes.Buffer
+	be, err := openBackend("auto", 1, &log)
+	if err != nil || !strings.HasPrefix(be.Name(), "cpu") {
+		t.Fatalf("auto: %v, %v", be, err)
+	}
+	if n := strings.Count(log.String(), "\n"); n != 1 || !strings.Contains(log.String(), "no CUDA driver found") {
+		t.Errorf("auto's note: %q", log.String())
+	}
+	_, err = openBackend("cuda", 1, &log)
+	if err == nil || strings.Contains(err.Error(), "\n") || !strings.HasPrefix(err.Error(), "--device cuda: no CUDA driver found") {
+		t.Errorf("cuda: %v", err)
+	}
+}
+
+func TestGPUCheckWithoutDriver(t *testing.T) {
+	if _, err := openCUDA(); err == nil {
+		t.Skip("this machine has a GPU")
+	}
+	root := newRoot()
+	root.SetArgs([]string{"gpucheck", "--out", t.TempDir()})
+	var out bytes.Buffer
+	root.SetOut(&out)
+	err := root.Execute()
+	if err == nil || !strings.Contains(err.Error(), "no CUDA driver found") {
+		t.Errorf("err = %v", err)
+	}
+}
+
+// buildBinary builds ./cmd/dllm with CGO_ENABLED=0, as for GPU machines.
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	out := filepath.Join(t.TempDir(), "dllm")
+	cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", out, ".")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("CGO_ENABLED=0 go build: %v\n%s", err, b)
+	}
+	return out
+}
+
+// The binary builds without cgo (GPU machines get it prebuilt).
+func TestBuildWithoutCgo(t *testing.T) {
+	bin := buildBinary(t)
+	b, err := exec.Command(bin, "gpucheck", "--help").CombinedOutput()
+	if err != nil || !strings.Contains(string(b), "kernels.tsv") {
+		t.Errorf("the binary: %v\n%s", err, b)
+	}
+}
+
+// TestDeviceCUDAOnFakeDriver runs the CGO_ENABLED=0 binary with --device
+// cuda against kernels/cuda/emu/fakecuda.cc (libcuda and cuBLAS stand-ins
+// on the host emulator of the kernels): gpucheck passes, bench reports an
+// MFU, and 4 conversion steps give the CPU's losses with fp32 matmuls.
+func TestDeviceCUDAOnFakeDriver(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("linux only")
+	}
+	clang := os.Getenv("CLANG")
+	if clang == "" {
+		clang = "clang-14"
+	}
+	if _, err := exec.LookPath(clang); err != nil {
+		t.Skipf("%s not found", clang)
+	}
+	bin := buildBinary(t)
+	fake := filepath.Join(t.TempDir(), "libfakecuda.so")
+	if b, err := exec.Command(clang, "-x", "c++", "-std=c++17", "-O1", "-fPIC", "-shared", "-o", fake,
+		"../../kernels/cuda/emu/fakecuda.cc", "-lm").CombinedOutput(); err != nil {
+		t.Fatalf("building the fake driver: %v\n%s", err, b)
+	}
+	run := func(env []string, args ...string) (string, error) {
+		cmd := exec.Command(bin, args...)
+		cmd.Env = append(append(os.Environ(), "DLLM_LIBCUDA="+fake, "DLLM_CUBLAS="+fake), env...)
+		b, err := cmd.CombinedOutput()
+		return string(b), err
+	}
+	dir := t.TempDir()
+	if out, err := run(nil, "gpucheck", "--small", "--out", dir, "--seed", "5"); err != nil ||
+		!strings.Contains(out, "0 failed") {
+		t.Fatalf("gpucheck: %v\n%s", err, out)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "kernels.tsv")); err != nil || strings.Count(string(b), "\tPASS\n") < 300 {
+		t.Errorf("kernels.tsv: %v (%d bytes)", err, len(b))
+	}
+	out, err := run(nil, "bench", "--device", "cuda", "--arch", "../../testdata/tiny/qwen2/config.json",
+		"--batch", "2", "--seq-len", "16", "--steps", "1", "--warmup", "1")
+	if err != nil || !strings.Contains(out, "cuda (Fake GPU") || !strings.Contains(out, "MFU") {
+		t.Errorf("bench: %v\n%s", err, out)
+	}
+	// The same 4 conversion steps on the CPU and on the (fake) GPU.
+	var text strings.Builder
+	for d := 0; d < 30; d++ {
+		fmt.Fprintf(&text, "Once upon a time a little cat number %d played in the sun with a dog.\n\n", d)
+	}
+	data := filepath.Join(dir, "stories.txt")
+	os.WriteFile(data, []byte(text.String()), 0o644)
+	losses := map[string][]float64{}
+	for _, dev := range []string{"cpu", "cuda"} {
+		out := filepath.Join(dir, "conv-"+dev)
+		if o, err := run([]string{"DLLM_CUDA_MATMUL=fp32"}, "convert", "../../testdata/tiny/llama", "--data", data, "--out", out,
+			"--steps", "4", "--seq-len", "32", "--batch-size", "4", "--eval-fraction", "0.2", "--eval-rows", "4",
+			"--eval-mc", "1", "--seed", "3", "--device", dev, "--quiet"); err != nil {
+			t.Fatalf("convert --device %s: %v\n%s", dev, err, o)
+		}
+		b, err := os.ReadFile(filepath.Join(out, "metrics.jsonl"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+			var r struct {
+				Type string
+				Loss float64
+			}
+			json.Unmarshal([]byte(line), &r)
+			if r.Type == "train" {
+				losses[dev] = append(losses[dev], r.Loss)
+			}
+		}
+	}
+	if len(losses["cpu"]) != 4 || len(losses["cuda"]) != 4 {
+		t.Fatalf("losses %v", losses)
+	}
+	for i := range losses["cpu"] {
+		if a, b := losses["cpu"][i], losses["cuda"][i]; math.Abs(a-b) > 1e-4*math.Abs(a) {
+			t.Errorf("step %d: loss %.6f on the CPU, %.6f on the fake GPU", i+1, a, b)
+		}
+	}
+}

@@ -1,0 +1,15 @@
+//go:build !linux
+
+package cuda
+
+import "errors"
+
+type libcuda struct{}
+
+func openLibcuda(string) (*libcuda, error) {
+	return nil, errors.New("the CUDA backend runs on Linux only")
+}
+
+func openDevice(*libcuda, int, string) (driver, error) {
+	return nil, errors.New("the CUDA backend runs on Linux only")
+}

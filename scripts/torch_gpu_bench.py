@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""The PyTorch peer of `dllm bench --arch CONFIG --device cuda`.
+
+Times the same training step on the same GPU: a transformers model built from
+the config.json with random weights (Qwen2ForCausalLM for
+testdata/configs/qwen2.5-0.5b.json), random tokens, the masked-diffusion loss
+dllm's bench uses (mask id vocab-1, t ~ U(1e-3, 1) antithetic across the
+batch, shift: masked position n scored with the hidden state of n-1, weights
+1/t, normalised by the number of masked tokens, the LM head applied to the
+masked rows only), bidirectional attention, global-norm clipping at 1 and
+AdamW (lr 1e-4, betas 0.9/0.95, weight decay 0.1, fused).
+
+Precision: fp32 master weights, gradients and optimizer state; the forward
+and backward under torch.autocast(bfloat16) (bf16 matmuls and attention,
+RMSNorm and the loss in fp32). dllm runs bf16 matmuls with fp32 accumulation
+and its attention in fp32.
+
+Each batch size: warm-up steps, then the median of timed steps (CUDA events).
+Prints one JSON object per batch size.
+"""
+import argparse
+import json
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+import transformers
+from transformers import AutoConfig, AutoModelForCausalLM
+
+
+def build(config_path, seed):
+    raw = json.load(open(config_path))
+    model_type = raw.pop("model_type")
+    raw.pop("torch_dtype", None)
+    raw.pop("dtype", None)
+    config = AutoConfig.for_model(model_type, **raw)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    model = model.float().cuda()
+    for m in model.modules():  # no causal shortcut anywhere
+        if hasattr(m, "is_causal"):
+            m.is_causal = False
+    return config, model
+
+
+def full_mask(B, L):
+    # An explicit 4-D boolean mask (True = attend) makes every position see
+    # every other one; transformers passes a 4-D mask through unchanged.
+    return torch.ones(B, 1, L, L, dtype=torch.bool, device="cuda")
+
+
+@torch.no_grad()
+def attention_is_bidirectional(model, vocab):
+    # In fp32: does changing the last token change the first position's
+    # logits? (Under a causal mask they stay bit for bit the same.)
+    model.eval()
+    x = torch.randint(0, vocab - 1, (1, 16), device="cuda")
+    y = x.clone()
+    y[0, -1] = (y[0, -1] + 1) % (vocab - 1)
+    a = model(input_ids=x, attention_mask=full_mask(1, 16), use_cache=False).logits[0, 0]
+    b = model(input_ids=y, attention_mask=full_mask(1, 16), use_cache=False).logits[0, 0]
+    model.train()
+    return not torch.equal(a, b)
+
+
+def run(config, model, B, L, steps, warmup, peak, seed):
+    V = config.vocab_size
+    mask_id = V - 1
+    params = sum(p.numel() for p in model.parameters())
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    qdim = config.num_attention_heads * head_dim
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, fused=True)
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    attn = full_mask(B, L)
+
+    def step():
+        x0 = torch.randint(0, V - 1, (B, L), device="cuda", generator=g)
+        u0 = torch.rand(1, device="cuda", generator=g)
+        t = 1e-3 + (1 - 1e-3) * torch.remainder(u0 + torch.arange(B, device="cuda") / B, 1.0)
+        masked = torch.rand(B, L, device="cuda", generator=g) < t[:, None]
+        masked[:, 0] = False  # shift: position 0 is never scored
+        xt = torch.where(masked, torch.full_like(x0, mask_id), x0)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            hidden = model.model(input_ids=xt, attention_mask=attn, use_cache=False).last_hidden_state
+            b_idx, n_idx = masked.nonzero(as_tuple=True)
+            logits = model.lm_head(hidden[b_idx, n_idx - 1])
+        ce = F.cross_entropy(logits.float(), x0[b_idx, n_idx], reduction="none")
+        loss = (ce / t[b_idx]).sum() / max(len(b_idx), 1)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    times = []
+    loss = None
+    for _ in range(steps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        loss = step()
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e))
+    ms = statistics.median(times)
+    tokens = B * L
+    flops = 6 * params * tokens + 12 * config.num_hidden_layers * L * qdim * tokens
+    tflops = flops / (ms / 1e3) / 1e12
+    return {
+        "framework": "pytorch", "torch": torch.__version__, "transformers": transformers.__version__,
+        "device": torch.cuda.get_device_name(), "batch": B, "seq_len": L, "params": params,
+        "steps": steps, "warmup": warmup, "ms_per_step": ms, "tokens_per_second": tokens / (ms / 1e3),
+        "flops_per_step": flops, "tflops": tflops, "peak_tflops": peak, "mfu": tflops / peak,
+        "loss": float(loss), "precision": "fp32 master weights, bf16 autocast",
+        "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30,
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True, help="config.json of the architecture")
+    ap.add_argument("--batch", type=int, nargs="+", default=[4, 8])
+    ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--peak-tflops", type=float, default=989.0)
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("torch_gpu_bench: no CUDA device")
+    config, model = build(args.config, args.seed)
+    bidir = attention_is_bidirectional(model, config.vocab_size)
+    print(f"attention: {'bidirectional (checked)' if bidir else 'CAUSAL: the 4-D mask was not honoured'}", file=sys.stderr)
+    for B in args.batch:
+        r = run(config, model, B, args.seq_len, args.steps, args.warmup, args.peak_tflops, args.seed)
+        r["attention"] = "bidirectional" if bidir else "causal"
+        print(json.dumps(r), flush=True)
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
