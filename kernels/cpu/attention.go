@@ -67,22 +67,9 @@ func maskRow(row []float32, mask []bool, docs []int32, qdoc int32, useDocs, dens
 	mx, last = inf, -1
 	switch {
 	case dense:
-		for j, v := range row {
-			v *= scale
-			row[j] = v
-			if v > mx {
-				mx = v
-			}
-		}
-		return mx, len(row) - 1
+		return scaleMax(row, scale), len(row) - 1
 	case prefix >= 0:
-		for j, v := range row[:prefix+1] {
-			v *= scale
-			row[j] = v
-			if v > mx {
-				mx = v
-			}
-		}
+		mx = scaleMax(row[:prefix+1], scale)
 		for j := prefix + 1; j < len(row); j++ {
 			row[j] = inf
 		}

@@ -81,3 +81,27 @@ done:
 	VMOVUPS Z31, (DX)
 	VZEROUPPER
 	RET
+
+// func scaleMaxAVX512(x *float32, n int, scale float32, mx *[16]float32)
+//
+// x[i] *= scale for n (a multiple of 16) values; the lane maxima of the
+// results are merged into *mx.
+TEXT ·scaleMaxAVX512(SB), NOSPLIT, $0-32
+	MOVQ x+0(FP), SI
+	MOVQ n+8(FP), CX
+	VBROADCASTSS scale+16(FP), Z1
+	MOVQ mx+24(FP), DX
+	VMOVUPS (DX), Z2
+	SHRQ $4, CX
+	JZ smdone
+smloop:
+	VMULPS (SI), Z1, Z0
+	VMOVUPS Z0, (SI)
+	VMAXPS Z0, Z2, Z2
+	ADDQ $64, SI
+	DECQ CX
+	JNZ smloop
+smdone:
+	VMOVUPS Z2, (DX)
+	VZEROUPPER
+	RET

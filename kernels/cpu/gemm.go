@@ -27,6 +27,13 @@ type gemmArgs struct {
 	beta    float32
 }
 
+// kc splits k into equal blocks of at most kcBlock, so that no product
+// ends with a thin remainder block.
+func (g *gemmArgs) kc() int {
+	n := (g.k + kcBlock - 1) / kcBlock
+	return (g.k + n - 1) / n
+}
+
 // workspace holds one worker's packing buffers.
 type workspace struct {
 	packA, packB []float32
@@ -90,8 +97,9 @@ func (be *Backend) gemm(g gemmArgs) {
 	for jc := 0; jc < g.n; jc += ncBlock {
 		ncur := min(ncBlock, g.n-jc)
 		nPanels := (ncur + nr - 1) / nr
-		for pc := 0; pc < g.k; pc += kcBlock {
-			kcur := min(kcBlock, g.k-pc)
+		kc := g.kc()
+		for pc := 0; pc < g.k; pc += kc {
+			kcur := min(kc, g.k-pc)
 			accumulate := g.beta != 0 || pc > 0
 			bp := be.shared.bufB(nPanels * kcur * nr)
 			be.parallel(nPanels, 4, func(lo, hi, _ int) {
@@ -128,8 +136,9 @@ func gemmSerial(ws *workspace, g gemmArgs) {
 	for jc := 0; jc < g.n; jc += ncBlock {
 		ncur := min(ncBlock, g.n-jc)
 		nPanels := (ncur + nr - 1) / nr
-		for pc := 0; pc < g.k; pc += kcBlock {
-			kcur := min(kcBlock, g.k-pc)
+		kc := g.kc()
+		for pc := 0; pc < g.k; pc += kc {
+			kcur := min(kc, g.k-pc)
 			accumulate := g.beta != 0 || pc > 0
 			bp := ws.bufB(nPanels * kcur * nr)
 			for jp := 0; jp < nPanels; jp++ {

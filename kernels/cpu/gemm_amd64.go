@@ -2,7 +2,11 @@
 
 package cpu
 
-import "golang.org/x/sys/cpu"
+import (
+	"math"
+
+	"golang.org/x/sys/cpu"
+)
 
 //go:noescape
 func kernel12x32(k int, a, b, c *float32, ldc int, accumulate bool)
@@ -42,4 +46,34 @@ func expShift(dst, src []float32, shift float32) float32 {
 		s += dst[i]
 	}
 	return s
+}
+
+//go:noescape
+func scaleMaxAVX512(x *float32, n int, scale float32, mx *[16]float32)
+
+// scaleMax multiplies x by scale in place and returns the largest result.
+func scaleMax(x []float32, scale float32) float32 {
+	n := len(x)
+	mx := float32(math.Inf(-1))
+	v := 0
+	if hasAVX512 && n >= 16 {
+		v = n &^ 15
+		lanes := [16]float32{}
+		for i := range lanes {
+			lanes[i] = mx
+		}
+		scaleMaxAVX512(&x[0], v, scale, &lanes)
+		for _, l := range lanes {
+			if l > mx {
+				mx = l
+			}
+		}
+	}
+	for i := v; i < n; i++ {
+		x[i] *= scale
+		if x[i] > mx {
+			mx = x[i]
+		}
+	}
+	return mx
 }

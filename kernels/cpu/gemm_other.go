@@ -2,6 +2,8 @@
 
 package cpu
 
+import "math"
+
 var hasAVX512 = false
 
 func microKernel(k int, a, b, c []float32, ldc int, accumulate bool) {
@@ -16,4 +18,15 @@ func expShift(dst, src []float32, shift float32) float32 {
 		s += dst[i]
 	}
 	return s
+}
+
+func scaleMax(x []float32, scale float32) float32 {
+	mx := float32(math.Inf(-1))
+	for i := range x {
+		x[i] *= scale
+		if x[i] > mx {
+			mx = x[i]
+		}
+	}
+	return mx
 }

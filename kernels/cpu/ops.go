@@ -182,7 +182,8 @@ func (be *Backend) Scale(x kernels.Buf, s float32, n int) {
 // logits by their gradient.
 func (be *Backend) CrossEntropy(loss, correct, logits kernels.Buf, targets kernels.IBuf, weights kernels.Buf, rows, vocab int, gradScale float32, grad bool) {
 	Lo, Co, X, T, W := loss.Host[:rows], correct.Host[:rows], logits.Host, targets.Host[:rows], weights.Host[:rows]
-	be.parallel(rows, 4, func(lo, hi, _ int) {
+	be.parallel(rows, 4, func(lo, hi, w int) {
+		ws := &be.work[w]
 		for r := lo; r < hi; r++ {
 			x := X[r*vocab : (r+1)*vocab]
 			t := int(T[r])
@@ -199,13 +200,17 @@ func (be *Backend) CrossEntropy(loss, correct, logits kernels.Buf, targets kerne
 					mx, arg = v, j
 				}
 			}
-			var sum float32
-			for _, v := range x {
-				sum += expf(v - mx)
+			xt := x[t]
+			// With grad the exponentials are computed in place: they
+			// become the softmax, then the gradient.
+			e := x
+			if !grad {
+				e = ws.scratch(&ws.s3, vocab)
 			}
+			sum := expShift(e, x, mx)
 			lse := mx + float32(math.Log(float64(sum)))
-			w := W[r]
-			Lo[r] = w * (lse - x[t])
+			wt := W[r]
+			Lo[r] = wt * (lse - xt)
 			Co[r] = 0
 			if arg == t {
 				Co[r] = 1
@@ -213,9 +218,10 @@ func (be *Backend) CrossEntropy(loss, correct, logits kernels.Buf, targets kerne
 			if !grad {
 				continue
 			}
-			sc := w * gradScale
-			for j, v := range x {
-				x[j] = expf(v-lse) * sc
+			sc := wt * gradScale
+			f := sc / sum
+			for j := range x {
+				x[j] *= f
 			}
 			x[t] -= sc
 		}
