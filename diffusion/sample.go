@@ -558,53 +558,9 @@ func (s *Sampler) pick(logits []float32) (int32, float64) {
 		s.probs, s.order = make([]float64, V), make([]int, V)
 	}
 	p := s.probs[:V]
-	temp := o.Temperature
-	if temp <= 0 {
-		temp = 1
-	}
-	mx := math.Inf(-1)
-	for _, v := range logits {
-		mx = math.Max(mx, float64(v))
-	}
-	var sum float64
-	for i, v := range logits {
-		p[i] = math.Exp((float64(v) - mx) / temp)
-		sum += p[i]
-	}
-	// Revealing the mask token would leave the position masked.
-	sum -= p[s.info.MaskID]
-	p[s.info.MaskID] = 0
-	if o.TopK > 0 && o.TopK < V || o.TopP > 0 && o.TopP < 1 {
-		idx := s.order[:V]
-		for i := range idx {
-			idx[i] = i
-		}
-		sort.Slice(idx, func(a, b int) bool { return p[idx[a]] > p[idx[b]] })
-		keep := V
-		if o.TopK > 0 && o.TopK < keep {
-			keep = o.TopK
-		}
-		if o.TopP > 0 && o.TopP < 1 {
-			var c float64
-			for i := 0; i < keep; i++ {
-				c += p[idx[i]] / sum
-				if c >= o.TopP {
-					keep = i + 1
-					break
-				}
-			}
-		}
-		for _, i := range idx[keep:] {
-			p[i] = 0
-		}
-	}
-	sum = 0
-	for _, v := range p {
-		sum += v
-	}
-	for i := range p {
-		p[i] /= sum
-	}
+	// The mask token is never a candidate: revealing it would leave the
+	// position masked.
+	model.Sampling{Temperature: o.Temperature, TopK: o.TopK, TopP: o.TopP}.Distribution(p, s.order[:V], logits, int(s.info.MaskID))
 	tok := 0
 	if o.Temperature <= 0 {
 		for i, v := range p {

@@ -17,12 +17,64 @@ type Sampling struct {
 	TopP        float64
 }
 
+// Distribution fills p with softmax(logits / T) (T = 1 at temperature 0),
+// keeps only the top-k tokens and the smallest set holding top-p of the
+// mass, zeroes token exclude (-1: none) and normalises p to sum 1. order is
+// scratch of the same length.
+func (s Sampling) Distribution(p []float64, order []int, logits []float32, exclude int) {
+	temp := s.Temperature
+	if temp <= 0 {
+		temp = 1
+	}
+	mx := math.Inf(-1)
+	for _, v := range logits {
+		mx = math.Max(mx, float64(v))
+	}
+	var sum float64
+	for i, v := range logits {
+		p[i] = math.Exp((float64(v) - mx) / temp)
+		sum += p[i]
+	}
+	if exclude >= 0 {
+		sum -= p[exclude]
+		p[exclude] = 0
+	}
+	n := len(p)
+	if s.TopK > 0 && s.TopK < n || s.TopP > 0 && s.TopP < 1 {
+		for i := range order {
+			order[i] = i
+		}
+		sort.Slice(order, func(a, b int) bool { return p[order[a]] > p[order[b]] })
+		keep := n
+		if s.TopK > 0 && s.TopK < keep {
+			keep = s.TopK
+		}
+		if s.TopP > 0 && s.TopP < 1 {
+			var c float64
+			for i := 0; i < keep; i++ {
+				c += p[order[i]] / sum
+				if c >= s.TopP {
+					keep = i + 1
+					break
+				}
+			}
+		}
+		for _, i := range order[keep:] {
+			sum -= p[i]
+			p[i] = 0
+		}
+	}
+	for i := range p {
+		p[i] /= sum
+	}
+}
+
 // Sampler draws tokens from host logits, reusing its scratch.
 type Sampler struct {
 	S     Sampling
 	Rng   *rand.Rand
 	probs []float64
-	idx   []int
+	order []int
 }
 
 // Pick returns the chosen token of one row of logits.
@@ -32,45 +84,22 @@ func (s *Sampler) Pick(logits []float32) int {
 	}
 	n := len(logits)
 	if cap(s.probs) < n {
-		s.probs, s.idx = make([]float64, n), make([]int, n)
+		s.probs, s.order = make([]float64, n), make([]int, n)
 	}
-	p, idx := s.probs[:n], s.idx[:n]
-	mx := float64(logits[Argmax(logits)])
-	var sum float64
-	for i, v := range logits {
-		p[i] = math.Exp((float64(v) - mx) / s.S.Temperature)
-		sum += p[i]
-		idx[i] = i
-	}
-	keep := n
-	if s.S.TopK > 0 && s.S.TopK < n || s.S.TopP > 0 && s.S.TopP < 1 {
-		sort.Slice(idx, func(a, b int) bool { return p[idx[a]] > p[idx[b]] })
-		if s.S.TopK > 0 && s.S.TopK < keep {
-			keep = s.S.TopK
+	p := s.probs[:n]
+	s.S.Distribution(p, s.order[:n], logits, -1)
+	u := s.Rng.Float64()
+	last := 0
+	for i, v := range p {
+		if v == 0 {
+			continue
 		}
-		if s.S.TopP > 0 && s.S.TopP < 1 {
-			var c float64
-			for i := 0; i < keep; i++ {
-				c += p[idx[i]] / sum
-				if c >= s.S.TopP {
-					keep = i + 1
-					break
-				}
-			}
-		}
-		sum = 0
-		for _, i := range idx[:keep] {
-			sum += p[i]
-		}
-	}
-	u := s.Rng.Float64() * sum
-	for _, i := range idx[:keep] {
-		u -= p[i]
-		if u <= 0 {
+		last = i
+		if u -= v; u <= 0 {
 			return i
 		}
 	}
-	return idx[keep-1]
+	return last
 }
 
 // Argmax is the index of the largest value (the first on ties).
