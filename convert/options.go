@@ -75,7 +75,15 @@ type Options struct {
 	Resume    bool `json:"resume"`
 	Force     bool `json:"force"`
 	Quiet     bool `json:"quiet"`
+
+	// Set names the settings given explicitly (flag names); on --resume only
+	// these may replace the saved run's, and only those in Resumable.
+	Set []string `json:"-"`
 }
+
+// Resumable are the settings a resumed run may change: its length and how
+// it runs, never what it computes.
+var Resumable = []string{"steps", "device", "threads", "eval-every", "save-every", "keep", "quiet", "resume", "out", "config"}
 
 // Defaults are the settings a plain `dllm convert SRC --data D --out O` uses.
 func Defaults() Options {

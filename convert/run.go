@@ -91,8 +91,14 @@ type paramGroup struct {
 // Run converts opt.Source on backend be, logging progress to log. When ctx
 // ends it saves a checkpoint and returns ErrInterrupted.
 func Run(ctx context.Context, opt Options, be kernels.Backend, log io.Writer) (*Summary, error) {
-	if err := opt.Resolve(); err != nil {
-		return nil, err
+	// A resumed run takes its settings from the checkpoint (prepare).
+	if opt.Resume && opt.Out == "" {
+		return nil, fmt.Errorf("--resume needs --out, the folder of the run to continue")
+	}
+	if !opt.Resume {
+		if err := opt.Resolve(); err != nil {
+			return nil, err
+		}
 	}
 	r := &run{opt: opt, be: be, log: log}
 	if err := r.prepare(); err != nil {
@@ -134,12 +140,37 @@ func (r *run) prepare() error {
 		if err != nil {
 			return err
 		}
-		// The saved run defines the experiment; only the length and the
-		// system / bookkeeping settings may change on resume.
+		// The saved run defines the experiment; only its length and how it
+		// runs may change on resume.
 		keep := *o
 		*o = saved.Options
-		o.Steps, o.Device, o.Threads, o.EvalEvery, o.SaveEvery, o.Keep, o.Quiet, o.Resume, o.Force =
-			keep.Steps, keep.Device, keep.Threads, keep.EvalEvery, keep.SaveEvery, keep.Keep, keep.Quiet, true, false
+		for _, name := range keep.Set {
+			switch name {
+			case "steps":
+				o.Steps = keep.Steps
+			case "device":
+				o.Device = keep.Device
+			case "threads":
+				o.Threads = keep.Threads
+			case "eval-every":
+				o.EvalEvery = keep.EvalEvery
+			case "save-every":
+				o.SaveEvery = keep.SaveEvery
+			case "keep":
+				o.Keep = keep.Keep
+			case "quiet":
+				o.Quiet = keep.Quiet
+			case "resume", "out", "config":
+			default:
+				if !contains(Resumable, name) {
+					return fmt.Errorf("--%s cannot change when resuming: the run's settings are in %s/trainer_state.json (start over with --force instead)", name, d)
+				}
+			}
+		}
+		o.Resume, o.Force, o.Out = true, false, keep.Out
+		if keep.Source != "" && keep.Source != o.Source {
+			return fmt.Errorf("--resume: the run converts %s, not %s", o.Source, keep.Source)
+		}
 		if err := o.Resolve(); err != nil {
 			return err
 		}

@@ -91,7 +91,7 @@ func TestResumeIsExact(t *testing.T) {
 	if _, err := Run(context.Background(), part, cpu.New(2), io.Discard); err != nil {
 		t.Fatal(err)
 	}
-	part.Steps, part.Resume = 6, true
+	part.Steps, part.Resume, part.Set = 6, true, []string{"steps"}
 	if _, err := Run(context.Background(), part, cpu.New(2), io.Discard); err != nil {
 		t.Fatal(err)
 	}
@@ -248,7 +248,7 @@ func TestBlockSchedule(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(checkpointDir(part.Out, 3), "trainer_state.json"), b, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	part.Resume, part.Steps = true, 8
+	part.Resume, part.Steps, part.Set = true, 8, []string{"steps"}
 	sum, err := Run(context.Background(), part, cpu.New(2), io.Discard)
 	if err != nil {
 		t.Fatal(err)
@@ -274,5 +274,21 @@ func TestBlockSchedule(t *testing.T) {
 		if !strings.Contains(string(raw), want) {
 			t.Errorf("metrics.jsonl lacks %s", want)
 		}
+	}
+}
+
+// TestResumeRefusesChanges: a resumed run keeps its settings; changing what
+// it computes is an error, not a silent mix.
+func TestResumeRefusesChanges(t *testing.T) {
+	data := writeCorpus(t)
+	o := tinyOptions(data, filepath.Join(t.TempDir(), "run"))
+	o.Steps = 2
+	if _, err := Run(context.Background(), o, cpu.New(2), io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	o.Resume, o.LR, o.Set = true, 0.5, []string{"lr"}
+	_, err := Run(context.Background(), o, cpu.New(2), io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "--lr cannot change") {
+		t.Fatalf("want a refusal of --lr, got %v", err)
 	}
 }

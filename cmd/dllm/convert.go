@@ -9,6 +9,7 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/dllm-dev/dllm/convert"
 )
@@ -86,10 +87,11 @@ the command line wins. SIGINT saves a checkpoint; --resume continues exactly.`,
 					return err
 				}
 			}
-			if src == "" {
+			if src == "" && !opt.Resume {
 				return &exitError{2, fmt.Errorf("convert needs the source model directory: dllm convert SRC --data PATH --out DIR")}
 			}
 			opt.Source = src
+			cmd.Flags().Visit(func(f *pflag.Flag) { opt.Set = append(opt.Set, f.Name) })
 			be, err := openBackend(opt.Device, opt.Threads, cmd.ErrOrStderr())
 			if err != nil {
 				return err
@@ -99,7 +101,7 @@ the command line wins. SIGINT saves a checkpoint; --resume continues exactly.`,
 			defer stop()
 			sum, err := convert.Run(ctx, opt, be, cmd.ErrOrStderr())
 			if errors.Is(err, convert.ErrInterrupted) {
-				return &exitError{130, fmt.Errorf("interrupted: checkpoint %s saved; continue with: dllm convert %s --out %s --resume", sum.Checkpoint, src, opt.Out)}
+				return &exitError{130, fmt.Errorf("interrupted: checkpoint %s saved; continue with: dllm convert --out %s --resume", sum.Checkpoint, opt.Out)}
 			}
 			if err != nil {
 				return err

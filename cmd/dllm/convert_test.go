@@ -184,3 +184,18 @@ func TestEvalARStories260K(t *testing.T) {
 		t.Fatalf("cross-entropy %v over %d tokens, want 1.266 over 1804", r.CrossEntropy, r.Tokens)
 	}
 }
+
+// TestDeviceFallback: without a driver, auto runs on the CPU silently and
+// cuda is one clear error.
+func TestDeviceFallback(t *testing.T) {
+	t.Setenv("DLLM_LIBCUDA", filepath.Join(t.TempDir(), "libcuda.so.1"))
+	var log strings.Builder
+	be, err := openBackend("auto", 1, &log)
+	if err != nil || !strings.HasPrefix(be.Name(), "cpu") || log.Len() != 0 {
+		t.Fatalf("auto without a driver: %v, %v, note %q", be, err, log.String())
+	}
+	_, err = openBackend("cuda", 1, &log)
+	if err == nil || !strings.Contains(err.Error(), "no CUDA driver found") || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("cuda without a driver: %v", err)
+	}
+}
