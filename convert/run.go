@@ -80,6 +80,8 @@ type trainerState struct {
 	Before     *diffusion.EvalResult `json:"eval_before,omitempty"`
 	LastEval   *diffusion.EvalResult `json:"last_eval,omitempty"`
 	LastLoss   float64               `json:"last_loss"`
+	NoiseSteps int                   `json:"embed_noise_steps"`
+	NoiseStd   float64               `json:"embed_noise_std"`
 	Options    Options               `json:"options"`
 }
 
@@ -251,7 +253,12 @@ func (r *run) prepare() error {
 	}
 	r.m.EnableGrads()
 	r.obj = o.Objective(int32(r.plan.ID))
-	r.planEmbedNoise()
+	if resumeDir == "" {
+		r.planEmbedNoise()
+	} else {
+		// Decided once from the starting weights; a resumed run keeps it.
+		r.noiseSteps, r.noiseStd = r.state.NoiseSteps, r.state.NoiseStd
+	}
 	if o.BlockSchedule != "" {
 		r.sched, _ = anneal.ParseSchedule(o.BlockSchedule, o.SeqLen)
 	}
@@ -302,7 +309,7 @@ func (r *run) prepare() error {
 		}
 		r.logf("resuming from %s (step %d)", resumeDir, r.state.Step)
 	} else {
-		r.state = trainerState{MaskID: r.plan.ID, Options: *o}
+		r.state = trainerState{MaskID: r.plan.ID, Options: *o, NoiseSteps: r.noiseSteps, NoiseStd: r.noiseStd}
 	}
 	r.rng = rand.New(r.pcg)
 

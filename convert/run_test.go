@@ -79,14 +79,24 @@ func trainLosses(t *testing.T, out string) []metric {
 }
 
 // TestResumeIsExact: a run stopped after 3 steps and resumed to 6 gives the
-// same loss at every step, bit for bit, as a run of 6 steps.
+// same loss at every step, bit for bit, as a run of 6 steps (with embedding
+// noise on for the first 4 steps, which must change the losses).
 func TestResumeIsExact(t *testing.T) {
 	data := writeCorpus(t)
+	plain := tinyOptions(data, filepath.Join(t.TempDir(), "plain"))
+	if _, err := Run(context.Background(), plain, cpu.New(2), io.Discard); err != nil {
+		t.Fatal(err)
+	}
 	full := tinyOptions(data, filepath.Join(t.TempDir(), "full"))
+	full.EmbedNoise = 4
 	if _, err := Run(context.Background(), full, cpu.New(2), io.Discard); err != nil {
 		t.Fatal(err)
 	}
+	if p, f := trainLosses(t, plain.Out), trainLosses(t, full.Out); p[0] == f[0] || p[5].Loss == f[5].Loss {
+		t.Fatalf("embedding noise changed nothing: %v vs %v", p, f)
+	}
 	part := tinyOptions(data, filepath.Join(t.TempDir(), "part"))
+	part.EmbedNoise = 4
 	part.Steps = 3
 	if _, err := Run(context.Background(), part, cpu.New(2), io.Discard); err != nil {
 		t.Fatal(err)
