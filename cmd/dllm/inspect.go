@@ -177,8 +177,12 @@ func printInspect(w io.Writer, r *inspectReport) {
 		p("tokenizer", "none found")
 	}
 	if d := r.Diffusion; d != nil {
+		attn := d.Attention
+		if d.BlockSize > 0 {
+			attn = fmt.Sprintf("%s (block size %d)", attn, d.BlockSize)
+		}
 		p("diffusion", "mask id %d, shift %v, attention %s, weighting %s, %d steps, %s tokens, from %s",
-			d.MaskTokenID, d.Shift, d.Attention, d.Weighting, d.Steps, commas(d.TokensSeen), d.Source)
+			d.MaskTokenID, d.Shift, attn, d.Weighting, d.Steps, commas(d.TokensSeen), d.Source)
 	}
 	if len(r.Tensors) > 0 {
 		fmt.Fprintln(w, "tensors:")
