@@ -2,7 +2,6 @@ package diffusion
 
 import (
 	"encoding/json"
-	"math"
 	"os"
 	"path/filepath"
 	"testing"
@@ -49,7 +48,7 @@ func TestBlockDiffusionMatchesPyTorch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	B, L, V := len(in.X0), len(in.X0[0]), m.Cfg.Vocab
+	B, L := len(in.X0), len(in.X0[0])
 	for _, c := range in.Cases {
 		t.Run(c.File, func(t *testing.T) {
 			want, err := safetensors.Open(filepath.Join(blockFixtures, c.File))
@@ -103,34 +102,7 @@ func TestBlockDiffusionMatchesPyTorch(t *testing.T) {
 			}
 
 			a.Upload(be)
-			m.Forward(a, vis)
-			wl, _ := want.Float32("logits")
-			got, ref := make([]float32, 0, k*V), make([]float32, 0, k*V)
-			for j := 0; j < k; j++ {
-				got = append(got, a.Logits.Host[j*V:(j+1)*V]...)
-				row := int(a.Rows[j])
-				ref = append(ref, wl[row*V:(row+1)*V]...)
-			}
-			if e := relErr(got, ref); !(e < 1e-4) {
-				t.Errorf("logits of scored rows: relative error %g", e)
-			}
-			sum, _ := m.Loss(a, norm, true)
-			wloss, _ := want.Float32("loss")
-			if e := math.Abs(sum/norm-float64(wloss[0])) / float64(wloss[0]); !(e < 1e-5) {
-				t.Errorf("loss %v, reference %v", sum/norm, wloss[0])
-			}
-			m.EnableGrads()
-			be.Zero(m.Grads)
-			if err := m.Backward(a, vis); err != nil {
-				t.Fatal(err)
-			}
-			for _, s := range m.Layout.Specs {
-				g, _ := m.Layout.View(m.Grads, s.Name)
-				wg, _ := want.Float32("grad." + s.Name)
-				if e := relErr(g.Host, wg); !(e < 1e-4) {
-					t.Errorf("grad %s: relative error %g", s.Name, e)
-				}
-			}
+			checkStep(t, m, a, vis, want, norm)
 		})
 	}
 }

@@ -54,6 +54,45 @@ func loadObjInputs(t *testing.T) objInputs {
 	return in
 }
 
+// checkStep runs forward, loss and backward on uploaded activations and
+// compares the logits of the scored rows, the loss and every parameter
+// gradient with a PyTorch fixture (logits [rows, V] of the whole batch).
+func checkStep(t *testing.T, m *model.Model, a *model.Activations, vis kernels.Visibility, want *safetensors.Reader, norm float64) {
+	t.Helper()
+	V, k := m.Cfg.Vocab, a.NRows
+	m.Forward(a, vis)
+	wl, _ := want.Float32("logits")
+	got, ref := make([]float32, 0, k*V), make([]float32, 0, k*V)
+	for j := 0; j < k; j++ {
+		got = append(got, a.Logits.Host[j*V:(j+1)*V]...)
+		r := int(a.Rows[j])
+		ref = append(ref, wl[r*V:(r+1)*V]...)
+	}
+	if e := relErr(got, ref); !(e < 1e-4) {
+		t.Errorf("logits of scored rows: relative error %g", e)
+	}
+	sum, _ := m.Loss(a, norm, true)
+	wloss, _ := want.Float32("loss")
+	if e := math.Abs(sum/norm-float64(wloss[0])) / float64(wloss[0]); !(e < 1e-5) {
+		t.Errorf("loss %v, reference %v", sum/norm, wloss[0])
+	}
+	m.EnableGrads()
+	m.BE.Zero(m.Grads)
+	if err := m.Backward(a, vis); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range m.Layout.Specs {
+		g, _ := m.Layout.View(m.Grads, s.Name)
+		wg, err := want.Float32("grad." + s.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e := relErr(g.Host, wg); !(e < 1e-4) {
+			t.Errorf("grad %s: relative error %g", s.Name, e)
+		}
+	}
+}
+
 func relErr(a, b []float32) float64 {
 	var num, den float64
 	for i := range b {
@@ -107,7 +146,7 @@ func TestObjectiveMatchesPyTorch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	B, L, V := len(in.X0), len(in.X0[0]), m.Cfg.Vocab
+	B, L := len(in.X0), len(in.X0[0])
 	for _, c := range in.Cases {
 		t.Run(c.File, func(t *testing.T) {
 			o := Objective{MaskID: in.MaskID, Shift: c.Shift, Weighting: c.Weighting, CartP: in.P, Norm: c.Norm, TMin: 1e-3}
@@ -155,37 +194,7 @@ func TestObjectiveMatchesPyTorch(t *testing.T) {
 			copy(a.Targets, b.Targets[:k])
 			copy(a.Weights, b.Weights[:k])
 			a.Upload(be)
-			vis := kernels.Visibility{Mode: kernels.Bidirectional}
-			m.Forward(a, vis)
-			wl, _ := want.Float32("logits")
-			got, ref := make([]float32, 0, k*V), make([]float32, 0, k*V)
-			for j := 0; j < k; j++ {
-				got = append(got, a.Logits.Host[j*V:(j+1)*V]...)
-				r := int(b.Rows[j])
-				ref = append(ref, wl[r*V:(r+1)*V]...)
-			}
-			if e := relErr(got, ref); !(e < 1e-4) {
-				t.Errorf("logits of scored rows: relative error %g", e)
-			}
-			sum, _ := m.Loss(a, norm, true)
-			wloss, _ := want.Float32("loss")
-			if e := math.Abs(sum/norm-float64(wloss[0])) / float64(wloss[0]); !(e < 1e-5) {
-				t.Errorf("loss %v, reference %v", sum/norm, wloss[0])
-			}
-			be.Zero(m.Grads)
-			if err := m.Backward(a, vis); err != nil {
-				t.Fatal(err)
-			}
-			for _, s := range m.Layout.Specs {
-				g, _ := m.Layout.View(m.Grads, s.Name)
-				wg, err := want.Float32("grad." + s.Name)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if e := relErr(g.Host, wg); !(e < 1e-4) {
-					t.Errorf("grad %s: relative error %g", s.Name, e)
-				}
-			}
+			checkStep(t, m, a, kernels.Visibility{Mode: kernels.Bidirectional}, want, norm)
 		})
 	}
 }
