@@ -32,19 +32,14 @@ type BenchResult struct {
 // bidirectional attention, after warm-up steps.
 func BenchStep(m *model.Model, B, L, warmup, steps int, seed uint64) (BenchResult, error) {
 	be, c := m.BE, m.Cfg
-	m.EnableGrads()
-	n := m.Layout.Total
-	mom, vel := be.Alloc(n), be.Alloc(n)
-	be.Zero(mom)
-	be.Zero(vel)
-	defer be.Free(mom)
-	defer be.Free(vel)
-	acts := m.NewActivations(B, L, true)
-	defer acts.Free(be)
+	st := NewStepper(m, B, L)
+	st.LR = 1e-4
+	defer st.Free()
 	obj := diffusion.Objective{MaskID: int32(c.Vocab - 1), Shift: true, Weighting: diffusion.ELBO, Norm: diffusion.NormMasked, TMin: 1e-3}
 	batch := diffusion.NewBatch(B, L)
 	rng := rand.New(rand.NewPCG(seed, 1))
 	vis := kernels.Visibility{Mode: kernels.Bidirectional}
+	docs := make([]int32, B*L)
 	var loss float64
 	step := func(i int) error {
 		for j := range batch.X0 {
@@ -52,26 +47,11 @@ func BenchStep(m *model.Model, B, L, warmup, steps int, seed uint64) (BenchResul
 		}
 		obj.DrawTimes(rng, batch, true)
 		obj.Mask(rng, batch)
-		norm := obj.Score(batch)
+		obj.Score(batch)
 		k := batch.NMasked
-		copy(acts.IDs, batch.XT)
-		copy(acts.Rows, batch.Rows[:k])
-		copy(acts.Targets, batch.Targets[:k])
-		copy(acts.Weights, batch.Weights[:k])
-		acts.NRows, acts.AllRows = k, false
-		acts.Upload(be)
-		be.Zero(m.Grads)
-		m.Forward(acts, vis)
-		s, _ := m.Loss(acts, norm, true)
-		loss = s / norm
-		if err := m.Backward(acts, vis); err != nil {
-			return err
-		}
-		gn := math.Sqrt(be.SumSquares(m.Grads))
-		h := kernels.AdamW{LR: 1e-4, Beta1: 0.9, Beta2: 0.95, Eps: 1e-8, WeightDecay: 0.1,
-			BC1: float32(1 - math.Pow(0.9, float64(i+1))), BC2: float32(1 - math.Pow(0.95, float64(i+1))), GradScale: float32(min(1, 1/gn))}
-		be.AdamWStep(m.Params, m.Grads, mom, vel, n, h)
-		return be.Sync()
+		var err error
+		loss, err = st.Step(StepBatch{IDs: batch.XT, Docs: docs, Rows: batch.Rows[:k], Targets: batch.Targets[:k], Weights: batch.Weights[:k]}, vis, i+1)
+		return err
 	}
 	for i := 0; i < warmup; i++ {
 		if err := step(i); err != nil {
@@ -88,6 +68,7 @@ func BenchStep(m *model.Model, B, L, warmup, steps int, seed uint64) (BenchResul
 	if math.IsNaN(loss) {
 		return BenchResult{}, fmt.Errorf("bench: loss is NaN")
 	}
+	n := m.Layout.Total
 	tokens := float64(B * L)
 	flops := 6*float64(n)*tokens + 12*float64(c.Layers*L*c.QDim())*tokens
 	return BenchResult{Backend: be.Name(), Batch: B, SeqLen: L, Params: int64(n), Steps: steps, MsPerStep: dt * 1e3,

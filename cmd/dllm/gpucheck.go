@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/dllm-dev/dllm/convert"
 	"github.com/dllm-dev/dllm/kernels"
 	"github.com/dllm-dev/dllm/kernels/cpu"
 	"github.com/dllm-dev/dllm/kernels/cuda"
@@ -137,17 +138,24 @@ func checkTraining(ref, dev kernels.Backend, arch string, seed uint64, report fu
 	rm, dm := model.New(cfg, ref), model.New(cfg, dev)
 	rm.InitRandom(seed)
 	dm.InitRandom(seed)
-	rt, dt := newStepper(rm, B, L), newStepper(dm, B, L)
-	defer rt.free()
-	defer dt.free()
+	rt, dt := convert.NewStepper(rm, B, L), convert.NewStepper(dm, B, L)
+	defer rt.Free()
+	defer dt.Free()
 	rng := rand.New(rand.NewPCG(seed, 5))
 	allocs := -1
 	var lossErr float64
 	for step := 1; step <= 3; step++ {
 		vis := kernels.Visibility{Mode: kernels.Annealed, Ratio: 0.3 * float32(step), Seed: rng.Uint64(), DocMask: step == 2}
-		b := drawStepBatch(rng, B, L, cfg.Vocab)
-		lr, ld := rt.step(b, vis, step), dt.step(b, vis, step)
-		if err := dev.Err(); err != nil {
+		b := convert.RandomStepBatch(rng, B, L, cfg.Vocab, 13)
+		lr, err := rt.Step(b, vis, step)
+		if err != nil {
+			return err
+		}
+		ld, err := dt.Step(b, vis, step)
+		if err == nil {
+			err = dev.Err()
+		}
+		if err != nil {
 			return fmt.Errorf("training step on %s: %w", dev.Name(), err)
 		}
 		lossErr = math.Max(lossErr, math.Abs(ld-lr)/math.Abs(lr))
@@ -171,69 +179,4 @@ func checkTraining(ref, dev kernels.Backend, arch string, seed uint64, report fu
 		report(kernelcheck.Case{Op: "No device allocation in step 3", Shape: shape, RelErr: n, Threshold: 0, Pass: n == 0})
 	}
 	return nil
-}
-
-type stepBatch struct {
-	ids, docs, rows, targets []int32
-	weights                  []float32
-}
-
-func drawStepBatch(rng *rand.Rand, B, L, vocab int) stepBatch {
-	var b stepBatch
-	for i := 0; i < B*L; i++ {
-		b.ids = append(b.ids, int32(rng.IntN(vocab)))
-		b.docs = append(b.docs, int32(i%L/13))
-		if rng.IntN(2) == 0 {
-			b.rows = append(b.rows, int32(i))
-			b.targets = append(b.targets, int32(rng.IntN(vocab)))
-			b.weights = append(b.weights, float32(1+rng.Float64()))
-		}
-	}
-	return b
-}
-
-// stepper is a bare training loop: forward, weighted loss, backward, global
-// norm, AdamW.
-type stepper struct {
-	m      *model.Model
-	acts   *model.Activations
-	mo, ve kernels.Buf
-}
-
-func newStepper(m *model.Model, B, L int) *stepper {
-	m.EnableGrads()
-	s := &stepper{m: m, acts: m.NewActivations(B, L, true), mo: m.BE.Alloc(m.Layout.Total), ve: m.BE.Alloc(m.Layout.Total)}
-	m.BE.Zero(s.mo)
-	m.BE.Zero(s.ve)
-	return s
-}
-
-func (s *stepper) free() {
-	s.acts.Free(s.m.BE)
-	s.m.BE.Free(s.mo)
-	s.m.BE.Free(s.ve)
-}
-
-func (s *stepper) step(b stepBatch, vis kernels.Visibility, step int) float64 {
-	be, a := s.m.BE, s.acts
-	copy(a.IDs, b.ids)
-	copy(a.Docs, b.docs)
-	copy(a.Rows, b.rows)
-	copy(a.Targets, b.targets)
-	copy(a.Weights, b.weights)
-	a.NRows, a.AllRows = len(b.rows), false
-	a.Upload(be)
-	be.Zero(s.m.Grads)
-	s.m.Forward(a, vis)
-	norm := float64(len(b.rows))
-	loss, _ := s.m.Loss(a, norm, true)
-	if err := s.m.Backward(a, vis); err != nil {
-		return math.NaN()
-	}
-	gn := math.Sqrt(be.SumSquares(s.m.Grads))
-	h := kernels.AdamW{LR: 1e-3, Beta1: 0.9, Beta2: 0.95, Eps: 1e-8, WeightDecay: 0.1,
-		BC1: float32(1 - math.Pow(0.9, float64(step))), BC2: float32(1 - math.Pow(0.95, float64(step))),
-		GradScale: float32(min(1, 1/gn))}
-	be.AdamWStep(s.m.Params, s.m.Grads, s.mo, s.ve, s.m.Layout.Total, h)
-	return loss / norm
 }

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"testing"
 
+	"github.com/dllm-dev/dllm/convert"
 	"github.com/dllm-dev/dllm/kernels"
 	"github.com/dllm-dev/dllm/kernels/cpu"
 	"github.com/dllm-dev/dllm/kernels/kernelcheck"
@@ -38,14 +39,20 @@ func TestEmulatorTrainingSteps(t *testing.T) {
 			}
 			const B, L = 2, 24
 			vis := kernels.Visibility{Mode: kernels.Annealed, Ratio: 0.4, Seed: 99, DocMask: true}
-			rr, rd := newTrainer(ref, B, L), newTrainer(dut, B, L)
+			rr, rd := convert.NewStepper(ref, B, L), convert.NewStepper(dut, B, L)
 			rng := rand.New(rand.NewPCG(3, 4))
 			var allocs int
 			for step := 1; step <= 3; step++ {
-				batch := drawBatch(rng, B, L, ref.Cfg.Vocab)
-				lr := rr.step(batch, vis, step)
-				ld := rd.step(batch, vis, step)
-				if err := dev.Err(); err != nil {
+				batch := convert.RandomStepBatch(rng, B, L, ref.Cfg.Vocab, 10)
+				lr, err := rr.Step(batch, vis, step)
+				if err != nil {
+					t.Fatal(err)
+				}
+				ld, err := rd.Step(batch, vis, step)
+				if err == nil {
+					err = dev.Err()
+				}
+				if err != nil {
 					t.Fatal(err)
 				}
 				if e := math.Abs(ld-lr) / math.Abs(lr); !(e < 1e-4) {
@@ -76,61 +83,4 @@ func compareBufs(t *testing.T, what string, rb, db kernels.Backend, r, d kernels
 	} else {
 		t.Logf("%s: rel err %.3g", what, e)
 	}
-}
-
-type batch struct {
-	ids, docs, rows, targets []int32
-	weights                  []float32
-}
-
-func drawBatch(rng *rand.Rand, B, L, vocab int) batch {
-	var b batch
-	for i := 0; i < B*L; i++ {
-		b.ids = append(b.ids, int32(rng.IntN(vocab)))
-		b.docs = append(b.docs, int32(i%L/10))
-		if rng.IntN(2) == 0 {
-			b.rows = append(b.rows, int32(i))
-			b.targets = append(b.targets, int32(rng.IntN(vocab)))
-			b.weights = append(b.weights, float32(1+rng.Float64()))
-		}
-	}
-	return b
-}
-
-type trainer struct {
-	m      *model.Model
-	acts   *model.Activations
-	mo, ve kernels.Buf
-}
-
-func newTrainer(m *model.Model, B, L int) *trainer {
-	m.EnableGrads()
-	t := &trainer{m: m, acts: m.NewActivations(B, L, true), mo: m.BE.Alloc(m.Layout.Total), ve: m.BE.Alloc(m.Layout.Total)}
-	m.BE.Zero(t.mo)
-	m.BE.Zero(t.ve)
-	return t
-}
-
-func (t *trainer) step(b batch, vis kernels.Visibility, step int) float64 {
-	be, a := t.m.BE, t.acts
-	copy(a.IDs, b.ids)
-	copy(a.Docs, b.docs)
-	copy(a.Rows, b.rows)
-	copy(a.Targets, b.targets)
-	copy(a.Weights, b.weights)
-	a.NRows, a.AllRows = len(b.rows), false
-	a.Upload(be)
-	be.Zero(t.m.Grads)
-	t.m.Forward(a, vis)
-	norm := float64(len(b.rows))
-	loss, _ := t.m.Loss(a, norm, true)
-	if err := t.m.Backward(a, vis); err != nil {
-		panic(err)
-	}
-	gn := math.Sqrt(be.SumSquares(t.m.Grads))
-	h := kernels.AdamW{LR: 1e-3, Beta1: 0.9, Beta2: 0.95, Eps: 1e-8, WeightDecay: 0.1,
-		BC1: float32(1 - math.Pow(0.9, float64(step))), BC2: float32(1 - math.Pow(0.95, float64(step))),
-		GradScale: float32(min(1, 1/gn))}
-	be.AdamWStep(t.m.Params, t.m.Grads, t.mo, t.ve, t.m.Layout.Total, h)
-	return loss / norm
 }
