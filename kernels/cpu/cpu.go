@@ -1,5 +1,5 @@
 // Package cpu is the reference Backend: every op in Go (the matmul
-// micro-kernel in AVX-512 assembly where the CPU has it), parallel over
+// micro-kernel in AVX-512 or AVX2 assembly where the CPU has it), parallel over
 // goroutines. Other backends are checked against it.
 package cpu
 
@@ -36,6 +36,9 @@ func (be *Backend) Threads() int { return be.threads }
 func (be *Backend) Name() string {
 	if hasAVX512 {
 		return "cpu (avx512)"
+	}
+	if hasAVX2 {
+		return "cpu (avx2)"
 	}
 	return "cpu (portable)"
 }

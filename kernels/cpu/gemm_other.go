@@ -4,7 +4,7 @@ package cpu
 
 import "math"
 
-var hasAVX512 = false
+var hasAVX512, hasAVX2 = false, false
 
 func microKernel(k int, a, b, c []float32, ldc int, accumulate bool) {
 	kernelGo(k, a, b, c, ldc, accumulate)
