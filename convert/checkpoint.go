@@ -31,7 +31,7 @@ func previousRun(dir string) ([]string, error) {
 	var ours []string
 	for _, e := range entries {
 		n := e.Name()
-		if strings.HasPrefix(n, checkpointPrefix) || strings.HasPrefix(n, "."+checkpointPrefix) || contains(runArtifacts, n) {
+		if strings.HasPrefix(n, checkpointPrefix) || isTemp(n) || contains(runArtifacts, n) {
 			ours = append(ours, n)
 		}
 	}
@@ -46,6 +46,16 @@ func checkOut(dir string, force bool) error {
 	}
 	if len(ours) > 0 && !force {
 		return fmt.Errorf("%s already holds a run (%s): continue it with --resume, or start over with --force", dir, strings.Join(ours, ", "))
+	}
+	other, err := foreignEntries(dir)
+	if err != nil {
+		return err
+	}
+	if len(other) > 0 && !force {
+		if len(other) > 3 {
+			other = append(other[:3], "...")
+		}
+		return fmt.Errorf("%s is not empty and holds no dllm run (%s): choose another --out, or pass --force to use it (only a run's own files are ever removed)", dir, strings.Join(other, ", "))
 	}
 	return nil
 }
@@ -163,19 +173,18 @@ func (r *run) saveCheckpoint() (string, error) {
 	if err := syncPath(tmp); err != nil {
 		return "", err
 	}
-	if err := os.RemoveAll(final); err != nil {
+	if err := os.Chmod(tmp, 0o755); err != nil {
 		return "", err
 	}
-	if err := os.Rename(tmp, final); err != nil {
+	if err := replaceDir(tmp, final); err != nil {
 		return "", err
 	}
-	syncPath(out)
 	steps, err := checkpoints(out)
 	if err != nil {
 		return final, err
 	}
 	for len(steps) > r.opt.Keep {
-		os.RemoveAll(checkpointDir(out, steps[0]))
+		removeDir(checkpointDir(out, steps[0]))
 		steps = steps[1:]
 	}
 	return final, nil

@@ -107,10 +107,10 @@ func (r *run) export() error {
 		return err
 	}
 	syncPath(tmp)
-	if err := os.RemoveAll(final); err != nil {
+	if err := os.Chmod(tmp, 0o755); err != nil {
 		return err
 	}
-	if err := os.Rename(tmp, final); err != nil {
+	if err := replaceDir(tmp, final); err != nil {
 		return err
 	}
 	r.summary.Export = final

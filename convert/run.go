@@ -102,24 +102,56 @@ func Run(ctx context.Context, opt Options, be kernels.Backend, log io.Writer) (*
 			return nil, err
 		}
 	}
+	if opt.Source != "" {
+		if err := checkInputsOutside(&opt); err != nil {
+			return nil, err
+		}
+	}
+	_, statErr := os.Stat(opt.Out)
+	lock, err := lockOut(opt.Out)
+	if err != nil {
+		return nil, err
+	}
+	defer lock.Close()
 	r := &run{opt: opt, be: be, log: log}
+	did, err := recoverOut(opt.Out)
+	for _, d := range did {
+		r.logf("%s: %s", opt.Out, d)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: cleaning up after a killed run: %w", opt.Out, err)
+	}
 	if err := r.prepare(); err != nil {
+		if os.IsNotExist(statErr) {
+			// Nothing was written: leave no empty folder behind.
+			os.Remove(filepath.Join(opt.Out, lockName))
+			os.Remove(opt.Out)
+		}
 		return nil, err
 	}
 	defer r.close()
 	if err := r.train(ctx); err != nil {
 		return &r.summary, err
 	}
+	if err := r.metrics.Sync(); err != nil {
+		return &r.summary, fmt.Errorf("writing %s: %v", r.metrics.Name(), unwrapPath(err))
+	}
 	if err := r.export(); err != nil {
 		return &r.summary, err
 	}
-	return &r.summary, nil
+	return &r.summary, r.close()
 }
 
-func (r *run) close() {
-	if r.metrics != nil {
-		r.metrics.Close()
+func (r *run) close() error {
+	if r.metrics == nil {
+		return nil
 	}
+	err := r.metrics.Close()
+	r.metrics = nil
+	if err != nil {
+		return fmt.Errorf("writing %s: %v", filepath.Join(r.opt.Out, "metrics.jsonl"), unwrapPath(err))
+	}
+	return nil
 }
 
 func (r *run) logf(format string, a ...any) {
@@ -174,6 +206,9 @@ func (r *run) prepare() error {
 			return fmt.Errorf("--resume: the run converts %s, not %s", o.Source, keep.Source)
 		}
 		if err := o.Resolve(); err != nil {
+			return err
+		}
+		if err := checkInputsOutside(o); err != nil {
 			return err
 		}
 		r.state = *saved
@@ -448,7 +483,9 @@ func (r *run) train(ctx context.Context) error {
 		st.Before = ev
 		if ev != nil {
 			r.logf("eval before: %s", fmtEval(ev))
-			r.writeMetric(map[string]any{"type": "eval", "step": 0, "eval": ev})
+			if err := r.writeMetric(map[string]any{"type": "eval", "step": 0, "eval": ev}); err != nil {
+				return err
+			}
 		}
 	}
 	r.summary.Before = st.Before
@@ -528,7 +565,9 @@ func (r *run) train(ctx context.Context) error {
 		if r.sched != nil {
 			rec["block"] = blockOrFull(block, L)
 		}
-		r.writeMetric(rec)
+		if err := r.writeMetric(rec); err != nil {
+			return err
+		}
 		avgTPS := float64(int64(st.Step-startStep)*tokens) / time.Since(start).Seconds()
 		stage := ""
 		if r.sched != nil {
@@ -577,15 +616,20 @@ func (r *run) evalNow() error {
 	}
 	r.state.LastEval = ev
 	r.logf("eval at step %d: %s", r.state.Step, fmtEval(ev))
-	r.writeMetric(map[string]any{"type": "eval", "step": r.state.Step, "eval": ev})
-	return nil
+	return r.writeMetric(map[string]any{"type": "eval", "step": r.state.Step, "eval": ev})
 }
 
-func (r *run) writeMetric(v map[string]any) {
+// writeMetric appends one line to metrics.jsonl; a failed write (a full
+// disk) stops the run rather than losing lines.
+func (r *run) writeMetric(v map[string]any) error {
 	b, err := json.Marshal(v)
-	if err == nil {
-		r.metrics.Write(append(b, '\n'))
+	if err != nil {
+		return err
 	}
+	if _, err := r.metrics.Write(append(b, '\n')); err != nil {
+		return fmt.Errorf("writing %s: %v", r.metrics.Name(), unwrapPath(err))
+	}
+	return nil
 }
 
 func fmtEval(e *diffusion.EvalResult) string {
