@@ -1,6 +1,7 @@
 package diffusion
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -77,7 +78,24 @@ type GenOptions struct {
 	// Observe, when set, is called after every step with the current
 	// sequence of each row (prompt included).
 	Observe func(step int, x [][]int32)
+	// OnBlock, when set, is called when the decoding block ending at
+	// position hi is finished: x[r][:hi] is final for every live row.
+	OnBlock func(hi int, x [][]int32)
 }
+
+// Group is one caller's rows in a batch: Rows samples of Prompt drawn from
+// a random stream of their own, seeded with Seed, so a group gets the same
+// tokens batched with others as alone. Every prompt of a batch has the same
+// length. When Done is closed the group's rows stop being decoded.
+type Group struct {
+	Prompt []int32
+	Rows   int
+	Seed   uint64
+	Done   <-chan struct{}
+}
+
+// ErrCancelled is returned when every group of a batch was cancelled.
+var ErrCancelled = errors.New("generation cancelled")
 
 // GenResult is what Generate produced.
 type GenResult struct {
@@ -93,7 +111,9 @@ type Sampler struct {
 	m    *model.Model
 	info Info
 	opt  GenOptions
-	rng  *rand.Rand
+	rngs []*rand.Rand // per row; the rows of a group share one
+	live []bool
+	done []<-chan struct{} // per row
 
 	B, P, N   int // rows, prompt length, total length
 	x         [][]int32
@@ -145,8 +165,7 @@ func NewSampler(m *model.Model, info Info, opt GenOptions) (*Sampler, error) {
 	if opt.TopP < 0 || opt.TopP > 1 {
 		return nil, fmt.Errorf("--top-p must be in [0, 1], got %g", opt.TopP)
 	}
-	s := &Sampler{m: m, info: info, opt: opt, B: opt.Batch, acts: map[int]*model.Activations{},
-		rng: rand.New(rand.NewPCG(opt.Seed, 0x67656e))}
+	s := &Sampler{m: m, info: info, opt: opt, B: opt.Batch, acts: map[int]*model.Activations{}}
 	s.score = s.forward
 	return s, nil
 }
@@ -192,8 +211,27 @@ func (s *Sampler) blocks() []int {
 	return append(edges, s.N)
 }
 
-// Generate decodes GenLen tokens after prompt for each of Batch rows.
+// Generate decodes GenLen tokens after prompt for each of Batch rows, all
+// drawn from one random stream seeded with Seed.
 func (s *Sampler) Generate(prompt []int32) (*GenResult, error) {
+	return s.GenerateGroups([]Group{{Prompt: prompt, Rows: s.B, Seed: s.opt.Seed}})
+}
+
+// GenerateGroups decodes the groups together in one batch of Batch rows
+// (their Rows add up to Batch), each group as Generate would alone with its
+// seed. Tokens holds the rows in group order.
+func (s *Sampler) GenerateGroups(groups []Group) (*GenResult, error) {
+	rows := 0
+	for _, g := range groups {
+		if len(g.Prompt) != len(groups[0].Prompt) {
+			return nil, fmt.Errorf("a batch needs prompts of one length (%d and %d)", len(groups[0].Prompt), len(g.Prompt))
+		}
+		rows += g.Rows
+	}
+	if rows != s.B || len(groups) == 0 {
+		return nil, fmt.Errorf("the groups hold %d rows, the sampler has %d", rows, s.B)
+	}
+	prompt := groups[0].Prompt
 	if len(prompt) == 0 && s.info.Shift {
 		return nil, fmt.Errorf("a shifted model needs at least one prompt token (e.g. BOS) to read the first prediction from")
 	}
@@ -203,11 +241,17 @@ func (s *Sampler) Generate(prompt []int32) (*GenResult, error) {
 		return nil, fmt.Errorf("prompt (%d) + gen-len (%d) exceeds the model's %d positions", s.P, s.opt.GenLen, mp)
 	}
 	s.x = make([][]int32, s.B)
-	for r := range s.x {
-		s.x[r] = make([]int32, s.N)
-		copy(s.x[r], prompt)
-		for i := s.P; i < s.N; i++ {
-			s.x[r][i] = s.info.MaskID
+	s.rngs, s.live, s.done = make([]*rand.Rand, s.B), make([]bool, s.B), make([]<-chan struct{}, s.B)
+	r := 0
+	for _, g := range groups {
+		rng := rand.New(rand.NewPCG(g.Seed, 0x67656e))
+		for k := 0; k < g.Rows; k, r = k+1, r+1 {
+			s.x[r] = make([]int32, s.N)
+			copy(s.x[r], g.Prompt)
+			for i := s.P; i < s.N; i++ {
+				s.x[r][i] = s.info.MaskID
+			}
+			s.rngs[r], s.live[r], s.done[r] = rng, true, g.Done
 		}
 	}
 	s.blockEdge = s.blocks()
@@ -216,6 +260,9 @@ func (s *Sampler) Generate(prompt []int32) (*GenResult, error) {
 	useCache := s.info.BlockSize > 0 && !s.opt.NoCache
 	res := &GenResult{Cached: useCache}
 	if useCache {
+		if s.cache != nil {
+			s.cache.Free(s.m.BE)
+		}
 		s.cache = s.m.NewKVCache(s.B, s.N)
 		s.cachedTo = 0
 	}
@@ -226,6 +273,9 @@ func (s *Sampler) Generate(prompt []int32) (*GenResult, error) {
 			counts[r] = transferCounts(s.masked(r, lo, hi), spb)
 		}
 		for step := 0; ; step++ {
+			if !s.checkLive() {
+				return nil, ErrCancelled
+			}
 			if s.opt.Threshold == 0 && s.opt.Alg != AlgRandom && step >= spb {
 				break
 			}
@@ -245,6 +295,9 @@ func (s *Sampler) Generate(prompt []int32) (*GenResult, error) {
 			if s.opt.Observe != nil {
 				s.opt.Observe(res.Steps, s.x)
 			}
+		}
+		if s.opt.OnBlock != nil {
+			s.opt.OnBlock(hi, s.x)
 		}
 		if s.opt.StopAtEOS && s.allEnded(hi) {
 			break
@@ -279,9 +332,29 @@ func (s *Sampler) isEOS(t int32) bool {
 	return false
 }
 
-// allEnded reports whether every row has an EOS before position hi.
+// checkLive stops the rows of cancelled groups and reports whether any row
+// is left.
+func (s *Sampler) checkLive() bool {
+	any := false
+	for r, d := range s.done {
+		if s.live[r] && d != nil {
+			select {
+			case <-d:
+				s.live[r] = false
+			default:
+			}
+		}
+		any = any || s.live[r]
+	}
+	return any
+}
+
+// allEnded reports whether every live row has an EOS before position hi.
 func (s *Sampler) allEnded(hi int) bool {
 	for r := range s.x {
+		if !s.live[r] {
+			continue
+		}
 		ended := false
 		for i := s.P; i < hi; i++ {
 			if s.isEOS(s.x[r][i]) {
@@ -308,7 +381,7 @@ func (s *Sampler) masked(r, lo, hi int) int {
 
 func (s *Sampler) anyMasked(lo, hi int) bool {
 	for r := range s.x {
-		if s.masked(r, lo, hi) > 0 {
+		if s.live[r] && s.masked(r, lo, hi) > 0 {
 			return true
 		}
 	}
@@ -328,10 +401,14 @@ func transferCounts(n, steps int) []int {
 	return c
 }
 
-// collect lists the masked positions of the block [lo, hi) of every row.
+// collect lists the masked positions of the block [lo, hi) of every live
+// row.
 func (s *Sampler) collect(lo, hi int) {
 	s.cand = s.cand[:0]
 	for r := range s.x {
+		if !s.live[r] {
+			continue
+		}
 		for i := lo; i < hi; i++ {
 			if s.x[r][i] == s.info.MaskID {
 				s.cand = append(s.cand, candidate{row: r, pos: i})
@@ -445,7 +522,7 @@ func (s *Sampler) fill(a *model.Activations, off int) {
 func (s *Sampler) reveal(lo, hi, step, spb int, counts [][]int) {
 	V := s.m.Cfg.Vocab
 	for k := range s.cand {
-		tok, conf := s.pick(s.logits[k*V : (k+1)*V])
+		tok, conf := s.pick(s.rngs[s.cand[k].row], s.logits[k*V:(k+1)*V])
 		s.cand[k].tok, s.cand[k].conf = tok, conf
 	}
 	for r := 0; r < s.B; r++ {
@@ -458,14 +535,14 @@ func (s *Sampler) reveal(lo, hi, step, spb int, counts [][]int) {
 		if len(mine) == 0 {
 			continue
 		}
-		for _, c := range s.choose(mine, step, spb, counts[r]) {
+		for _, c := range s.choose(s.rngs[r], mine, step, spb, counts[r]) {
 			s.x[r][c.pos] = c.tok
 		}
 	}
 }
 
 // choose returns the candidates of one row to reveal at this step.
-func (s *Sampler) choose(c []candidate, step, spb int, counts []int) []candidate {
+func (s *Sampler) choose(rng *rand.Rand, c []candidate, step, spb int, counts []int) []candidate {
 	o := &s.opt
 	if o.Alg == AlgRandom {
 		// Dream's origin: times linspace(1, eps, steps+1); reveal each with
@@ -477,7 +554,7 @@ func (s *Sampler) choose(c []candidate, step, spb int, counts []int) []candidate
 		sNext := 1 - float64(step+1)*(1-o.Eps)/float64(spb)
 		var out []candidate
 		for _, x := range c {
-			if s.rng.Float64() < 1-sNext/t {
+			if rng.Float64() < 1-sNext/t {
 				out = append(out, x)
 			}
 		}
@@ -508,7 +585,7 @@ func (s *Sampler) choose(c []candidate, step, spb int, counts []int) []candidate
 		return nil
 	}
 	if o.AlgTemp > 0 {
-		return s.drawPositions(c, k)
+		return s.drawPositions(rng, c, k)
 	}
 	sort.SliceStable(c, func(a, b int) bool { return c[a].conf > c[b].conf })
 	return c[:k]
@@ -516,7 +593,7 @@ func (s *Sampler) choose(c []candidate, step, spb int, counts []int) []candidate
 
 // drawPositions samples k candidates without replacement with
 // probabilities softmax(conf / AlgTemp) (Dream's alg_temp).
-func (s *Sampler) drawPositions(c []candidate, k int) []candidate {
+func (s *Sampler) drawPositions(rng *rand.Rand, c []candidate, k int) []candidate {
 	w := make([]float64, len(c))
 	mx := math.Inf(-1)
 	for _, x := range c {
@@ -531,7 +608,7 @@ func (s *Sampler) drawPositions(c []candidate, k int) []candidate {
 		for _, v := range w {
 			tot += v
 		}
-		u := s.rng.Float64() * tot
+		u := rng.Float64() * tot
 		j := 0
 		for ; j < len(w)-1; j++ {
 			u -= w[j]
@@ -551,7 +628,7 @@ func (s *Sampler) drawPositions(c []candidate, k int) []candidate {
 // pick chooses a token for one masked position and its confidence: the
 // argmax of logits plus temperature-scaled Gumbel noise in float64 (LLaDA),
 // over the top-k / top-p set; confidence from the sampling distribution.
-func (s *Sampler) pick(logits []float32) (int32, float64) {
+func (s *Sampler) pick(rng *rand.Rand, logits []float32) (int32, float64) {
 	o := &s.opt
 	V := len(logits)
 	if cap(s.probs) < V {
@@ -574,7 +651,7 @@ func (s *Sampler) pick(logits []float32) (int32, float64) {
 			if v == 0 {
 				continue
 			}
-			g := float64(logits[i]) - o.Temperature*math.Log(-math.Log(s.rng.Float64()))
+			g := float64(logits[i]) - o.Temperature*math.Log(-math.Log(rng.Float64()))
 			if g > best {
 				best, tok = g, i
 			}

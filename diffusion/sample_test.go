@@ -235,3 +235,84 @@ func TestBlockCacheExact(t *testing.T) {
 		}
 	}
 }
+
+// TestGroupsEqualAlone: groups decoded together in one batch get exactly
+// the tokens each gets alone with its seed (own random stream per group),
+// for every sampler, with temperature, threshold, position temperature and
+// a block-causal model with its cache; a cancelled group does not change
+// the others.
+func TestGroupsEqualAlone(t *testing.T) {
+	m := tinyModel(t)
+	other := []int32{1, 50, 51, 52, 53}
+	for _, c := range []struct {
+		info Info
+		opt  GenOptions
+	}{
+		{Info{MaskID: 380, Shift: true}, GenOptions{GenLen: 12, Steps: 6, BlockLen: 4, Alg: AlgConfidence}},
+		{Info{MaskID: 380, Shift: true}, GenOptions{GenLen: 12, Steps: 6, BlockLen: 4, Alg: AlgConfidence, Temperature: 0.9, TopP: 0.9}},
+		{Info{MaskID: 380, Shift: true}, GenOptions{GenLen: 12, Steps: 12, Alg: AlgMargin, Temperature: 0.7, AlgTemp: 0.5}},
+		{Info{MaskID: 380, Shift: false}, GenOptions{GenLen: 12, Steps: 12, BlockLen: 6, Alg: AlgRandom, Temperature: 1}},
+		{Info{MaskID: 380, Shift: true}, GenOptions{GenLen: 12, Steps: 12, Alg: AlgEntropy, Threshold: 0.02, Temperature: 0.5}},
+		{Info{MaskID: 380, Shift: true, BlockSize: 4}, GenOptions{GenLen: 14, Steps: 7, Alg: AlgConfidence, Temperature: 0.8}},
+	} {
+		name := fmt.Sprintf("%s/T=%v/block=%d", c.opt.Alg, c.opt.Temperature, c.info.BlockSize)
+		alone := func(p []int32, rows int, seed uint64) [][]int32 {
+			o := c.opt
+			o.Batch, o.Seed = rows, seed
+			s, err := NewSampler(m, c.info, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Free()
+			res, err := s.Generate(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return res.Tokens
+		}
+		want := append(alone(prompt, 2, 7), alone(other, 1, 9)...)
+		cancelled := make(chan struct{})
+		close(cancelled)
+		for _, cancel := range []bool{false, true} {
+			o := c.opt
+			o.Batch = 4
+			s, err := NewSampler(m, c.info, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			g := Group{Prompt: []int32{1, 60, 61, 62, 63}, Rows: 1, Seed: 5}
+			if cancel {
+				g.Done = cancelled
+			}
+			var blocks []int
+			s.opt.OnBlock = func(hi int, _ [][]int32) { blocks = append(blocks, hi) }
+			res, err := s.GenerateGroups([]Group{{Prompt: prompt, Rows: 2, Seed: 7}, g, {Prompt: other, Rows: 1, Seed: 9}})
+			s.Free()
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := [][]int32{res.Tokens[0], res.Tokens[1], res.Tokens[3]}
+			for r := range want {
+				if !slices.Equal(got[r], want[r]) {
+					t.Fatalf("%s cancel=%v row %d: batched %v, alone %v", name, cancel, r, got[r], want[r])
+				}
+			}
+			if cancel && !slices.Contains(res.Tokens[2], 380) {
+				t.Fatalf("%s: the cancelled group was decoded: %v", name, res.Tokens[2])
+			}
+			if len(blocks) == 0 || blocks[len(blocks)-1] != len(prompt)+c.opt.GenLen {
+				t.Fatalf("%s: blocks finished at %v", name, blocks)
+			}
+		}
+	}
+	s, err := NewSampler(m, Info{MaskID: 380, Shift: true}, GenOptions{GenLen: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Free()
+	done := make(chan struct{})
+	close(done)
+	if _, err := s.GenerateGroups([]Group{{Prompt: prompt, Rows: 1, Done: done}}); err != ErrCancelled {
+		t.Fatalf("all groups cancelled: %v, want ErrCancelled", err)
+	}
+}

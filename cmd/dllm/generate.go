@@ -6,7 +6,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -52,7 +51,7 @@ Defaults come from the model's generation_config.json.
 	f.StringVar(&g.promptFile, "prompt-file", "", "read the prompt from a file")
 	f.StringVar(&g.ids, "ids", "", "prompt as comma-separated token ids (prints ids)")
 	f.BoolVar(&g.ar, "ar", false, "autoregressive decoding with a KV cache (for AR source models)")
-	f.IntVar(&g.genLen, "gen-len", 128, "tokens to generate")
+	f.IntVar(&g.genLen, "gen-len", diffusion.DefaultGenLen, "tokens to generate")
 	f.IntVar(&g.steps, "steps", 0, "denoising steps (default: gen-len)")
 	f.IntVar(&g.blockLen, "block-len", 0, "semi-autoregressive block length (default: gen-len, or the model's block size)")
 	f.Float64Var(&g.temperature, "temperature", 0, "sampling temperature (0: greedy)")
@@ -72,30 +71,38 @@ Defaults come from the model's generation_config.json.
 	return cmd
 }
 
-// genDefaults applies generation_config.json to flags the user did not set.
+// genDefaults applies the model's sampler defaults (generation_config.json)
+// to flags the user did not set.
 func genDefaults(cmd *cobra.Command, dir string, g *generateFlags) {
-	b, err := os.ReadFile(filepath.Join(dir, "generation_config.json"))
-	if err != nil {
-		return
+	d := diffusion.GenDefaults(dir)
+	changed := cmd.Flags().Changed
+	if !changed("gen-len") {
+		g.genLen = d.GenLen
 	}
-	var gc map[string]any
-	if json.Unmarshal(b, &gc) != nil {
-		return
+	if !changed("steps") {
+		g.steps = d.Steps
 	}
-	set := func(flag, key string) {
-		if v, ok := gc[key]; ok && v != nil && !cmd.Flags().Changed(flag) {
-			cmd.Flags().Set(flag, fmt.Sprint(v))
-		}
+	if !changed("block-len") {
+		g.blockLen = d.BlockLen
 	}
-	set("gen-len", "gen_length")
-	set("steps", "steps")
-	set("block-len", "block_length")
-	set("alg", "alg")
-	set("alg-temp", "alg_temp")
-	set("temperature", "temperature")
-	set("top-p", "top_p")
-	set("top-k", "top_k")
-	set("threshold", "threshold")
+	if !changed("alg") {
+		g.alg = string(d.Alg)
+	}
+	if !changed("alg-temp") {
+		g.algTemp = d.AlgTemp
+	}
+	if !changed("temperature") {
+		g.temperature = d.Temperature
+	}
+	if !changed("top-p") {
+		g.topP = d.TopP
+	}
+	if !changed("top-k") {
+		g.topK = d.TopK
+	}
+	if !changed("threshold") {
+		g.threshold = d.Threshold
+	}
 }
 
 func readPrompt(cmd *cobra.Command, g *generateFlags) (string, error) {
@@ -178,13 +185,11 @@ func runGenerate(cmd *cobra.Command, dir string, g *generateFlags) error {
 	if err != nil {
 		return err
 	}
-	var eos []int32
-	for _, e := range cfg.EOS {
-		eos = append(eos, int32(e))
+	tokEOS := -1
+	if tok != nil {
+		tokEOS = tok.EOS()
 	}
-	if tok != nil && tok.EOS() >= 0 {
-		eos = append(eos, int32(tok.EOS()))
-	}
+	eos := diffusion.EOSSet(cfg, tokEOS)
 	decode := func(ids []int32) string {
 		if tok == nil {
 			b, _ := json.Marshal(ids)
