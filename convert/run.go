@@ -42,6 +42,7 @@ type Summary struct {
 
 // run is the state of one conversion.
 type run struct {
+	ctx   context.Context
 	opt   Options
 	be    kernels.Backend
 	log   io.Writer
@@ -113,7 +114,7 @@ func Run(ctx context.Context, opt Options, be kernels.Backend, log io.Writer) (*
 		return nil, err
 	}
 	defer lock.Close()
-	r := &run{opt: opt, be: be, log: log}
+	r := &run{opt: opt, be: be, log: log, ctx: ctx}
 	did, err := recoverOut(opt.Out)
 	for _, d := range did {
 		r.logf("%s: %s", opt.Out, d)
@@ -312,7 +313,7 @@ func (r *run) prepare() error {
 	r.data, err = corpus.Load(tok, corpus.Options{
 		Paths: o.Data, EvalPaths: o.EvalData, EvalFraction: evalFrac, TextField: o.TextField,
 		Separator: o.Separator, SeqLen: o.SeqLen, Seed: o.Seed, CacheDir: filepath.Join(o.Out, "cache"),
-		BOSAtRowStart: tok.AddsBOS(),
+		BOSAtRowStart: tok.AddsBOS(), Stop: r.stop,
 	}, nil)
 	if err != nil {
 		return err
@@ -464,7 +465,7 @@ func (r *run) evaluate() (*diffusion.EvalResult, error) {
 	vis, block := r.finalVisibility()
 	res, err := diffusion.Evaluate(r.m, func(i int, ids, docs []int32) { r.data.Eval.Row(i, ids, docs) }, rows, r.opt.SeqLen,
 		r.obj, vis, diffusion.EvalOptions{MC: r.opt.EvalMC, Seed: r.opt.Seed, BatchSize: r.opt.BatchSize, Block: block,
-			AccuracyAt: diffusion.DefaultAccuracyAt})
+			AccuracyAt: diffusion.DefaultAccuracyAt, Stop: r.stop})
 	if err != nil {
 		return nil, err
 	}
@@ -498,13 +499,7 @@ func (r *run) train(ctx context.Context) error {
 	startStep, startSeconds := st.Step, st.Seconds
 	for st.Step < o.Steps {
 		if ctx.Err() != nil {
-			dir, err := r.saveCheckpoint()
-			if err != nil {
-				return fmt.Errorf("interrupted, and the checkpoint failed: %w", err)
-			}
-			r.summary.Checkpoint = dir
-			r.logf("interrupted at step %d: checkpoint %s written; continue with --resume", st.Step, dir)
-			return ErrInterrupted
+			return r.interrupted()
 		}
 		step := st.Step
 		vis, block := r.stepRule(step)
@@ -576,7 +571,9 @@ func (r *run) train(ctx context.Context) error {
 		r.prog.update(st.Step, loss, acc, ratio, stage, lr, avgTPS, time.Since(start), st.Step-startStep)
 
 		if o.EvalEvery > 0 && st.Step%o.EvalEvery == 0 && st.Step < o.Steps {
-			if err := r.evalNow(); err != nil {
+			if err := r.evalNow(); errors.Is(err, ErrInterrupted) {
+				return r.interrupted()
+			} else if err != nil {
 				return err
 			}
 		}
@@ -589,7 +586,9 @@ func (r *run) train(ctx context.Context) error {
 		}
 	}
 	r.prog.done()
-	if err := r.evalNow(); err != nil {
+	if err := r.evalNow(); errors.Is(err, ErrInterrupted) {
+		return r.interrupted()
+	} else if err != nil {
 		return err
 	}
 	dir, err := r.saveCheckpoint()
@@ -604,6 +603,27 @@ func (r *run) train(ctx context.Context) error {
 	r.summary.FinalLoss = st.LastLoss
 	r.summary.After = st.LastEval
 	return nil
+}
+
+// stop is what data loading and evaluation ask between batches, so that a
+// signal is acted on within a fraction of a second.
+func (r *run) stop() error {
+	if r.ctx.Err() != nil {
+		return ErrInterrupted
+	}
+	return nil
+}
+
+// interrupted saves a checkpoint of the last finished step and returns
+// ErrInterrupted.
+func (r *run) interrupted() error {
+	dir, err := r.saveCheckpoint()
+	if err != nil {
+		return fmt.Errorf("interrupted, and the checkpoint failed: %w", err)
+	}
+	r.summary.Checkpoint = dir
+	r.logf("interrupted at step %d: checkpoint %s written; continue with --resume", r.state.Step, dir)
+	return ErrInterrupted
 }
 
 func (r *run) evalNow() error {

@@ -30,6 +30,9 @@ type Options struct {
 	// DefaultBOSAtRowStart(tok) for the usual choice: when the tokenizer
 	// has a BOS).
 	BOSAtRowStart bool
+	// Stop, when not nil, is asked between files and batches of documents;
+	// an error from it ends Load with that error.
+	Stop func() error
 }
 
 // DefaultBOSAtRowStart is the default of Options.BOSAtRowStart: true when
@@ -229,7 +232,9 @@ func (t *tokenizing) stream(files []inputFile) (*stream, error) {
 		if err != nil {
 			return nil, err
 		}
-		t.encode(s, docs)
+		if err := t.encode(s, docs); err != nil {
+			return nil, err
+		}
 	}
 	if path != "" {
 		if err := writeCache(path, key, s); err != nil {
@@ -240,13 +245,19 @@ func (t *tokenizing) stream(files []inputFile) (*stream, error) {
 }
 
 // encode appends documents to the stream, in batches encoded on all cores.
-func (t *tokenizing) encode(s *stream, docs []string) {
+func (t *tokenizing) encode(s *stream, docs []string) error {
 	bos, eos := -1, t.tok.EOS()
 	if t.tok.AddsBOS() {
 		bos = t.tok.BOS()
 	}
-	const batchBytes = 4 << 20
+	// Small batches keep Stop answered within a fraction of a second.
+	const batchBytes = 1 << 20
 	for len(docs) > 0 {
+		if t.opt.Stop != nil {
+			if err := t.opt.Stop(); err != nil {
+				return err
+			}
+		}
 		n, size := 0, 0
 		for n < len(docs) && (n == 0 || size < batchBytes) {
 			size += len(docs[n])
@@ -270,6 +281,7 @@ func (t *tokenizing) encode(s *stream, docs []string) {
 			t.progress(min(t.done, t.total), t.total)
 		}
 	}
+	return nil
 }
 
 // Split is a packed run of rows of SeqLen tokens.

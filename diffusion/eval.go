@@ -16,6 +16,9 @@ type EvalOptions struct {
 	BatchSize  int       // rows per forward
 	Stratified bool      // LLaDA's stratified count instead of Bernoulli(t) masks
 	AccuracyAt []float64 // t values for masked-token accuracy
+	// Stop, when not nil, is asked before every batch; an error from it
+	// ends the evaluation with that error.
+	Stop func() error
 	// Block > 0 evaluates a block-diffusion model the way it trains: rows
 	// [xt ; x0] under kernels.BlockDiffusion (vis must be that rule).
 	Block int
@@ -75,6 +78,11 @@ func Evaluate(m *model.Model, rows RowSource, nRows, L int, obj Objective, vis k
 	// counts) for the batch; it returns the summed loss and hit count.
 	run := func(rng *rand.Rand, draw func(rng *rand.Rand, b *Batch, n int)) (loss float64, maskable, masked, correct int64, err error) {
 		for start := 0; start < nRows; start += B {
+			if opt.Stop != nil {
+				if err := opt.Stop(); err != nil {
+					return 0, 0, 0, 0, err
+				}
+			}
 			n := min(B, nRows-start)
 			for r := 0; r < B; r++ {
 				if r < n {

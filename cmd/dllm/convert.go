@@ -1,12 +1,8 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -75,7 +71,8 @@ objective while attention is annealed from causal to bidirectional
 schedule, and exports a diffusion checkpoint to DIR/final.
 
 Every flag can also be set in --config FILE (YAML or JSON, flag names as keys);
-the command line wins. SIGINT saves a checkpoint; --resume continues exactly.`,
+the command line wins. SIGINT, SIGTERM and SIGHUP save a checkpoint and exit (130, 143, 129); a
+second signal exits at once. --resume continues exactly.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			src := ""
@@ -97,11 +94,15 @@ the command line wins. SIGINT saves a checkpoint; --resume continues exactly.`,
 				return err
 			}
 			defer be.Close()
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			ctx, sig, stop := onSignals(cmd.ErrOrStderr())
 			defer stop()
 			sum, err := convert.Run(ctx, opt, be, cmd.ErrOrStderr())
 			if errors.Is(err, convert.ErrInterrupted) {
-				return &exitError{130, fmt.Errorf("interrupted: checkpoint %s saved; continue with: dllm convert --out %s --resume", sum.Checkpoint, opt.Out)}
+				code := signalCode(sig())
+				if sum == nil || sum.Checkpoint == "" {
+					return &exitError{code, fmt.Errorf("interrupted before the first step: nothing new to save")}
+				}
+				return &exitError{code, fmt.Errorf("interrupted: checkpoint %s saved; continue with: dllm convert --out %s --resume", sum.Checkpoint, opt.Out)}
 			}
 			if err != nil {
 				return err
