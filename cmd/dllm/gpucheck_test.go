@@ -34,18 +34,67 @@ func TestCheckTrainingCPU(t *testing.T) {
 	}
 }
 
-func TestGPUCheckWithoutDriver(t *testing.T) {
-	if _, err := openCUDA(); err == nil {
-		t.Skip("this machine has a GPU")
-	}
+func gpucheckErr(t *testing.T) error {
 	root := newRoot()
 	root.SetArgs([]string{"gpucheck", "--out", t.TempDir()})
 	var out bytes.Buffer
 	root.SetOut(&out)
-	err := root.Execute()
-	if err == nil || !strings.Contains(err.Error(), "no CUDA driver found") {
+	return root.Execute()
+}
+
+func TestGPUCheckWithoutDriver(t *testing.T) {
+	t.Setenv("DLLM_LIBCUDA", filepath.Join(t.TempDir(), "libcuda.so.1"))
+	if err := gpucheckErr(t); err == nil || !strings.Contains(err.Error(), "no CUDA driver found") {
 		t.Errorf("err = %v", err)
 	}
+}
+
+// A driver but no visible GPU (the fake libcuda's cuInit says
+// CUDA_ERROR_NO_DEVICE): gpucheck and --device cuda say so in one line,
+// --device auto runs on the CPU after one line.
+func TestNoVisibleGPU(t *testing.T) {
+	fake := buildFakeDriver(t)
+	t.Setenv("DLLM_LIBCUDA", fake)
+	t.Setenv("DLLM_CUBLAS", fake)
+	t.Setenv("DLLM_FAKECUDA_NO_DEVICE", "1")
+	err := gpucheckErr(t)
+	if err == nil || !strings.Contains(err.Error(), "no visible CUDA GPU") || strings.Contains(err.Error(), "no CUDA driver found") {
+		t.Errorf("gpucheck: %v", err)
+	}
+	var log strings.Builder
+	be, err := openBackend("auto", 1, &log)
+	if err != nil || !strings.HasPrefix(be.Name(), "cpu") {
+		t.Fatalf("auto: %v, %v", be, err)
+	}
+	if note := log.String(); strings.Count(note, "\n") != 1 || !strings.HasPrefix(note, "dllm: running on the CPU: no visible CUDA GPU") {
+		t.Errorf("auto's note %q", note)
+	}
+	_, err = openBackend("cuda", 1, nil)
+	if err == nil || !strings.Contains(err.Error(), "CUDA_ERROR_NO_DEVICE (100)") || strings.Contains(err.Error(), "\n") {
+		t.Errorf("cuda: %v", err)
+	}
+}
+
+// buildFakeDriver compiles kernels/cuda/emu/fakecuda.cc (libcuda and cuBLAS
+// stand-ins on the host emulator of the kernels).
+func buildFakeDriver(t *testing.T) string {
+	t.Helper()
+	if runtime.GOOS != "linux" {
+		t.Skip("linux only")
+	}
+	clang := os.Getenv("CLANG")
+	if clang == "" {
+		clang = "clang-14"
+	}
+	if _, err := exec.LookPath(clang); err != nil {
+		t.Skipf("%s not found", clang)
+	}
+	fake := filepath.Join(t.TempDir(), "libfakecuda.so")
+	if b, err := exec.Command(clang, "-x", "c++", "-std=c++17", "-O1", "-fPIC", "-shared", "-o", fake,
+		"../../kernels/cuda/emu/fakecuda.cc", "-lm").CombinedOutput(); err != nil {
+		t.Fatalf("building the fake driver: %v\n%s", err, b)
+	}
+	return fake
 }
 
 // buildBinary builds ./cmd/dllm with CGO_ENABLED=0, as for GPU machines.
@@ -77,22 +126,8 @@ func TestBuildWithoutCgo(t *testing.T) {
 // on the host emulator of the kernels): gpucheck passes, bench reports an
 // MFU, and 4 conversion steps give the CPU's losses with fp32 matmuls.
 func TestDeviceCUDAOnFakeDriver(t *testing.T) {
-	if runtime.GOOS != "linux" {
-		t.Skip("linux only")
-	}
-	clang := os.Getenv("CLANG")
-	if clang == "" {
-		clang = "clang-14"
-	}
-	if _, err := exec.LookPath(clang); err != nil {
-		t.Skipf("%s not found", clang)
-	}
+	fake := buildFakeDriver(t)
 	bin := buildBinary(t)
-	fake := filepath.Join(t.TempDir(), "libfakecuda.so")
-	if b, err := exec.Command(clang, "-x", "c++", "-std=c++17", "-O1", "-fPIC", "-shared", "-o", fake,
-		"../../kernels/cuda/emu/fakecuda.cc", "-lm").CombinedOutput(); err != nil {
-		t.Fatalf("building the fake driver: %v\n%s", err, b)
-	}
 	run := func(env []string, args ...string) (string, error) {
 		cmd := exec.Command(bin, args...)
 		cmd.Env = append(append(os.Environ(), "DLLM_LIBCUDA="+fake, "DLLM_CUBLAS="+fake), env...)

@@ -16,6 +16,7 @@ package cuda
 
 import (
 	"embed"
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
@@ -62,8 +63,13 @@ type Backend struct {
 
 var _ kernels.Backend = (*Backend)(nil)
 
+// ErrNoDevice is the error of New (errors.Is) on a machine whose CUDA
+// driver loads but sees no GPU, as in a container started without one.
+var ErrNoDevice = errors.New("no visible CUDA GPU")
+
 // New opens device opts.Device. Without a driver it fails with "no CUDA
-// driver found (libcuda.so.1 could not be loaded: ...)".
+// driver found (libcuda.so.1 could not be loaded: ...)"; with a driver but
+// no visible GPU, with ErrNoDevice.
 func New(opts Options) (*Backend, error) {
 	fp32, err := parseMatmul(opts.Matmul)
 	if err != nil {
@@ -80,7 +86,13 @@ func New(opts Options) (*Backend, error) {
 	if cublasPath == "" {
 		cublasPath = os.Getenv("DLLM_CUBLAS")
 	}
-	return newBackend(fp32, func() (driver, error) { return openDevice(lib, opts.Device, cublasPath) })
+	be, err := newBackend(fp32, func() (driver, error) { return openDevice(lib, opts.Device, cublasPath) })
+	var e *Error
+	if errors.As(err, &e) && e.Code == errNoDevice {
+		return nil, fmt.Errorf("%w: the CUDA driver %s loads but %s says %s (%d); "+
+			"check CUDA_VISIBLE_DEVICES and that the container was given the GPU", ErrNoDevice, lib.path, e.Call, e.Name, e.Code)
+	}
+	return be, err
 }
 
 func parseMatmul(s string) (fp32 bool, err error) {

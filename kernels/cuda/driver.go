@@ -46,7 +46,10 @@ func (e *Error) Error() string {
 	return s
 }
 
-const errOutOfMemory = 2 // CUDA_ERROR_OUT_OF_MEMORY
+const (
+	errOutOfMemory = 2   // CUDA_ERROR_OUT_OF_MEMORY
+	errNoDevice    = 100 // CUDA_ERROR_NO_DEVICE
+)
 
 // cudaErrorNames names the CUresult codes met most often, for when
 // cuGetErrorName itself fails.

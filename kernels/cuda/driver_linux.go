@@ -160,6 +160,9 @@ func openDevice(l *libcuda, ordinal int, cublasPath string) (d driver, err error
 	if err := l.call("cuDeviceGetCount", f.deviceGetCount, uintptr(unsafe.Pointer(&count))); err != nil {
 		return nil, err
 	}
+	if count == 0 {
+		return nil, &Error{Call: "cuDeviceGetCount", Name: "CUDA_ERROR_NO_DEVICE", Code: errNoDevice, Info: "0 devices"}
+	}
 	if ordinal < 0 || int(count) <= ordinal {
 		return nil, fmt.Errorf("no CUDA device %d (the driver sees %d)", ordinal, count)
 	}

@@ -4,7 +4,7 @@ package cuda
 
 import "errors"
 
-type libcuda struct{}
+type libcuda struct{ path string }
 
 func openLibcuda(string) (*libcuda, error) {
 	return nil, errors.New("the CUDA backend runs on Linux only")

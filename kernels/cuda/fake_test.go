@@ -3,6 +3,7 @@
 package cuda
 
 import (
+	"errors"
 	"strings"
 	"testing"
 
@@ -76,5 +77,22 @@ func TestFakeDriverErrors(t *testing.T) {
 	be.Zero(huge)
 	if err := be.Sync(); err == nil || !strings.Contains(err.Error(), "OUT_OF_MEMORY") {
 		t.Errorf("the first error does not stick: %v", err)
+	}
+}
+
+// A driver library with no visible GPU (cuInit: CUDA_ERROR_NO_DEVICE, as in
+// a container started without one) is its own one-line error, not "no CUDA
+// driver found".
+func TestFakeDriverNoDevice(t *testing.T) {
+	path := buildLib(t, "fakecuda.cc")
+	t.Setenv("DLLM_FAKECUDA_NO_DEVICE", "1")
+	_, err := New(Options{Driver: path, Cublas: path})
+	if !errors.Is(err, ErrNoDevice) {
+		t.Fatalf("err = %v", err)
+	}
+	msg := err.Error()
+	if !strings.HasPrefix(msg, "no visible CUDA GPU: ") || !strings.Contains(msg, "cuInit says CUDA_ERROR_NO_DEVICE (100)") ||
+		!strings.Contains(msg, "CUDA_VISIBLE_DEVICES") || strings.Contains(msg, "no CUDA driver found") || strings.Contains(msg, "\n") {
+		t.Errorf("message %q", msg)
 	}
 }

@@ -32,7 +32,12 @@ struct FakeFunction {
 #define STREAM(s) CHECK((s) == fake_stream && current_ctx == fake_ctx)
 
 extern "C" {
-CUresult cuInit(unsigned int flags) { return flags == 0 ? 0 : 1; }
+// DLLM_FAKECUDA_NO_DEVICE=1 makes it a driver library on a machine with no
+// visible GPU (a container without one): cuInit says CUDA_ERROR_NO_DEVICE.
+CUresult cuInit(unsigned int flags) {
+  if (getenv("DLLM_FAKECUDA_NO_DEVICE")) return 100;
+  return flags == 0 ? 0 : 1;
+}
 CUresult cuDriverGetVersion(int* v) {
   *v = 13000;
   return 0;
