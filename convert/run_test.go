@@ -122,8 +122,7 @@ func TestInterruptSavesCheckpoint(t *testing.T) {
 	data := writeCorpus(t)
 	o := tinyOptions(data, filepath.Join(t.TempDir(), "run"))
 	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	sum, err := Run(ctx, o, cpu.New(2), io.Discard)
+	sum, err := Run(ctx, o, cpu.New(2), cancelOn{"eval before:", cancel})
 	if err != ErrInterrupted {
 		t.Fatalf("want ErrInterrupted, got %v", err)
 	}
@@ -136,6 +135,33 @@ func TestInterruptSavesCheckpoint(t *testing.T) {
 	}
 	if n := len(trainLosses(t, o.Out)); n != 6 {
 		t.Fatalf("%d steps after resume, want 6", n)
+	}
+}
+
+// cancelOn is a log that cancels a context once a line contains s.
+type cancelOn struct {
+	s      string
+	cancel func()
+}
+
+func (c cancelOn) Write(p []byte) (int, error) {
+	if strings.Contains(string(p), c.s) {
+		c.cancel()
+	}
+	return len(p), nil
+}
+
+// TestInterruptBeforeTraining: a context cancelled before the run leaves
+// no checkpoint and no output folder.
+func TestInterruptBeforeTraining(t *testing.T) {
+	o := tinyOptions(writeCorpus(t), filepath.Join(t.TempDir(), "run"))
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := Run(ctx, o, cpu.New(2), io.Discard); err != ErrInterrupted {
+		t.Fatalf("want ErrInterrupted, got %v", err)
+	}
+	if _, err := os.Stat(o.Out); !os.IsNotExist(err) {
+		t.Fatalf("output folder left: %v", err)
 	}
 }
 
