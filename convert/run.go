@@ -58,6 +58,7 @@ type run struct {
 	acts       map[int]*model.Activations // by row length
 	noiseSteps int                        // steps with embedding noise
 	noiseStd   float64                    // its standard deviation
+	noise      []float32                  // this step's noise (T x hidden)
 
 	adamM, adamV kernels.Buf
 	groups       []paramGroup
@@ -437,6 +438,7 @@ func (r *run) micro(step int, vis kernels.Visibility, block int) (float64, int, 
 	if k == 0 {
 		return 0, 0, 0, nil
 	}
+	a.ScoreRows(k)
 	if block > 0 {
 		r.obj.TwoStream(b, block, a.IDs, a.Pos, r.docs, a.Docs, a.Rows)
 	} else {
@@ -446,7 +448,6 @@ func (r *run) micro(step int, vis kernels.Visibility, block int) (float64, int, 
 	}
 	copy(a.Targets, b.Targets[:k])
 	copy(a.Weights, b.Weights[:k])
-	a.NRows, a.AllRows = k, false
 	r.embedNoise(step, a, block)
 	a.Upload(r.be)
 	r.m.Forward(a, vis)
@@ -690,8 +691,8 @@ func mergeVocab(raw map[string]any, vocab int) map[string]any {
 func (r *run) planEmbedNoise() {
 	o := &r.opt
 	H := r.m.Cfg.Hidden
-	emb := make([]float32, r.m.W.Embed.N)
-	r.be.Download(emb, r.m.W.Embed)
+	emb := make([]float32, r.m.Embed.W.N)
+	r.be.Download(emb, r.m.Embed.W)
 	var ss float64
 	norms := make([]float64, 0, len(emb)/H)
 	for i := 0; i < len(emb)/H; i++ {
@@ -725,14 +726,14 @@ func (r *run) planEmbedNoise() {
 // the masked (noisy-half) positions, zero elsewhere.
 func (r *run) embedNoise(step int, a *model.Activations, block int) {
 	if step >= r.noiseSteps {
-		a.UseNoise = false
+		a.Noise = nil
 		return
 	}
 	H, L := r.m.Cfg.Hidden, r.opt.SeqLen
-	if len(a.EmbedNoise) != a.T*H {
-		a.EmbedNoise = make([]float32, a.T*H)
+	if len(r.noise) != a.T*H {
+		r.noise = make([]float32, a.T*H)
 	}
-	clear(a.EmbedNoise)
+	clear(r.noise)
 	width := L
 	if block > 0 {
 		width = 2 * L
@@ -743,10 +744,10 @@ func (r *run) embedNoise(step int, a *model.Activations, block int) {
 		}
 		row := i/L*width + i%L
 		for j := 0; j < H; j++ {
-			a.EmbedNoise[row*H+j] = float32(r.rng.NormFloat64() * r.noiseStd)
+			r.noise[row*H+j] = float32(r.rng.NormFloat64() * r.noiseStd)
 		}
 	}
-	a.UseNoise = true
+	a.Noise = r.noise
 }
 
 func unwrapPath(err error) error {

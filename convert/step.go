@@ -66,10 +66,9 @@ func (s *Stepper) Step(b StepBatch, vis kernels.Visibility, step int) (float64, 
 	be, a := s.m.BE, s.acts
 	copy(a.IDs, b.IDs)
 	copy(a.Docs, b.Docs)
-	copy(a.Rows, b.Rows)
+	copy(a.ScoreRows(len(b.Rows)), b.Rows)
 	copy(a.Targets, b.Targets)
 	copy(a.Weights, b.Weights)
-	a.NRows, a.AllRows = len(b.Rows), false
 	a.Upload(be)
 	be.Zero(s.m.Grads)
 	s.m.Forward(a, vis)

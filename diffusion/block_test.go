@@ -74,11 +74,10 @@ func TestBlockDiffusionMatchesPyTorch(t *testing.T) {
 				t.Fatalf("norm %v, reference %v", norm, c.Norm)
 			}
 			a := m.NewActivations(B, 2*L, true)
-			o.TwoStream(b, c.Block, a.IDs, a.Pos, docs, a.Docs, a.Rows)
 			k := b.NMasked
+			o.TwoStream(b, c.Block, a.IDs, a.Pos, docs, a.Docs, a.ScoreRows(k))
 			copy(a.Targets, b.Targets[:k])
 			copy(a.Weights, b.Weights[:k])
-			a.NRows, a.AllRows = k, false
 			vis := kernels.Visibility{Mode: kernels.BlockDiffusion, Block: c.Block, Half: L, DocMask: c.DocMask}
 
 			wv, _ := want.Float32("visible")

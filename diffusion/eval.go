@@ -102,6 +102,7 @@ func Evaluate(m *model.Model, rows RowSource, nRows, L int, obj Objective, vis k
 				copy(a.Docs, docs)
 				copy(rowsAt, b.Rows[:b.NMasked])
 			}
+			a.ScoreRows(b.NMasked)
 			k := 0
 			for j := 0; j < b.NMasked; j++ {
 				if int(rowsAt[j])/width < n {
@@ -109,7 +110,7 @@ func Evaluate(m *model.Model, rows RowSource, nRows, L int, obj Objective, vis k
 					k++
 				}
 			}
-			a.AllRows, a.NRows = false, k
+			a.ScoreRows(k)
 			a.Upload(m.BE)
 			m.Forward(a, vis)
 			s, c := m.Loss(a, 1, false)

@@ -59,7 +59,7 @@ func loadObjInputs(t *testing.T) objInputs {
 // gradient with a PyTorch fixture (logits [rows, V] of the whole batch).
 func checkStep(t *testing.T, m *model.Model, a *model.Activations, vis kernels.Visibility, want *safetensors.Reader, norm float64) {
 	t.Helper()
-	V, k := m.Cfg.Vocab, a.NRows
+	V, k := m.Cfg.Vocab, a.NRows()
 	m.Forward(a, vis)
 	wl, _ := want.Float32("logits")
 	got, ref := make([]float32, 0, k*V), make([]float32, 0, k*V)
@@ -189,8 +189,7 @@ func TestObjectiveMatchesPyTorch(t *testing.T) {
 
 			a := m.NewActivations(B, L, true)
 			copy(a.IDs, b.XT)
-			a.NRows, a.AllRows = b.NMasked, false
-			copy(a.Rows, b.Rows[:k])
+			copy(a.ScoreRows(k), b.Rows[:k])
 			copy(a.Targets, b.Targets[:k])
 			copy(a.Weights, b.Weights[:k])
 			a.Upload(be)

@@ -435,12 +435,12 @@ func (s *Sampler) forward(lo, hi int, useCache bool) error {
 			// last finished one, which are final too: keep them.
 			pre := s.activations(start - s.cachedTo)
 			s.fill(pre, s.cachedTo)
-			pre.AllRows, pre.NRows = false, 0
+			pre.ScoreRows(0)
 			if s.info.Shift {
+				pre.ScoreRows(s.B)
 				for r := 0; r < s.B; r++ {
 					pre.Rows[r], pre.Targets[r] = int32(r*pre.L+pre.L-1), -1
 				}
-				pre.NRows = s.B
 			}
 			pre.Upload(be)
 			m.ForwardCached(pre, s.cache, s.cachedTo, vis)
@@ -459,6 +459,7 @@ func (s *Sampler) forward(lo, hi int, useCache bool) error {
 		a = s.activations(s.N)
 	}
 	s.fill(a, off)
+	a.ScoreRows(len(s.cand))
 	n := 0
 	for _, c := range s.cand {
 		p := c.pos - off
@@ -471,7 +472,7 @@ func (s *Sampler) forward(lo, hi int, useCache bool) error {
 		a.Rows[n], a.Targets[n] = int32(c.row*a.L+p), -1
 		n++
 	}
-	a.AllRows, a.NRows = false, n
+	a.ScoreRows(n)
 	a.Upload(be)
 	if useCache {
 		m.ForwardCached(a, s.cache, off, vis)

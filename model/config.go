@@ -1,6 +1,22 @@
 // Package model describes the decoder architectures dllm converts (llama,
 // qwen2, qwen3, mistral): config.json, the checkpoint's tensor names and
 // shapes, and the forward and backward passes written as kernel calls.
+//
+// The decoder is made of blocks (blocks.go): Embedding, Layer = Norm,
+// Attention (Linear q/k/v/o), Norm, FFN (DenseFFN: Linear gate/up/down), and
+// the final Norm and Linear head. Each block has a table of its tensors
+// (Params: suffix, shape, views) and of its activations (Acts, Scratch); the
+// tensor names, the parameter layout, the expected-tensor check and the
+// activation arena (engine.go) are all computed from those tables.
+//
+// Plugging in:
+//   - a new FFN type (MoE: router + experts): a type implementing FFN in its
+//     own file, chosen in newFFN (blocks.go) from fields Config reads
+//     (config.go); Params, Acts and Scratch make its tensors and buffers
+//     known everywhere else.
+//   - an adapter (LoRA): a type implementing Adapter, set on the Linear
+//     blocks it wraps (Layer.Linears, Model.Head); Linear.Frozen drops the
+//     base weight's gradient. Its own parameters live outside Model.Params.
 package model
 
 import (

@@ -6,135 +6,227 @@ import (
 	"github.com/dllm-dev/dllm/kernels"
 )
 
-// layerActs holds what one layer's backward needs from its forward.
-type layerActs struct {
-	res          kernels.Buf // layer input (T x H)
-	xn1, rstd1   kernels.Buf
-	q, k, v      kernels.Buf // projections; q and k are rotated in place unless QKNorm
-	qn, kn       kernels.Buf // QKNorm: normalised (then rotated) q and k
-	rstdQ, rstdK kernels.Buf
-	att, lse     kernels.Buf
-	hmid         kernels.Buf // res + attention output
-	xn2, rstd2   kernels.Buf
-	g, u, a      kernels.Buf // gate, up, silu(gate)*up
+// Input is one batch on the host, filled by the caller and sent with
+// Upload: B*L token ids, positions and document ids; the rows (token
+// positions) whose logits are computed, with their Targets (-1 ignored) and
+// Weights, entry for entry. Nil Rows means every position (Targets and
+// Weights then have an entry per token). Noise (T x hidden), when not nil,
+// is added to the embedding output: LLaDA 2.0's noise on masked positions.
+type Input struct {
+	IDs, Pos, Docs []int32
+	Rows, Targets  []int32
+	Weights        []float32
+	Noise          []float32
 }
 
-// Activations are the buffers of one batch shape, allocated once and reused
-// by every step: nothing is allocated inside Forward, Loss or Backward.
+// ActOptions choose what a set of activations keeps.
+type ActOptions struct {
+	// Training keeps what the backward needs.
+	Training bool
+	// Recompute keeps only each layer's input and recomputes the layer's
+	// activations just before its backward (training only).
+	Recompute bool
+}
+
+// Activations are the buffers of one batch shape, allocated once (one arena
+// sized from the blocks' activation tables) and reused by every step:
+// nothing is allocated inside Forward, Loss or Backward. The embedded Input
+// is the host staging, allocated for T tokens.
 type Activations struct {
-	B, L, T  int
+	B, L, T int
+	Input
+	Opt ActOptions
+	// Training is Opt.Training.
 	Training bool
 
-	// Host staging, filled by the caller and sent with Upload.
-	IDs, Pos, Docs, Rows, Targets []int32
-	Weights                       []float32
-	// NRows is how many entries of Rows (and of Targets, Weights) are used:
-	// logits are computed only for those rows. AllRows skips the gather.
-	NRows   int
-	AllRows bool
-	// EmbedNoise (T x hidden), when UseNoise, is added to the embedding
-	// output: LLaDA 2.0's noise on masked positions early in training.
-	EmbedNoise []float32
-	UseNoise   bool
-	noise      kernels.Buf
+	rowStore, tgtStore []int32
+	wStore             []float32
 
+	arena                         kernels.Buf
+	iarena                        kernels.IBuf
 	ids, pos, docs, rows, targets kernels.IBuf
 	weights                       kernels.Buf
+	// res are the layer inputs: with Training one per layer plus the final
+	// hidden state, else two used in turn.
+	res           []kernels.Buf
+	xf, rstdF     kernels.Buf
+	xg            kernels.Buf // gathered rows of xf
+	Logits        kernels.Buf // NRows x V (gradient after Loss with grad)
+	loss, correct kernels.Buf
+	lossH, corrH  []float32
+	dh, dx, dxg   kernels.Buf
+	// Each layer's activation and scratch rows (fields of the model's
+	// blocks) and the views that NewActivations gave them; bind sets them.
+	fields [][]*kernels.Buf
+	views  [][]kernels.Buf
+	pass   Pass
+}
 
-	layers         []*layerActs
-	resA, resB     kernels.Buf // inference: residual ping-pong
-	hFinal         kernels.Buf
-	xf, rstdF      kernels.Buf
-	xg             kernels.Buf // gathered rows of xf
-	Logits         kernels.Buf // NRows x V (gradient after Loss with grad)
-	loss, correct  kernels.Buf
-	lossH, corrH   []float32
-	dh, dx, dxg    kernels.Buf
-	dq, dk, dv     kernels.Buf
-	dqn, dkn, datt kernels.Buf
-	dg, du, da     kernels.Buf
+// ScoreRows makes Rows, Targets and Weights n entries long (reusing their
+// storage) and returns Rows: the caller fills them.
+func (a *Activations) ScoreRows(n int) []int32 {
+	a.Rows, a.Targets, a.Weights = a.rowStore[:n], a.tgtStore[:n], a.wStore[:n]
+	return a.Rows
+}
+
+// ScoreAll selects every position (Rows nil; Targets and Weights of T entries).
+func (a *Activations) ScoreAll() {
+	a.Rows, a.Targets, a.Weights = nil, a.tgtStore, a.wStore
+}
+
+// NRows is the number of rows whose logits are computed.
+func (a *Activations) NRows() int {
+	if a.Rows == nil {
+		return a.T
+	}
+	return len(a.Rows)
+}
+
+// arenaAlign rounds every buffer of an arena up to 64 floats (256 bytes).
+const arenaAlign = 64
+
+func alignUp(n int) int { return (n + arenaAlign - 1) / arenaAlign * arenaAlign }
+
+// actRegion is one part of the activation arena: rows laid out one after
+// the other, Copies times.
+type actRegion struct {
+	Name   string
+	Rows   []Act
+	Copies int
+}
+
+func (r actRegion) size() int {
+	n := 0
+	for _, a := range r.Rows {
+		n += alignUp(a.N)
+	}
+	return n * r.Copies
+}
+
+// actTable is the activation arena of a batch of T tokens of L positions per
+// row: the model-level buffers, the layer inputs, each layer's kept rows
+// (Layers copies when training without recompute, else one copy every
+// layer shares) and, training, the backward scratch every layer shares.
+// NewActivations allocates it and the memory plan sums it.
+func actTable(c *Config, layers []*Layer, T int, o ActOptions, top []Act) []actRegion {
+	H := c.Hidden
+	regions := []actRegion{{Name: "model", Rows: top, Copies: 1}}
+	nres := 2
+	if o.Training {
+		nres = c.Layers + 1
+	}
+	regions = append(regions, actRegion{Name: "layer inputs", Rows: []Act{{"res", T * H, nil}}, Copies: nres})
+	kept, scratch := actRegion{Name: "layer", Copies: 1}, actRegion{Name: "backward scratch", Copies: 1}
+	for _, ly := range layers {
+		rows := ly.Acts(T, H)
+		if o.Training && !o.Recompute {
+			kept.Rows = append(kept.Rows, rows...)
+		} else if sizeOf(rows) > sizeOf(kept.Rows) {
+			kept.Rows = rows
+		}
+		if s := ly.Scratch(T); o.Training && sizeOf(s) > sizeOf(scratch.Rows) {
+			scratch.Rows = s
+		}
+	}
+	regions = append(regions, kept)
+	if o.Training {
+		regions = append(regions, scratch)
+	}
+	return regions
+}
+
+func sizeOf(rows []Act) int { return actRegion{Rows: rows, Copies: 1}.size() }
+
+// topActs are the model-level float buffers of a.
+func (a *Activations) topActs(c *Config) []Act {
+	T, H := a.T, c.Hidden
+	top := []Act{{"weights", T, &a.weights}, {"final_norm", T * H, &a.xf}, {"final_rstd", T, &a.rstdF},
+		{"rows", T * H, &a.xg}, {"logits", T * c.Vocab, &a.Logits}, {"loss", T, &a.loss}, {"correct", T, &a.correct}}
+	if a.Opt.Training {
+		top = append(top, Act{"dh", T * H, &a.dh}, Act{"dx", T * H, &a.dx}, Act{"drows", T * H, &a.dxg})
+	}
+	return top
 }
 
 // NewActivations allocates buffers for batches of B rows of L tokens.
 // Training keeps every layer's activations for the backward; otherwise
 // one set is reused across layers.
 func (m *Model) NewActivations(B, L int, training bool) *Activations {
+	return m.NewActivationsWith(B, L, ActOptions{Training: training})
+}
+
+// NewActivationsWith allocates buffers for batches of B rows of L tokens
+// keeping what o says.
+func (m *Model) NewActivationsWith(B, L int, o ActOptions) *Activations {
 	c, be := m.Cfg, m.BE
-	T, H, I, Q, KV := B*L, c.Hidden, c.Intermediate, c.QDim(), c.KVDim()
-	a := &Activations{B: B, L: L, T: T, Training: training,
-		IDs: make([]int32, T), Pos: make([]int32, T), Docs: make([]int32, T), Rows: make([]int32, T),
-		Targets: make([]int32, T), Weights: make([]float32, T), NRows: T, AllRows: true}
+	if !o.Training {
+		o.Recompute = false
+	}
+	T := B * L
+	a := &Activations{B: B, L: L, T: T, Opt: o, Training: o.Training,
+		rowStore: make([]int32, T), tgtStore: make([]int32, T), wStore: make([]float32, T)}
+	a.IDs, a.Pos, a.Docs = make([]int32, T), make([]int32, T), make([]int32, T)
+	a.ScoreAll()
 	for i := range a.Pos {
 		a.Pos[i] = int32(i % L)
 	}
-	a.ids, a.pos, a.docs, a.rows, a.targets = be.AllocInt(T), be.AllocInt(T), be.AllocInt(T), be.AllocInt(T), be.AllocInt(T)
-	a.weights = be.Alloc(T)
-	newLayer := func() *layerActs {
-		la := &layerActs{
-			xn1: be.Alloc(T * H), rstd1: be.Alloc(T), q: be.Alloc(T * Q), k: be.Alloc(T * KV), v: be.Alloc(T * KV),
-			att: be.Alloc(T * Q), lse: be.Alloc(T * c.Heads), hmid: be.Alloc(T * H), xn2: be.Alloc(T * H), rstd2: be.Alloc(T),
-			g: be.Alloc(T * I), u: be.Alloc(T * I), a: be.Alloc(T * I),
-		}
-		if c.QKNorm {
-			la.qn, la.kn = be.Alloc(T*Q), be.Alloc(T*KV)
-			la.rstdQ, la.rstdK = be.Alloc(T*c.Heads), be.Alloc(T*c.KVHeads)
-		}
-		return la
+	a.iarena = be.AllocInt(5 * T)
+	a.ids, a.pos, a.docs, a.rows, a.targets = a.iarena.Slice(0, T), a.iarena.Slice(T, T), a.iarena.Slice(2*T, T),
+		a.iarena.Slice(3*T, T), a.iarena.Slice(4*T, T)
+
+	regions := actTable(c, m.Layers, T, o, a.topActs(c))
+	total := 0
+	for _, r := range regions {
+		total += r.size()
 	}
-	if training {
-		for l := 0; l < c.Layers; l++ {
-			la := newLayer()
-			la.res = be.Alloc(T * H)
-			a.layers = append(a.layers, la)
-		}
-		a.hFinal = be.Alloc(T * H)
-	} else {
-		shared := newLayer()
-		a.resA, a.resB = be.Alloc(T*H), be.Alloc(T*H)
-		for l := 0; l < c.Layers; l++ {
-			a.layers = append(a.layers, shared)
+	a.arena = be.Alloc(total)
+	off := 0
+	take := func(n int) kernels.Buf {
+		v := a.arena.Slice(off, n)
+		off += alignUp(n)
+		return v
+	}
+	for _, r := range regions[:2] {
+		for k := 0; k < r.Copies; k++ {
+			for _, row := range r.Rows {
+				v := take(row.N)
+				if row.Buf != nil {
+					*row.Buf = v
+				} else {
+					a.res = append(a.res, v)
+				}
+			}
 		}
 	}
-	a.xf, a.rstdF, a.xg = be.Alloc(T*H), be.Alloc(T), be.Alloc(T*H)
-	a.Logits = be.Alloc(T * c.Vocab)
-	a.loss, a.correct = be.Alloc(T), be.Alloc(T)
+	// Layer rows: in order when kept per layer, else every layer from the
+	// start of the one shared copy (and the same for the scratch).
+	layerStart, scratchStart := off, off+regions[2].size()
+	a.fields, a.views = make([][]*kernels.Buf, c.Layers), make([][]kernels.Buf, c.Layers)
+	for l, ly := range m.Layers {
+		if !o.Training || o.Recompute {
+			off = layerStart
+		}
+		for _, row := range ly.Acts(T, c.Hidden) {
+			a.fields[l], a.views[l] = append(a.fields[l], row.Buf), append(a.views[l], take(row.N))
+		}
+	}
+	if o.Training {
+		for l, ly := range m.Layers {
+			off = scratchStart
+			for _, row := range ly.Scratch(T) {
+				a.fields[l], a.views[l] = append(a.fields[l], row.Buf), append(a.views[l], take(row.N))
+			}
+		}
+	}
 	a.lossH, a.corrH = make([]float32, T), make([]float32, T)
-	if training {
-		a.dh, a.dx, a.dxg = be.Alloc(T*H), be.Alloc(T*H), be.Alloc(T*H)
-		a.dq, a.dk, a.dv, a.datt = be.Alloc(T*Q), be.Alloc(T*KV), be.Alloc(T*KV), be.Alloc(T*Q)
-		if c.QKNorm {
-			a.dqn, a.dkn = be.Alloc(T*Q), be.Alloc(T*KV)
-		}
-		a.dg, a.du, a.da = be.Alloc(T*I), be.Alloc(T*I), be.Alloc(T*I)
-	}
 	m.ensureRope(L)
 	return a
 }
 
 // Free returns the buffers to the backend.
 func (a *Activations) Free(be kernels.Backend) {
-	seen := map[*layerActs]bool{}
-	for _, la := range a.layers {
-		if seen[la] {
-			continue
-		}
-		seen[la] = true
-		for _, b := range []kernels.Buf{la.res, la.xn1, la.rstd1, la.q, la.k, la.v, la.qn, la.kn, la.rstdQ, la.rstdK,
-			la.att, la.lse, la.hmid, la.xn2, la.rstd2, la.g, la.u, la.a} {
-			if b.N > 0 {
-				be.Free(b)
-			}
-		}
-	}
-	for _, b := range []kernels.Buf{a.weights, a.noise, a.resA, a.resB, a.hFinal, a.xf, a.rstdF, a.xg, a.Logits, a.loss, a.correct,
-		a.dh, a.dx, a.dxg, a.dq, a.dk, a.dv, a.dqn, a.dkn, a.datt, a.dg, a.du, a.da} {
-		if b.N > 0 {
-			be.Free(b)
-		}
-	}
-	for _, b := range []kernels.IBuf{a.ids, a.pos, a.docs, a.rows, a.targets} {
-		be.FreeInt(b)
-	}
+	be.Free(a.arena)
+	be.FreeInt(a.iarena)
 }
 
 // Upload sends the host staging arrays to the backend.
@@ -142,42 +234,37 @@ func (a *Activations) Upload(be kernels.Backend) {
 	be.UploadInt(a.ids, a.IDs)
 	be.UploadInt(a.pos, a.Pos)
 	be.UploadInt(a.docs, a.Docs)
-	if !a.AllRows {
-		be.UploadInt(a.rows.Slice(0, a.NRows), a.Rows[:a.NRows])
+	n := a.NRows()
+	if a.Rows != nil {
+		be.UploadInt(a.rows.Slice(0, n), a.Rows)
 	}
-	be.UploadInt(a.targets.Slice(0, a.NRows), a.Targets[:a.NRows])
-	be.Upload(a.weights.Slice(0, a.NRows), a.Weights[:a.NRows])
-	if a.UseNoise {
-		if a.noise.N == 0 {
-			a.noise = be.Alloc(len(a.EmbedNoise))
-		}
-		be.Upload(a.noise, a.EmbedNoise)
+	be.UploadInt(a.targets.Slice(0, n), a.Targets[:n])
+	be.Upload(a.weights.Slice(0, n), a.Weights[:n])
+}
+
+// bind points layer l's activation fields at a's buffers.
+func (a *Activations) bind(l int) {
+	for j, f := range a.fields[l] {
+		*f = a.views[l][j]
 	}
 }
 
-func (a *Activations) resIn(l int) kernels.Buf {
-	if a.Training {
-		return a.layers[l].res
-	}
-	if l%2 == 0 {
-		return a.resA
-	}
-	return a.resB
-}
-
-func (a *Activations) resOut(l int) kernels.Buf {
-	if a.Training {
-		if l+1 < len(a.layers) {
-			return a.layers[l+1].res
-		}
-		return a.hFinal
-	}
-	return a.resIn(l + 1)
-}
+// resAt is the input of layer l (l == Layers: the final hidden state).
+func (a *Activations) resAt(l int) kernels.Buf { return a.res[l%len(a.res)] }
 
 func (m *Model) attnDims(a *Activations) kernels.AttnDims {
 	c := m.Cfg
 	return kernels.AttnDims{B: a.B, Lq: a.L, Lk: a.L, Heads: c.Heads, KVHeads: c.KVHeads, HeadDim: c.HeadDim}
+}
+
+func (m *Model) newPass(a *Activations, vis kernels.Visibility, cache *KVCache, qoff int) *Pass {
+	p := &a.pass
+	*p = Pass{BE: m.BE, T: a.T, Eps: float32(m.Cfg.RMSNormEps), Pos: a.pos, Docs: a.docs, Vis: vis,
+		Dims: m.attnDims(a), Cos: m.ropeCos, Sin: m.ropeSin, Cache: cache, QOff: qoff, B: a.B, L: a.L}
+	if cache != nil {
+		p.Dims.Lk, p.Dims.QOff, p.Dims.KStride = qoff+a.L, qoff, cache.MaxLen
+	}
+	return p
 }
 
 // Forward runs the decoder under vis on the uploaded batch and leaves the
@@ -221,67 +308,27 @@ func (m *Model) ForwardCached(a *Activations, c *KVCache, qoff int, vis kernels.
 }
 
 func (m *Model) forward(a *Activations, vis kernels.Visibility, cache *KVCache, qoff int) {
-	c, be, W := m.Cfg, m.BE, &m.W
-	T, H, I, Q, KV, hd := a.T, c.Hidden, c.Intermediate, c.QDim(), c.KVDim(), c.HeadDim
-	eps := float32(c.RMSNormEps)
-	dims := m.attnDims(a)
-	if cache != nil {
-		dims.Lk, dims.QOff, dims.KStride = qoff+a.L, qoff, cache.MaxLen
+	c, be := m.Cfg, m.BE
+	T, H := a.T, c.Hidden
+	p := m.newPass(a, vis, cache, qoff)
+	x0 := a.resAt(0)
+	be.Embedding(x0, m.Embed.W, a.ids, T, H)
+	if a.Noise != nil {
+		// xf is free until the final norm: it carries the noise.
+		be.Upload(a.xf, a.Noise)
+		be.Add(x0, x0, a.xf, T*H)
 	}
-	be.Embedding(a.resIn(0), W.Embed, a.ids, T, H)
-	if a.UseNoise {
-		be.Add(a.resIn(0), a.resIn(0), a.noise, T*H)
+	for l, ly := range m.Layers {
+		a.bind(l)
+		ly.Forward(p, l, a.resAt(l+1), a.resAt(l), H)
 	}
-	for l := 0; l < c.Layers; l++ {
-		la, lw := a.layers[l], &W.Layers[l]
-		res, out := a.resIn(l), a.resOut(l)
-		be.RMSNorm(la.xn1, la.rstd1, res, lw.InNorm, T, H, eps)
-		linear(be, la.q, la.xn1, lw.Wq, lw.Bq, T, Q, H)
-		linear(be, la.k, la.xn1, lw.Wk, lw.Bk, T, KV, H)
-		linear(be, la.v, la.xn1, lw.Wv, lw.Bv, T, KV, H)
-		qr, kr := la.q, la.k
-		if c.QKNorm {
-			be.RMSNorm(la.qn, la.rstdQ, la.q, lw.QNorm, T*c.Heads, hd, eps)
-			be.RMSNorm(la.kn, la.rstdK, la.k, lw.KNorm, T*c.KVHeads, hd, eps)
-			qr, kr = la.qn, la.kn
-		}
-		be.RoPE(qr, a.pos, m.ropeCos, m.ropeSin, T, c.Heads, hd, false)
-		be.RoPE(kr, a.pos, m.ropeCos, m.ropeSin, T, c.KVHeads, hd, false)
-		kk, vv := kr, la.v
-		if cache != nil {
-			for b := 0; b < a.B; b++ {
-				dst := (b*cache.MaxLen + qoff) * KV
-				be.Copy(cache.K[l].Slice(dst, a.L*KV), kr.Slice(b*a.L*KV, a.L*KV))
-				be.Copy(cache.V[l].Slice(dst, a.L*KV), la.v.Slice(b*a.L*KV, a.L*KV))
-			}
-			kk, vv = cache.K[l], cache.V[l]
-		}
-		be.Attention(la.att, la.lse, qr, kk, vv, dims, vis, a.docs)
-		linear(be, la.hmid, la.att, lw.Wo, lw.Bo, T, H, Q)
-		be.Add(la.hmid, la.hmid, res, T*H)
-		be.RMSNorm(la.xn2, la.rstd2, la.hmid, lw.PostNorm, T, H, eps)
-		linear(be, la.g, la.xn2, lw.Gate, kernels.Buf{}, T, I, H)
-		linear(be, la.u, la.xn2, lw.Up, kernels.Buf{}, T, I, H)
-		be.SwiGLU(la.a, la.g, la.u, T*I)
-		linear(be, out, la.a, lw.Down, kernels.Buf{}, T, H, I)
-		be.Add(out, out, la.hmid, T*H)
-	}
-	final := a.resOut(c.Layers - 1)
-	be.RMSNorm(a.xf, a.rstdF, final, W.Norm, T, H, eps)
+	m.Norm.Forward(p, a.xf, a.rstdF, a.resAt(c.Layers), T)
 	xs := a.xf
-	if !a.AllRows {
-		be.Embedding(a.xg, a.xf, a.rows, a.NRows, H)
+	if a.Rows != nil {
+		be.Embedding(a.xg, a.xf, a.rows, a.NRows(), H)
 		xs = a.xg
 	}
-	be.MatMul(a.Logits, xs, W.LMHead, a.NRows, c.Vocab, H, false, true, 0)
-}
-
-// linear: out = x w^T (+ b), x rows x in, w out x in.
-func linear(be kernels.Backend, out, x, w, b kernels.Buf, rows, nout, nin int) {
-	be.MatMul(out, x, w, rows, nout, nin, false, true, 0)
-	if b.N > 0 {
-		be.AddBias(out, b, rows, nout)
-	}
+	m.Head.Forward(be, a.Logits, xs, a.NRows())
 }
 
 // Loss is the weighted cross-entropy of the selected rows against Targets
@@ -290,7 +337,7 @@ func linear(be kernels.Backend, out, x, w, b kernels.Buf, rows, nout, nin int) {
 // d(sum(w*CE)/norm)/dlogits, ready for Backward.
 func (m *Model) Loss(a *Activations, norm float64, grad bool) (sum float64, correct int) {
 	be := m.BE
-	n := a.NRows
+	n := a.NRows()
 	be.CrossEntropy(a.loss, a.correct, a.Logits, a.targets, a.weights, n, m.Cfg.Vocab, float32(1/norm), grad)
 	be.Download(a.lossH[:n], a.loss.Slice(0, n))
 	be.Download(a.corrH[:n], a.correct.Slice(0, n))
@@ -302,80 +349,40 @@ func (m *Model) Loss(a *Activations, norm float64, grad bool) (sum float64, corr
 }
 
 // RowLosses are the per-row weighted losses of the last Loss call.
-func (a *Activations) RowLosses() []float32 { return a.lossH[:a.NRows] }
+func (a *Activations) RowLosses() []float32 { return a.lossH[:a.NRows()] }
 
 // RowCorrect are the per-row argmax hits of the last Loss call.
-func (a *Activations) RowCorrect() []float32 { return a.corrH[:a.NRows] }
+func (a *Activations) RowCorrect() []float32 { return a.corrH[:a.NRows()] }
 
 // Backward accumulates parameter gradients into m.Grads from the logits
 // gradient Loss left behind.
 func (m *Model) Backward(a *Activations, vis kernels.Visibility) error {
-	if !a.Training {
+	if !a.Opt.Training {
 		return fmt.Errorf("model: Backward on inference activations")
 	}
 	m.EnableGrads()
-	c, be, W, G := m.Cfg, m.BE, &m.W, &m.G
-	T, H, I, Q, KV, hd, V := a.T, c.Hidden, c.Intermediate, c.QDim(), c.KVDim(), c.HeadDim, c.Vocab
-	xs := a.xf
-	if !a.AllRows {
-		xs = a.xg
+	c, be := m.Cfg, m.BE
+	T, H := a.T, c.Hidden
+	p := m.newPass(a, vis, nil, 0)
+	xs, dxs := a.xf, a.dx
+	if a.Rows != nil {
+		xs, dxs = a.xg, a.dxg
 	}
-	// logits = xs lm_head^T
-	dxs := a.dx
-	if !a.AllRows {
-		dxs = a.dxg
-	}
-	be.MatMul(dxs, a.Logits, W.LMHead, a.NRows, H, V, false, false, 0)
-	be.MatMul(G.LMHead, a.Logits, xs, V, H, a.NRows, true, false, 1)
-	if !a.AllRows {
+	m.Head.Backward(be, dxs, a.Logits, xs, a.NRows(), false)
+	if a.Rows != nil {
 		be.Zero(a.dx)
-		be.EmbeddingBackward(a.dx, a.dxg, a.rows, a.NRows, H)
+		be.EmbeddingBackward(a.dx, a.dxg, a.rows, a.NRows(), H)
 	}
 	be.Zero(a.dh)
-	be.RMSNormBackward(a.dh, G.Norm, a.dx, a.hFinal, W.Norm, a.rstdF, T, H)
+	m.Norm.Backward(p, a.dh, a.dx, a.resAt(c.Layers), a.rstdF, T)
 	for l := c.Layers - 1; l >= 0; l-- {
-		la, lw, lg := a.layers[l], &W.Layers[l], &G.Layers[l]
-		// out = hmid + down(a): dh is d(out), and keeps flowing to hmid.
-		be.MatMul(a.da, a.dh, lw.Down, T, I, H, false, false, 0)
-		be.MatMul(lg.Down, a.dh, la.a, H, I, T, true, false, 1)
-		be.SwiGLUBackward(a.dg, a.du, a.da, la.g, la.u, T*I)
-		be.MatMul(a.dx, a.dg, lw.Gate, T, H, I, false, false, 0)
-		be.MatMul(a.dx, a.du, lw.Up, T, H, I, false, false, 1)
-		be.MatMul(lg.Gate, a.dg, la.xn2, I, H, T, true, false, 1)
-		be.MatMul(lg.Up, a.du, la.xn2, I, H, T, true, false, 1)
-		be.RMSNormBackward(a.dh, lg.PostNorm, a.dx, la.hmid, lw.PostNorm, la.rstd2, T, H)
-		// hmid = res + o_proj(att): dh is d(hmid), and keeps flowing to res.
-		be.MatMul(a.datt, a.dh, lw.Wo, T, Q, H, false, false, 0)
-		be.MatMul(lg.Wo, a.dh, la.att, H, Q, T, true, false, 1)
-		if lg.Bo.N > 0 {
-			be.BiasBackward(lg.Bo, a.dh, T, H)
+		ly := m.Layers[l]
+		a.bind(l)
+		if a.Opt.Recompute {
+			ly.Forward(p, l, a.resAt(l+1), a.resAt(l), H)
 		}
-		qr, kr, dqr, dkr := la.q, la.k, a.dq, a.dk
-		if c.QKNorm {
-			qr, kr, dqr, dkr = la.qn, la.kn, a.dqn, a.dkn
-		}
-		be.AttentionBackward(dqr, dkr, a.dv, a.datt, qr, kr, la.v, la.att, la.lse, m.attnDims(a), vis, a.docs)
-		be.RoPE(dqr, a.pos, m.ropeCos, m.ropeSin, T, c.Heads, hd, true)
-		be.RoPE(dkr, a.pos, m.ropeCos, m.ropeSin, T, c.KVHeads, hd, true)
-		if c.QKNorm {
-			be.Zero(a.dq)
-			be.Zero(a.dk)
-			be.RMSNormBackward(a.dq, lg.QNorm, a.dqn, la.q, lw.QNorm, la.rstdQ, T*c.Heads, hd)
-			be.RMSNormBackward(a.dk, lg.KNorm, a.dkn, la.k, lw.KNorm, la.rstdK, T*c.KVHeads, hd)
-		}
-		be.MatMul(a.dx, a.dq, lw.Wq, T, H, Q, false, false, 0)
-		be.MatMul(a.dx, a.dk, lw.Wk, T, H, KV, false, false, 1)
-		be.MatMul(a.dx, a.dv, lw.Wv, T, H, KV, false, false, 1)
-		be.MatMul(lg.Wq, a.dq, la.xn1, Q, H, T, true, false, 1)
-		be.MatMul(lg.Wk, a.dk, la.xn1, KV, H, T, true, false, 1)
-		be.MatMul(lg.Wv, a.dv, la.xn1, KV, H, T, true, false, 1)
-		if lg.Bq.N > 0 {
-			be.BiasBackward(lg.Bq, a.dq, T, Q)
-			be.BiasBackward(lg.Bk, a.dk, T, KV)
-			be.BiasBackward(lg.Bv, a.dv, T, KV)
-		}
-		be.RMSNormBackward(a.dh, lg.InNorm, a.dx, la.res, lw.InNorm, la.rstd1, T, H)
+		ly.Backward(p, a.dh, a.dx, a.resAt(l))
 	}
-	be.EmbeddingBackward(G.Embed, a.dh, a.ids, T, H)
+	be.EmbeddingBackward(m.Embed.DW, a.dh, a.ids, T, H)
 	return be.Err()
 }

@@ -165,7 +165,7 @@ func (g *ARGenerator) Generate(prompt []int32, n int, s *Sampler, stop func(int3
 	for i := range a.Pos {
 		a.Pos[i] = int32(i)
 	}
-	a.AllRows, a.NRows, a.Rows[0] = false, 1, int32(len(prompt)-1)
+	a.ScoreRows(1)[0] = int32(len(prompt) - 1)
 	a.Upload(be)
 	m.ForwardCached(a, g.cache, 0, causal)
 	be.Download(g.logits, a.Logits.Slice(0, m.Cfg.Vocab))

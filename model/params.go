@@ -45,69 +45,101 @@ func Decays(name string) bool {
 	return !strings.HasSuffix(name, ".bias") && !strings.Contains(name, "norm")
 }
 
-// Weights are the per-tensor views of one flat buffer.
-type Weights struct {
-	Embed, Norm, LMHead kernels.Buf
-	Layers              []LayerWeights
+// Embedding is the token embedding table (Vocab x Dim).
+type Embedding struct {
+	Vocab, Dim int
+	W, DW      kernels.Buf
 }
 
-// LayerWeights are one decoder layer's views; absent tensors have N == 0.
-type LayerWeights struct {
-	InNorm, Wq, Bq, Wk, Bk, Wv, Bv, Wo, Bo, QNorm, KNorm kernels.Buf
-	PostNorm, Gate, Up, Down                             kernels.Buf
+// Params is the embedding's table.
+func (e *Embedding) Params() []Param {
+	return []Param{{EmbedName, []int{e.Vocab, e.Dim}, &e.W, &e.DW}}
 }
 
-// Views maps the tensors of cfg onto buf. With tied embeddings LMHead is the
-// embedding itself.
-func (l *Layout) Views(cfg *Config, buf kernels.Buf) Weights {
-	get := func(name string) kernels.Buf { v, _ := l.View(buf, name); return v }
-	w := Weights{Embed: get(EmbedName), Norm: get(NormName)}
-	if cfg.TieEmbeddings {
-		w.LMHead = w.Embed
-	} else {
-		w.LMHead = get(LMHeadName)
-	}
-	for i := 0; i < cfg.Layers; i++ {
-		p := LayerPrefix(i)
-		g := func(n string) kernels.Buf { return get(p + n) }
-		w.Layers = append(w.Layers, LayerWeights{
-			InNorm: g("input_layernorm.weight"),
-			Wq:     g("self_attn.q_proj.weight"), Bq: g("self_attn.q_proj.bias"),
-			Wk: g("self_attn.k_proj.weight"), Bk: g("self_attn.k_proj.bias"),
-			Wv: g("self_attn.v_proj.weight"), Bv: g("self_attn.v_proj.bias"),
-			Wo: g("self_attn.o_proj.weight"), Bo: g("self_attn.o_proj.bias"),
-			QNorm: g("self_attn.q_norm.weight"), KNorm: g("self_attn.k_norm.weight"),
-			PostNorm: g("post_attention_layernorm.weight"),
-			Gate:     g("mlp.gate_proj.weight"), Up: g("mlp.up_proj.weight"), Down: g("mlp.down_proj.weight"),
-		})
-	}
-	return w
-}
-
-// Model is a decoder with its parameters on a backend. Gradients are
-// allocated by EnableGrads.
+// Model is a decoder with its parameters on a backend: the blocks, whose
+// views point into one parameter buffer (and one gradient buffer, allocated
+// by EnableGrads).
 type Model struct {
 	Cfg    *Config
 	BE     kernels.Backend
 	Layout *Layout
 	Params kernels.Buf
-	W      Weights
 	Grads  kernels.Buf
-	G      Weights
+
+	Embed  Embedding
+	Layers []*Layer
+	Norm   Norm   // model.norm
+	Head   Linear // lm_head; with tied embeddings its views are the embedding's
+
 	// TiedAs records how the source stored a tied matrix ("embed_tokens" or
 	// "lm_head") so that an export keeps the source's names.
 	TiedAs string
 
+	table            []Param // paramTable of the blocks above
 	ropeCos, ropeSin kernels.Buf
 	ropeLen          int
+}
+
+// blocks are the model's blocks for cfg, without views.
+type blocks struct {
+	Embed  Embedding
+	Layers []*Layer
+	Norm   Norm
+	Head   Linear
+}
+
+func newBlocks(c *Config) *blocks {
+	b := &blocks{Embed: Embedding{Vocab: c.Vocab, Dim: c.Hidden}, Norm: Norm{Name: "model.norm", Dim: c.Hidden},
+		Head: Linear{Name: "lm_head", In: c.Hidden, Out: c.Vocab}}
+	for i := 0; i < c.Layers; i++ {
+		b.Layers = append(b.Layers, newLayer(c))
+	}
+	return b
+}
+
+// paramTable is the model's tensor table in parameter-buffer order with
+// whole names: the embedding, each layer's rows under its prefix, the final
+// norm and, untied, the LM head. With tied embeddings the one shared matrix
+// is listed under EmbedName.
+func paramTable(c *Config, embed *Embedding, layers []*Layer, norm *Norm, head *Linear) []Param {
+	ps := embed.Params()
+	for i, ly := range layers {
+		for _, p := range ly.Params() {
+			p.Suffix = LayerPrefix(i) + p.Suffix
+			ps = append(ps, p)
+		}
+	}
+	ps = append(ps, norm.Params()...)
+	if !c.TieEmbeddings {
+		ps = append(ps, head.Params()...)
+	}
+	return ps
 }
 
 // New allocates a model with zero parameters.
 func New(cfg *Config, be kernels.Backend) *Model {
 	l := NewLayout(cfg)
-	m := &Model{Cfg: cfg, BE: be, Layout: l, Params: be.Alloc(l.Total), TiedAs: "embed_tokens"}
-	m.W = l.Views(cfg, m.Params)
+	b := newBlocks(cfg)
+	m := &Model{Cfg: cfg, BE: be, Layout: l, Params: be.Alloc(l.Total), TiedAs: "embed_tokens",
+		Embed: b.Embed, Layers: b.Layers, Norm: b.Norm, Head: b.Head}
+	m.table = paramTable(cfg, &m.Embed, m.Layers, &m.Norm, &m.Head)
+	m.bind(m.Params, false)
 	return m
+}
+
+// bind points the blocks' parameter (or, with grad, gradient) views into buf.
+func (m *Model) bind(buf kernels.Buf, grad bool) {
+	for i, p := range m.table {
+		v := buf.Slice(m.Layout.Offsets[i], m.Layout.Specs[i].Elements())
+		if grad {
+			*p.G = v
+		} else {
+			*p.W = v
+		}
+	}
+	if m.Cfg.TieEmbeddings {
+		m.Head.W, m.Head.DW = m.Embed.W, m.Embed.DW
+	}
 }
 
 // Load reads config.json and the weights of an HF model directory.
@@ -191,7 +223,7 @@ func (m *Model) EnableGrads() {
 	if m.Grads.N == 0 {
 		m.Grads = m.BE.Alloc(m.Layout.Total)
 		m.BE.Zero(m.Grads)
-		m.G = m.Layout.Views(m.Cfg, m.Grads)
+		m.bind(m.Grads, true)
 	}
 }
 

@@ -34,43 +34,14 @@ func (t TensorSpec) Elements() int {
 func LayerPrefix(i int) string { return fmt.Sprintf("model.layers.%d.", i) }
 
 // Tensors lists the parameters of the architecture in the order of the
-// parameter buffer. With tied embeddings there is one shared matrix, listed
-// under EmbedName; a checkpoint may store it as lm_head.weight instead.
+// parameter buffer: the blocks' tables (paramTable). With tied embeddings
+// there is one shared matrix, listed under EmbedName; a checkpoint may store
+// it as lm_head.weight instead.
 func (c *Config) Tensors() []TensorSpec {
-	H, I, Q, KV, D := c.Hidden, c.Intermediate, c.QDim(), c.KVDim(), c.HeadDim
-	out := []TensorSpec{{EmbedName, []int{c.Vocab, H}}}
-	for l := 0; l < c.Layers; l++ {
-		p := LayerPrefix(l)
-		add := func(name string, shape ...int) { out = append(out, TensorSpec{p + name, shape}) }
-		add("input_layernorm.weight", H)
-		add("self_attn.q_proj.weight", Q, H)
-		if c.QKVBias {
-			add("self_attn.q_proj.bias", Q)
-		}
-		add("self_attn.k_proj.weight", KV, H)
-		if c.QKVBias {
-			add("self_attn.k_proj.bias", KV)
-		}
-		add("self_attn.v_proj.weight", KV, H)
-		if c.QKVBias {
-			add("self_attn.v_proj.bias", KV)
-		}
-		add("self_attn.o_proj.weight", H, Q)
-		if c.OBias {
-			add("self_attn.o_proj.bias", H)
-		}
-		if c.QKNorm {
-			add("self_attn.q_norm.weight", D)
-			add("self_attn.k_norm.weight", D)
-		}
-		add("post_attention_layernorm.weight", H)
-		add("mlp.gate_proj.weight", I, H)
-		add("mlp.up_proj.weight", I, H)
-		add("mlp.down_proj.weight", H, I)
-	}
-	out = append(out, TensorSpec{NormName, []int{H}})
-	if !c.TieEmbeddings {
-		out = append(out, TensorSpec{LMHeadName, []int{c.Vocab, H}})
+	b := newBlocks(c)
+	var out []TensorSpec
+	for _, p := range paramTable(c, &b.Embed, b.Layers, &b.Norm, &b.Head) {
+		out = append(out, TensorSpec{p.Suffix, p.Shape})
 	}
 	return out
 }

@@ -213,7 +213,7 @@ func evalAR(m *model.Model, tok *tokenizer.Tokenizer, e *evalFlags) (*arResult, 
 			tokens += int64(max(len(ids)-1, 0))
 			used++
 		}
-		a.AllRows, a.NRows = true, a.T
+		a.ScoreAll()
 		a.Upload(m.BE)
 		m.Forward(a, kernels.Visibility{Mode: kernels.Causal})
 		s, _ := m.Loss(a, 1, false)
