@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"github.com/dllm-dev/dllm/safetensors"
+
+	"github.com/dllm-dev/dllm/internal/regfile"
 )
 
 const checkpointPrefix = "checkpoint-"
@@ -118,7 +120,7 @@ func latestCheckpoint(out string) (string, error) {
 }
 
 func readState(dir string) (*trainerState, error) {
-	b, err := os.ReadFile(filepath.Join(dir, "trainer_state.json"))
+	b, err := regfile.ReadFile(filepath.Join(dir, "trainer_state.json"))
 	if err != nil {
 		return nil, fmt.Errorf("resume: %v", err)
 	}

@@ -9,11 +9,12 @@ import (
 	"fmt"
 	"math"
 	"math/bits"
-	"os"
 	"sort"
 	"sync"
 
 	"github.com/dllm-dev/dllm/tokenizer"
+
+	"github.com/dllm-dev/dllm/internal/regfile"
 )
 
 // Options says what to read and how to pack it.
@@ -224,7 +225,7 @@ func (t *tokenizing) stream(files []inputFile) (*stream, error) {
 	t.misses++
 	s := &stream{}
 	for _, f := range files {
-		data, err := os.ReadFile(f.path)
+		data, err := regfile.ReadFile(f.path)
 		if err != nil {
 			return nil, fmt.Errorf("corpus: %v", err)
 		}

@@ -11,6 +11,8 @@ import (
 	"sort"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/dllm-dev/dllm/internal/regfile"
 )
 
 // Separators for .txt files without <|endoftext|> markers.
@@ -54,6 +56,9 @@ func listFiles(paths []string) ([]inputFile, error) {
 			return nil, fmt.Errorf("corpus: %v", err)
 		}
 		if !st.IsDir() {
+			if err := regfile.Check(p, st.Mode()); err != nil {
+				return nil, fmt.Errorf("corpus: %v", err)
+			}
 			k := fileKind(p)
 			if k == "" {
 				k = "txt"
@@ -81,6 +86,14 @@ func listFiles(paths []string) ([]inputFile, error) {
 			}
 			info, err := d.Info()
 			if err != nil {
+				return err
+			}
+			if info.Mode()&fs.ModeSymlink != 0 {
+				if info, err = os.Stat(path); err != nil {
+					return err
+				}
+			}
+			if err := regfile.Check(path, info.Mode()); err != nil {
 				return err
 			}
 			found = append(found, inputFile{path, k, info.Size()})
@@ -230,7 +243,7 @@ func ReadDocuments(paths []string, separator, field string) ([]string, error) {
 	}
 	var docs []string
 	for _, f := range files {
-		data, err := os.ReadFile(f.path)
+		data, err := regfile.ReadFile(f.path)
 		if err != nil {
 			return nil, fmt.Errorf("corpus: %v", err)
 		}

@@ -3,10 +3,11 @@ package diffusion
 import (
 	"encoding/json"
 	"math"
-	"os"
 	"path/filepath"
 
 	"github.com/dllm-dev/dllm/model"
+
+	"github.com/dllm-dev/dllm/internal/regfile"
 )
 
 // DefaultGenLen is the number of tokens generated when neither the caller
@@ -20,7 +21,7 @@ const DefaultGenLen = 128
 // temperature, top_p, top_k, threshold). A key of the wrong type is ignored.
 func GenDefaults(dir string) GenOptions {
 	o := GenOptions{GenLen: DefaultGenLen, Alg: AlgConfidence}
-	b, err := os.ReadFile(filepath.Join(dir, "generation_config.json"))
+	b, err := regfile.ReadFile(filepath.Join(dir, "generation_config.json"))
 	if err != nil {
 		return o
 	}

@@ -10,6 +10,8 @@ import (
 	"sort"
 	"strings"
 	"unsafe"
+
+	"github.com/dllm-dev/dllm/internal/regfile"
 )
 
 // IndexName is the file that maps tensors to shards in a sharded directory.
@@ -173,7 +175,7 @@ func newReader(dir string, files []*File, idx *Index) (*Reader, error) {
 
 func openSharded(dir string) (r *Reader, err error) {
 	ipath := filepath.Join(dir, IndexName)
-	raw, err := os.ReadFile(ipath)
+	raw, err := regfile.ReadFile(ipath)
 	if err != nil {
 		return nil, err
 	}

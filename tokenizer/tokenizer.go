@@ -31,6 +31,8 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+
+	"github.com/dllm-dev/dllm/internal/regfile"
 )
 
 // Tokenizer encodes text to ids and decodes ids to text. Encode, Decode and
@@ -145,7 +147,7 @@ func Load(dir string) (*Tokenizer, error) {
 	if st, err := os.Stat(dir); err == nil && !st.IsDir() {
 		path, dir = dir, filepath.Dir(dir)
 	}
-	data, err := os.ReadFile(path)
+	data, err := regfile.ReadFile(path)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			if _, err2 := os.Stat(dir); err2 != nil {
@@ -156,13 +158,13 @@ func Load(dir string) (*Tokenizer, error) {
 		return nil, fmt.Errorf("tokenizer: %v", err)
 	}
 	var cfgData []byte
-	if b, err := os.ReadFile(filepath.Join(dir, "tokenizer_config.json")); err == nil {
+	if b, err := regfile.ReadFile(filepath.Join(dir, "tokenizer_config.json")); err == nil {
 		cfgData = b
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("tokenizer: %v", err)
 	}
 	var mapData []byte
-	if b, err := os.ReadFile(filepath.Join(dir, "special_tokens_map.json")); err == nil {
+	if b, err := regfile.ReadFile(filepath.Join(dir, "special_tokens_map.json")); err == nil {
 		mapData = b
 	}
 	t, err := parse(data, cfgData, mapData)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"os"
 	"reflect"
 	"sort"
 	"strings"
@@ -10,6 +9,8 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"gopkg.in/yaml.v3"
+
+	"github.com/dllm-dev/dllm/internal/regfile"
 )
 
 // bindFlags declares one flag per field of the struct opts points to, named
@@ -48,7 +49,7 @@ func bindFlags(fs *pflag.FlagSet, opts any, usage map[string]string) {
 // or JSON file of flag-name: value pairs. Unknown names are errors, so a
 // typo is not silently ignored.
 func applyConfigFile(cmd *cobra.Command, path string, extra map[string]*string) error {
-	raw, err := os.ReadFile(path)
+	raw, err := regfile.ReadFile(path)
 	if err != nil {
 		return fmt.Errorf("--config: %v", unwrapPathError(err))
 	}

@@ -7,6 +7,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/dllm-dev/dllm/tokenizer"
+
+	"github.com/dllm-dev/dllm/internal/regfile"
 )
 
 func newTemplateCmd() *cobra.Command {
@@ -29,7 +31,7 @@ apply_chat_template(tokenize=False) does, and prints the text and nothing else.`
 			if _, err := os.Stat(args[0]); err != nil {
 				return fmt.Errorf("cannot open %s: %v", args[0], unwrapPathError(err))
 			}
-			data, err := os.ReadFile(messages)
+			data, err := regfile.ReadFile(messages)
 			if err != nil {
 				return fmt.Errorf("--messages: %v", unwrapPathError(err))
 			}
