@@ -17,6 +17,8 @@ import (
 	"github.com/dllm-dev/dllm/diffusion"
 	"github.com/dllm-dev/dllm/model"
 	"github.com/dllm-dev/dllm/safetensors"
+
+	"github.com/dllm-dev/dllm/internal/regfile"
 )
 
 // tokenizerFiles are copied from the source when the tokenizer did not
@@ -127,7 +129,7 @@ func (r *run) export() error {
 // diffusion sampler's defaults.
 func (r *run) generationConfig() map[string]any {
 	g := map[string]any{}
-	if b, err := os.ReadFile(filepath.Join(r.opt.Source, "generation_config.json")); err == nil {
+	if b, err := regfile.ReadFile(filepath.Join(r.opt.Source, "generation_config.json")); err == nil {
 		json.Unmarshal(b, &g)
 	}
 	genLen := min(128, r.opt.SeqLen)
@@ -218,7 +220,7 @@ func writeJSON(path string, v any) error {
 }
 
 func copyFile(src, dst string) error {
-	in, err := os.Open(src)
+	in, err := regfile.Open(src)
 	if err != nil {
 		return err
 	}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/dllm-dev/dllm/anneal"
@@ -235,6 +236,12 @@ func (r *run) prepare() error {
 	if err != nil {
 		return err
 	}
+	if err := model.CheckGenerationConfig(o.Source, cfg.Vocab); err != nil {
+		return err
+	}
+	if err := r.checkFits(cfg); err != nil {
+		return err
+	}
 	if cfg.BOS >= 0 && tok.BOS() < 0 {
 		tok.SetBOS(cfg.BOS)
 	}
@@ -363,6 +370,22 @@ func (r *run) prepare() error {
 	}
 	r.metrics, err = os.OpenFile(filepath.Join(o.Out, "metrics.jsonl"), flags, 0o644)
 	return err
+}
+
+// checkFits refuses a run whose weights, optimizer and activations the
+// machine cannot hold, before anything is allocated.
+func (r *run) checkFits(cfg *model.Config) error {
+	o := &r.opt
+	L := o.SeqLen
+	if o.BlockSchedule != "" {
+		L *= 2 // rows [xt ; x0]
+	}
+	need := cfg.ParamBytes(true) + cfg.ActivationBytes(o.BatchSize, L, true) + cfg.ActivationBytes(o.BatchSize, L, false)
+	if !strings.HasPrefix(r.be.Name(), "cpu") {
+		need = cfg.ParamBytes(false) // host copy of the weights; the device checks the rest
+	}
+	return model.CheckFits(need, fmt.Sprintf("the weights, optimizer state and activations of %s parameters at --batch-size %d x --seq-len %d", fmtCount(cfg.ParamCount()), o.BatchSize, o.SeqLen),
+		"lower --batch-size or --seq-len (use --grad-accum for the same batch), or use a smaller model")
 }
 
 // stepRule is the attention rule of an optimizer step and its block size:

@@ -140,8 +140,8 @@ type candidate struct {
 
 // NewSampler checks the options against the model and prepares buffers.
 func NewSampler(m *model.Model, info Info, opt GenOptions) (*Sampler, error) {
-	if opt.GenLen <= 0 {
-		return nil, fmt.Errorf("--gen-len must be positive")
+	if err := opt.Validate(); err != nil {
+		return nil, err
 	}
 	if opt.Steps <= 0 {
 		opt.Steps = opt.GenLen

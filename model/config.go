@@ -22,10 +22,13 @@ package model
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/dllm-dev/dllm/internal/regfile"
 )
 
 // Supported lists the model_type values dllm understands.
@@ -91,7 +94,7 @@ func LoadConfig(path string) (*Config, error) {
 	if st, err := os.Stat(path); err == nil && st.IsDir() {
 		path = filepath.Join(path, "config.json")
 	}
-	b, err := os.ReadFile(path)
+	b, err := regfile.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("cannot read model config: %w", err)
 	}
@@ -222,6 +225,42 @@ func (c *Config) Validate() error {
 	}
 	if c.HeadDim%2 != 0 {
 		return fmt.Errorf("head_dim %d must be even for rotary embeddings", c.HeadDim)
+	}
+	if !(c.RopeTheta > 0) || math.IsInf(c.RopeTheta, 0) {
+		return fmt.Errorf("rope_theta must be a positive number, got %g", c.RopeTheta)
+	}
+	if !(c.RMSNormEps > 0) || math.IsInf(c.RMSNormEps, 0) {
+		return fmt.Errorf("rms_norm_eps must be a positive number, got %g", c.RMSNormEps)
+	}
+	if c.MaxPositions < 0 {
+		return fmt.Errorf("max_position_embeddings must be positive, got %d", c.MaxPositions)
+	}
+	// Sizes whose products overflow the engine's int32 indices, or whose
+	// weights no machine holds, cannot be allocated.
+	H, I, V, Q, KV, L := float64(c.Hidden), float64(c.Intermediate), float64(c.Vocab), float64(c.Heads*c.HeadDim), float64(c.KVHeads*c.HeadDim), float64(c.Layers)
+	for _, m := range []struct {
+		name string
+		n    float64
+	}{{"vocab_size x hidden_size", V * H}, {"intermediate_size x hidden_size", I * H}, {"heads x head_dim x hidden_size", Q * H}} {
+		if m.n >= 1<<31 {
+			return fmt.Errorf("%s = %.3g elements in one matrix cannot be allocated (at most 2^31)", m.name, m.n)
+		}
+	}
+	if n := 2*V*H + L*(H*(2*Q+2*KV)+3*H*I); n > 1<<40 {
+		return fmt.Errorf("the config describes %.3g parameters, more than can be allocated: check hidden_size, num_hidden_layers, vocab_size", n)
+	}
+	for _, t := range []struct {
+		name string
+		ids  []int
+	}{{"bos_token_id", []int{c.BOS}}, {"pad_token_id", []int{c.Pad}}, {"eos_token_id", c.EOS}} {
+		for _, id := range t.ids {
+			if id >= c.Vocab || id < -1 || (id == -1 && t.name == "eos_token_id") {
+				return fmt.Errorf("%s %d is outside the vocabulary (vocab_size %d)", t.name, id, c.Vocab)
+			}
+		}
+	}
+	if c.DLLM != nil && (c.DLLM.MaskTokenID < 0 || c.DLLM.MaskTokenID >= c.Vocab) {
+		return fmt.Errorf("dllm.mask_token_id %d is outside the vocabulary (vocab_size %d)", c.DLLM.MaskTokenID, c.Vocab)
 	}
 	return nil
 }

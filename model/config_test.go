@@ -1,6 +1,7 @@
 package model
 
 import (
+	"math"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -142,11 +143,11 @@ func TestConfigHelpers(t *testing.T) {
 }
 
 func TestParseConfigDLLMBlock(t *testing.T) {
-	js := strings.TrimSuffix(mistralConfig, "}") + `, "dllm": {"mask_token_id": 32000, "shift": true,
+	js := strings.TrimSuffix(mistralConfig, "}") + `, "dllm": {"mask_token_id": 31999, "shift": true,
 	  "attention": "block", "block_size": 32, "objective": "mdm", "weighting": "cart", "source_model": "m",
 	  "steps": 10, "tokens_seen": 12345, "cart_p": 0.1}}`
 	c := mustParse(t, js)
-	want := DLLMInfo{MaskTokenID: 32000, Shift: true, Attention: "block", BlockSize: 32, Objective: "mdm",
+	want := DLLMInfo{MaskTokenID: 31999, Shift: true, Attention: "block", BlockSize: 32, Objective: "mdm",
 		Weighting: "cart", Source: "m", Steps: 10, TokensSeen: 12345, CartP: 0.1}
 	if c.DLLM == nil || !reflect.DeepEqual(*c.DLLM, want) {
 		t.Errorf("dllm block %+v", c.DLLM)
@@ -175,6 +176,19 @@ func TestParseConfigErrors(t *testing.T) {
 		{`{"model_type": "llama", ` + base + `, "tie_word_embeddings": "yes"}`, "tie_word_embeddings must be true or false"},
 		{`{"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "vocab_size": 100}`, "num_attention_heads must be a positive integer"},
 		{`{"model_type": "llama", ` + base + `, "vocab_size": 0}`, "vocab_size must be a positive integer"},
+		// Values checked before use: ids against the vocabulary, rope and
+		// norm constants, sizes that cannot be allocated.
+		{`{"model_type": "llama", ` + base + `, "eos_token_id": 100}`, "eos_token_id 100 is outside the vocabulary (vocab_size 100)"},
+		{`{"model_type": "llama", ` + base + `, "eos_token_id": [2, 5000]}`, "eos_token_id 5000 is outside"},
+		{`{"model_type": "llama", ` + base + `, "bos_token_id": 123456}`, "bos_token_id 123456 is outside"},
+		{`{"model_type": "llama", ` + base + `, "pad_token_id": -7}`, "pad_token_id -7 is outside"},
+		{`{"model_type": "llama", ` + base + `, "dllm": {"mask_token_id": 100}}`, "dllm.mask_token_id 100 is outside"},
+		{`{"model_type": "llama", ` + base + `, "rope_theta": 0}`, "rope_theta must be a positive number, got 0"},
+		{`{"model_type": "llama", ` + base + `, "rope_theta": -10000}`, "rope_theta must be a positive number"},
+		{`{"model_type": "llama", ` + base + `, "rms_norm_eps": 0}`, "rms_norm_eps must be a positive number"},
+		{`{"model_type": "llama", ` + base + `, "rms_norm_eps": -1e-6}`, "rms_norm_eps must be a positive number"},
+		{`{"model_type": "llama", ` + base + `, "hidden_size": 1048576, "vocab_size": 1048576}`, "cannot be allocated"},
+		{`{"model_type": "llama", ` + base + `, "hidden_size": 16384, "intermediate_size": 65536, "num_hidden_layers": 100000}`, "more than can be allocated"},
 	} {
 		_, err := ParseConfig([]byte(c.js))
 		if err == nil || !strings.Contains(err.Error(), c.want) {
@@ -212,5 +226,46 @@ func TestLoadConfig(t *testing.T) {
 		if err != nil || c.Path != p || c.ModelType != "mistral" {
 			t.Errorf("LoadConfig(%s) = %+v, %v", arg, c, err)
 		}
+	}
+}
+
+// TestCheckGenerationConfig: token ids in generation_config.json outside the
+// vocabulary are refused; a folder without the file passes.
+func TestCheckGenerationConfig(t *testing.T) {
+	dir := t.TempDir()
+	if err := CheckGenerationConfig(dir, 100); err != nil {
+		t.Fatal(err)
+	}
+	for js, want := range map[string]string{
+		`{"eos_token_id": 100}`:                       "eos_token_id 100 is outside",
+		`{"eos_token_id": [1, -1]}`:                   "eos_token_id -1 is outside",
+		`{"bos_token_id": 1.5}`:                       "bos_token_id 1.5 is outside",
+		`{"pad_token_id": 99, "mask_token_id": 4000}`: "mask_token_id 4000",
+		`{"eos_token_id": [1, 2], "pad_token_id": 0}`: "",
+	} {
+		os.WriteFile(filepath.Join(dir, "generation_config.json"), []byte(js), 0o644)
+		err := CheckGenerationConfig(dir, 100)
+		if want == "" && err != nil || want != "" && (err == nil || !strings.Contains(err.Error(), want)) {
+			t.Errorf("%s: %v, want %q", js, err, want)
+		}
+	}
+}
+
+// TestCheckFits: a plan larger than the machine's memory is refused with the
+// amounts and the fix; NaN or absurd sizes never reach the allocator.
+func TestCheckFits(t *testing.T) {
+	avail := AvailableBytes()
+	if avail <= 0 {
+		t.Skip("no /proc/meminfo here")
+	}
+	if err := CheckFits(1<<20, "x", "fix"); err != nil {
+		t.Fatal(err)
+	}
+	err := CheckFits(avail*2, "the buffers", "lower --batch")
+	if err == nil || !strings.Contains(err.Error(), "is available: lower --batch") {
+		t.Fatalf("got %v", err)
+	}
+	if err := CheckFits(math.Inf(1), "the buffers", "lower it"); err == nil {
+		t.Fatal("infinite plan accepted")
 	}
 }

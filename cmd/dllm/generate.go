@@ -16,6 +16,8 @@ import (
 	"github.com/dllm-dev/dllm/diffusion"
 	"github.com/dllm-dev/dllm/model"
 	"github.com/dllm-dev/dllm/tokenizer"
+
+	"github.com/dllm-dev/dllm/internal/regfile"
 )
 
 type generateFlags struct {
@@ -110,7 +112,7 @@ func readPrompt(cmd *cobra.Command, g *generateFlags) (string, error) {
 	case g.prompt != "":
 		return g.prompt, nil
 	case g.promptFile != "":
-		b, err := os.ReadFile(g.promptFile)
+		b, err := regfile.ReadFile(g.promptFile)
 		if err != nil {
 			return "", fmt.Errorf("--prompt-file: %v", unwrapPathError(err))
 		}
@@ -175,6 +177,9 @@ func runGenerate(cmd *cobra.Command, dir string, g *generateFlags) error {
 		if info, err = diffusion.InfoFrom(cfg); err != nil {
 			return err
 		}
+	}
+	if err := checkGenerate(cfg, g, len(prompt)); err != nil {
+		return err
 	}
 	be, err := openBackend(g.device, g.threads, cmd.ErrOrStderr())
 	if err != nil {
@@ -264,6 +269,35 @@ func runGenerate(cmd *cobra.Command, dir string, g *generateFlags) error {
 			total, seconds, float64(total)/seconds, float64(steps)/seconds, steps, forwards)
 	}
 	return nil
+}
+
+// checkGenerate refuses settings that are not numbers in range, a prompt and
+// generation beyond the model's context, and buffers the machine cannot
+// hold, before anything is allocated.
+func checkGenerate(cfg *model.Config, g *generateFlags, promptLen int) error {
+	opt := diffusion.GenOptions{GenLen: g.genLen, Steps: g.steps, BlockLen: g.blockLen, Temperature: g.temperature,
+		TopP: g.topP, TopK: g.topK, AlgTemp: g.algTemp, Threshold: g.threshold, Batch: g.batch}
+	if err := opt.Validate(); err != nil {
+		return err
+	}
+	if g.batch <= 0 {
+		return fmt.Errorf("--batch must be positive, got %d", g.batch)
+	}
+	n := promptLen + g.genLen
+	if ctx := cfg.MaxPositions; ctx > 0 {
+		if promptLen > ctx {
+			return fmt.Errorf("the prompt is %d tokens, longer than the model's context of %d (max_position_embeddings): shorten it", promptLen, ctx)
+		}
+		if n > ctx {
+			return fmt.Errorf("the prompt (%d tokens) and --gen-len %d make %d tokens, beyond the model's context of %d (max_position_embeddings): lower --gen-len to %d or less", promptLen, g.genLen, n, ctx, ctx-promptLen)
+		}
+	}
+	rows := g.batch
+	if g.ar {
+		rows = 1
+	}
+	need := cfg.ParamBytes(false) + cfg.ActivationBytes(rows, n, false) + cfg.KVCacheBytes(rows, n)
+	return model.CheckFits(need, fmt.Sprintf("the weights, activations and KV cache of %d x %d tokens", rows, n), "lower --gen-len or --batch")
 }
 
 func generateAR(m *model.Model, prompt []int32, g *generateFlags, eos []int32) ([][]int32, float64, error) {

@@ -1,0 +1,128 @@
+package model
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/dllm-dev/dllm/internal/regfile"
+)
+
+// ActivationBytes estimates the buffers NewActivations allocates for B rows
+// of L tokens (float32), from the same formula.
+func (c *Config) ActivationBytes(B, L int, training bool) float64 {
+	T, H, I, Q, KV := float64(B)*float64(L), float64(c.Hidden), float64(c.Intermediate), float64(c.QDim()), float64(c.KVDim())
+	layer := T * (3*H + Q + 2*KV + Q + float64(c.Heads) + 3*I + 2)
+	if c.QKNorm {
+		layer += T * (Q + KV + float64(c.Heads+c.KVHeads))
+	}
+	n := layer + 2*T*H
+	if training {
+		n = float64(c.Layers)*(layer+T*H) + T*H
+	}
+	n += T*(3*H+1) + T*float64(c.Vocab) + 10*T
+	return 4 * n
+}
+
+// KVCacheBytes is the float32 key/value cache of B rows of L tokens.
+func (c *Config) KVCacheBytes(B, L int) float64 {
+	return 4 * 2 * float64(c.Layers) * float64(B) * float64(L) * float64(c.KVDim())
+}
+
+// ParamBytes is the float32 weights; training adds gradients and two AdamW
+// moments.
+func (c *Config) ParamBytes(training bool) float64 {
+	n := 4 * float64(c.ParamCount())
+	if training {
+		n *= 4
+	}
+	return n
+}
+
+// AvailableBytes is the memory new buffers may take on this machine
+// (MemAvailable of /proc/meminfo), 0 when unknown.
+func AvailableBytes() float64 {
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "MemAvailable:"); ok {
+			kb, err := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 64)
+			if err == nil {
+				return kb * 1024
+			}
+		}
+	}
+	return 0
+}
+
+// CheckFits refuses a plan of need bytes (what: the buffers, fix: what to
+// lower) that the machine's available memory cannot hold, rather than
+// letting the allocation be killed; on CUDA the device has its own limit,
+// checked by the driver at allocation.
+func CheckFits(need float64, what, fix string) error {
+	if math.IsNaN(need) || math.IsInf(need, 0) || need >= 1<<50 {
+		return fmt.Errorf("%s cannot be allocated: %s", what, fix)
+	}
+	if avail := AvailableBytes(); avail > 0 && need > avail {
+		return fmt.Errorf("%s need %s but %s of memory is available: %s", what, fmtBytes(need), fmtBytes(avail), fix)
+	}
+	return nil
+}
+
+func fmtBytes(n float64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", n/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", n/(1<<20))
+	}
+	return fmt.Sprintf("%.0f KiB", n/(1<<10))
+}
+
+// CheckGenerationConfig checks the token ids of dir's generation_config.json
+// (when there is one) against the vocabulary.
+func CheckGenerationConfig(dir string, vocab int) error {
+	p := filepath.Join(dir, "generation_config.json")
+	st, err := os.Stat(p)
+	if err != nil {
+		return nil
+	}
+	if !st.Mode().IsRegular() {
+		return fmt.Errorf("%s is not a regular file", p)
+	}
+	b, err := regfile.ReadFile(p)
+	if err != nil {
+		return err
+	}
+	var raw map[string]any
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return fmt.Errorf("%s: not valid JSON: %v", p, err)
+	}
+	for _, k := range []string{"bos_token_id", "eos_token_id", "pad_token_id", "mask_token_id", "decoder_start_token_id"} {
+		var ids []any
+		switch v := raw[k].(type) {
+		case nil:
+			continue
+		case []any:
+			ids = v
+		default:
+			ids = []any{v}
+		}
+		for _, v := range ids {
+			f, ok := v.(float64)
+			if !ok || f != math.Trunc(f) || f < 0 || f >= float64(vocab) {
+				return fmt.Errorf("%s: %s %v is outside the vocabulary (vocab_size %d)", p, k, v, vocab)
+			}
+		}
+	}
+	return nil
+}
