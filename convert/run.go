@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -85,6 +86,7 @@ type trainerState struct {
 	LastLoss   float64               `json:"last_loss"`
 	NoiseSteps int                   `json:"embed_noise_steps"`
 	NoiseStd   float64               `json:"embed_noise_std"`
+	DataCache  []string              `json:"data_cache,omitempty"` // names of the tokenized data, by content hash
 	Options    Options               `json:"options"`
 }
 
@@ -284,6 +286,13 @@ func (r *run) prepare() error {
 			return err
 		}
 	}
+	if model.HasNonFinite(r.be, r.m.Params) {
+		if resumeDir != "" {
+			return fmt.Errorf("%s holds NaN or infinite weights: it cannot be resumed; move it out of %s to resume from the checkpoint before it, or start over with --force", resumeDir, o.Out)
+		}
+		return fmt.Errorf("the weights of %s hold NaN or infinite values: it cannot be converted (download or export it again)", o.Source)
+	}
+	r.warnings(cfg, tok)
 	if resumeDir == "" && r.plan.Kind == tokenizer.MaskNewRow {
 		g, err := r.m.GrowVocab(1)
 		if err != nil {
@@ -351,9 +360,12 @@ func (r *run) prepare() error {
 		if err := r.loadOptimizer(resumeDir); err != nil {
 			return err
 		}
+		if err := r.sameData(resumeDir); err != nil {
+			return err
+		}
 		r.logf("resuming from %s (step %d)", resumeDir, r.state.Step)
 	} else {
-		r.state = trainerState{MaskID: r.plan.ID, Options: *o, NoiseSteps: r.noiseSteps, NoiseStd: r.noiseStd}
+		r.state = trainerState{MaskID: r.plan.ID, Options: *o, NoiseSteps: r.noiseSteps, NoiseStd: r.noiseStd, DataCache: r.dataNames()}
 	}
 	r.rng = rand.New(r.pcg)
 
@@ -370,6 +382,47 @@ func (r *run) prepare() error {
 	}
 	r.metrics, err = os.OpenFile(filepath.Join(o.Out, "metrics.jsonl"), flags, 0o644)
 	return err
+}
+
+// warnings names settings that run but are likely mistakes.
+func (r *run) warnings(cfg *model.Config, tok *tokenizer.Tokenizer) {
+	o := &r.opt
+	if cfg.MaxPositions > 0 && o.SeqLen > cfg.MaxPositions {
+		r.logf("warning: --seq-len %d is beyond the model's max_position_embeddings %d: positions past %d were never trained", o.SeqLen, cfg.MaxPositions, cfg.MaxPositions)
+	}
+	for _, sp := range []struct {
+		name string
+		id   int
+	}{{"EOS", tok.EOS()}, {"BOS", tok.BOS()}, {"PAD", tok.Pad()}, {"PAD", cfg.Pad}} {
+		if sp.id >= 0 && sp.id == r.plan.ID {
+			r.logf("warning: the mask token %s (%d) is also the %s token: the model cannot tell a masked position from a real %s (choose another --mask-token)", r.plan.Token, r.plan.ID, sp.name, sp.name)
+			break
+		}
+	}
+	for _, part := range strings.Split(o.BlockSchedule, ",") {
+		size, _, _ := strings.Cut(strings.TrimSpace(part), ":")
+		if n, err := strconv.Atoi(strings.TrimSpace(size)); err == nil && n > o.SeqLen {
+			r.logf("warning: --block-schedule block %d is larger than --seq-len %d: that stage trains full-sequence diffusion", n, o.SeqLen)
+		}
+	}
+}
+
+// dataNames identifies the tokenized data by the content-hashed names of
+// its cache files.
+func (r *run) dataNames() []string {
+	var names []string
+	for _, p := range r.data.Stats.CacheFiles {
+		names = append(names, filepath.Base(p))
+	}
+	return names
+}
+
+// sameData refuses to resume on data other than the run's.
+func (r *run) sameData(dir string) error {
+	if saved, now := r.state.DataCache, r.dataNames(); len(saved) > 0 && strings.Join(saved, ",") != strings.Join(now, ",") {
+		return fmt.Errorf("--resume: the data %v changed since the run started (%s/trainer_state.json records other contents): resuming would not continue the same experiment; restore the data, or start over with --force", r.opt.Data, dir)
+	}
+	return nil
 }
 
 // checkFits refuses a run whose weights, optimizer and activations the
@@ -546,7 +599,11 @@ func (r *run) train(ctx context.Context) error {
 			return err
 		}
 		if math.IsNaN(loss) || math.IsInf(loss, 0) || math.IsNaN(gnorm) || math.IsInf(gnorm, 0) {
-			return fmt.Errorf("step %d: non-finite loss (%v) or gradient norm (%v); the run stops here and the last good checkpoint is kept (lower --lr or tighten --clip)", step+1, loss, gnorm)
+			kept := "no checkpoint was written before it"
+			if steps, err := checkpoints(o.Out); err == nil && len(steps) > 0 {
+				kept = fmt.Sprintf("the newest checkpoint, %s, is kept (resume from it with a lower --lr or a tighter --clip)", checkpointDir(o.Out, steps[len(steps)-1]))
+			}
+			return fmt.Errorf("step %d: non-finite loss (%v) or gradient norm (%v): the run stops here; %s", step+1, loss, gnorm, kept)
 		}
 		scale := float32(1)
 		if o.Clip > 0 && gnorm > o.Clip {
