@@ -77,8 +77,9 @@ func newGPUCheckCmd() *cobra.Command {
 				return err
 			}
 			bf16 := func(c kernelcheck.Case) { c.Op += " (bf16)"; report(c) }
-			if only == "" || strings.Contains("MatMul BF16", only) {
-				if _, err := kernelcheck.Run(ref, dev, kernelcheck.Config{Small: small, Seed: seed + 1, Matmul: "bf16", Only: "^(MatMul|BF16)$"}, bf16); err != nil {
+			// bf16 mode: the matmuls, and attention on the tensor cores (head_dim 64, 128).
+			if only == "" || strings.Contains("MatMul BF16 Attention", only) {
+				if _, err := kernelcheck.Run(ref, dev, kernelcheck.Config{Small: small, Seed: seed + 1, Matmul: "bf16", Only: "^(MatMul|BF16|Attention)$"}, bf16); err != nil {
 					return err
 				}
 			}

@@ -43,6 +43,22 @@ func attnCheck(d kernels.AttnDims, vis *kernels.Visibility, docs kernels.IBuf) (
 	return team(d.HeadDim)
 }
 
+// mma picks the tensor-core kernels (src/attention_mma.cu: bf16 inputs,
+// fp32 accumulation) for head_dim 64 and 128 when matrix products are bf16;
+// other sizes, and fp32 mode, use the fp32 team kernels. It returns the
+// kernel offset from the _mma64 kernel, or -1.
+func (be *Backend) mma(hd int) kernel {
+	switch {
+	case be.fp32:
+		return -1
+	case hd == 64:
+		return 0
+	case hd == 128:
+		return 1
+	}
+	return -1
+}
+
 // visParams appends the visibility rule: mode, ratio, seed, block, half,
 // docmask.
 func visParams(p *params, vis *kernels.Visibility) *params {
@@ -69,6 +85,10 @@ func (be *Backend) Attention(out, lse, q, k, v kernels.Buf, d kernels.AttnDims, 
 	p := new(params).ptr(out.Dev).ptr(lse.Dev).ptr(q.Dev).ptr(k.Dev).ptr(v.Dev).ptr(docs.Dev).
 		i32(d.Lq).i32(d.Lk).i32(d.QOff).i32(d.Stride()).i32(d.Heads).i32(d.KVHeads).i32(d.HeadDim).f32(scale)
 	visParams(p, &vis)
+	if m := be.mma(d.HeadDim); m >= 0 {
+		be.launch(kAttnFwdMMA64+m, dim3{uint32((d.Lq + 63) / 64), uint32(d.Heads), uint32(d.B)}, dim3{128, 1, 1}, p)
+		return
+	}
 	be.launch(kAttnFwd1+kernel(teamIndex(t)), dim3{uint32((d.Lq + qb - 1) / qb), uint32(d.Heads), uint32(d.B)}, dim3{128, 1, 1}, p)
 }
 
@@ -97,12 +117,17 @@ func (be *Backend) AttentionBackward(dq, dk, dv, dout, q, k, v, out, lse kernels
 	defer be.release(D)
 	be.launch(kAttnPrep, grid1(rows), block256, new(params).ptr(D).ptr(dout.Dev).ptr(out.Dev).i64(rows).i32(hd))
 	ti := kernel(teamIndex(t))
+	kdq, kdkv := kAttnDQ1+ti, kAttnDKV1+ti
 	nb := uint32((L + 128/t - 1) / (128 / t))
+	if m := be.mma(hd); m >= 0 {
+		kdq, kdkv = kAttnDQMMA64+m, kAttnDKVMMA64+m
+		nb = uint32((L + 63) / 64)
+	}
 	grid := dim3{nb, uint32(d.Heads), uint32(d.B)}
 	p := new(params).ptr(dq.Dev).ptr(dout.Dev).ptr(q.Dev).ptr(k.Dev).ptr(v.Dev).ptr(lse.Dev).ptr(D).ptr(docs.Dev).
 		i32(L).i32(d.Heads).i32(d.KVHeads).i32(hd).f32(scale)
 	visParams(p, &vis)
-	be.launch(kAttnDQ1+ti, grid, dim3{128, 1, 1}, p)
+	be.launch(kdq, grid, dim3{128, 1, 1}, p)
 
 	group := d.Heads / d.KVHeads
 	n := d.B * L * d.KVHeads * hd
@@ -118,7 +143,7 @@ func (be *Backend) AttentionBackward(dq, dk, dv, dout, q, k, v, out, lse kernels
 	p = new(params).ptr(pk).ptr(pv).ptr(dout.Dev).ptr(q.Dev).ptr(k.Dev).ptr(v.Dev).ptr(lse.Dev).ptr(D).ptr(docs.Dev).
 		i32(L).i32(d.Heads).i32(d.KVHeads).i32(hd).f32(scale)
 	visParams(p, &vis).i64(n)
-	be.launch(kAttnDKV1+ti, grid, dim3{128, 1, 1}, p)
+	be.launch(kdkv, grid, dim3{128, 1, 1}, p)
 	if group > 1 {
 		be.launch(kAttnReduce, grid1(n), block256, new(params).ptr(dk.Dev).ptr(dv.Dev).ptr(pk).ptr(pv).i64(n).i32(group))
 	}

@@ -36,6 +36,12 @@ const (
 	kAttnDKV8
 	kAttnPrep
 	kAttnReduce
+	kAttnFwdMMA64
+	kAttnFwdMMA128
+	kAttnDQMMA64
+	kAttnDQMMA128
+	kAttnDKVMMA64
+	kAttnDKVMMA128
 	numKernels
 )
 
@@ -75,6 +81,12 @@ var kernelInfo = [numKernels]struct{ name, sig string }{
 	kAttnDKV8:      {"attn_bwd_dkv_t8", attnDKVSig},
 	kAttnPrep:      {"attn_bwd_prep", "pppqi"},
 	kAttnReduce:    {"attn_bwd_reduce", "ppppqi"},
+	kAttnFwdMMA64:  {"attn_fwd_mma64", attnFwdSig},
+	kAttnFwdMMA128: {"attn_fwd_mma128", attnFwdSig},
+	kAttnDQMMA64:   {"attn_bwd_dq_mma64", attnDQSig},
+	kAttnDQMMA128:  {"attn_bwd_dq_mma128", attnDQSig},
+	kAttnDKVMMA64:  {"attn_bwd_dkv_mma64", attnDKVSig},
+	kAttnDKVMMA128: {"attn_bwd_dkv_mma128", attnDKVSig},
 }
 
 const (

@@ -55,6 +55,10 @@ func (h *harness) packedDocs(B, n int) []int32 {
 }
 
 func checkAttention(h *harness) {
+	if h.cfg.Matmul == "bf16" {
+		checkAttentionBF16(h)
+		return
+	}
 	shapes := []attnShape{{2, 24, 4, 2, 16}, {1, 37, 3, 1, 8}, {2, 33, 2, 2, 64}, {1, 20, 2, 1, 100}, {1, 17, 2, 2, 256}}
 	if !h.cfg.Small {
 		shapes = append(shapes, attnShape{2, 256, 14, 2, 64}, attnShape{1, 512, 4, 4, 128}, attnShape{4, 100, 8, 8, 8},
@@ -68,14 +72,37 @@ func checkAttention(h *harness) {
 					continue
 				}
 				vis.DocMask = docs
-				h.attentionCase(s, vis)
+				h.attentionCase(s, vis, TolAttention)
 			}
 		}
 	}
-	h.kvCacheCases()
+	h.kvCacheCases(nil, TolAttention)
 }
 
-func (h *harness) attentionCase(s attnShape, vis kernels.Visibility) {
+// checkAttentionBF16 is attention with the dut in bf16 mode, where head
+// sizes 64 and 128 run on the tensor cores (kernels/cuda): every rule with
+// and without documents, GQA, lengths that are no multiple of a tile, and
+// the KV-cache forward, against the float32 reference.
+func checkAttentionBF16(h *harness) {
+	shapes := []attnShape{{2, 80, 4, 2, 64}, {1, 70, 2, 1, 128}}
+	if !h.cfg.Small {
+		shapes = append(shapes, attnShape{2, 512, 14, 2, 64}, attnShape{1, 1024, 4, 4, 128}, attnShape{1, 300, 8, 2, 128})
+	}
+	for si, s := range shapes {
+		for _, vis := range h.visRules(s.L) {
+			for _, docs := range []bool{false, true} {
+				if docs && si > 1 && vis.Mode != kernels.Causal && vis.Mode != kernels.Annealed {
+					continue
+				}
+				vis.DocMask = docs
+				h.attentionCase(s, vis, TolAttentionBF16)
+			}
+		}
+	}
+	h.kvCacheCases([]kvShape{{3, 1, 30, 31, 2, 1, 64}, {2, 20, 50, 80, 4, 2, 128}}, TolAttentionBF16)
+}
+
+func (h *harness) attentionCase(s attnShape, vis kernels.Visibility, tol float64) {
 	d := kernels.AttnDims{B: s.B, Lq: s.L, Lk: s.L, Heads: s.H, KVHeads: s.KV, HeadDim: s.HD}
 	shape := fmt.Sprintf("B%d L%d H%d/%d hd%d %s", s.B, s.L, s.H, s.KV, s.HD, visName(vis))
 	T := s.B * s.L
@@ -88,8 +115,8 @@ func (h *harness) attentionCase(s attnShape, vis kernels.Visibility) {
 	rl, dl := h.pair(nans(T * s.H))
 	h.ref.Attention(ro, rl, rq, rk, rv, d, vis, rdoc)
 	h.dut.Attention(do, dl, dq, dk, dv, d, vis, ddoc)
-	h.compare("Attention out", shape, TolAttention, ro, do)
-	h.compare("Attention lse", shape, TolAttention, rl, dl)
+	h.compare("Attention out", shape, tol, ro, do)
+	h.compare("Attention lse", shape, tol, rl, dl)
 	// The backward from the reference's out and lse on both.
 	out, lse := make([]float32, qn), make([]float32, T*s.H)
 	h.ref.Download(out, ro)
@@ -102,19 +129,23 @@ func (h *harness) attentionCase(s attnShape, vis kernels.Visibility) {
 	rdv, ddv := h.pair(nans(kn))
 	h.ref.AttentionBackward(rdq, rdk, rdv, rg, rq, rk, rv, ro, rl, d, vis, rdoc)
 	h.dut.AttentionBackward(ddq, ddk, ddv, dg, dq, dk, dv, do, dl, d, vis, ddoc)
-	h.compare("AttentionBackward dq", shape, TolAttention, rdq, ddq)
-	h.compare("AttentionBackward dk", shape, TolAttention, rdk, ddk)
-	h.compare("AttentionBackward dv", shape, TolAttention, rdv, ddv)
+	h.compare("AttentionBackward dq", shape, tol, rdq, ddq)
+	h.compare("AttentionBackward dk", shape, tol, rdk, ddk)
+	h.compare("AttentionBackward dv", shape, tol, rdv, ddv)
 	h.done()
 }
 
+type kvShape struct{ B, Lq, QOff, KStride, H, KV, HD int }
+
 // kvCacheCases run the forward over a KV cache: Lq new queries at QOff of
-// rows of KStride cached positions, Lk = QOff + Lq of them used.
-func (h *harness) kvCacheCases() {
-	type kv struct{ B, Lq, QOff, KStride, H, KV, HD int }
-	shapes := []kv{{2, 8, 24, 40, 4, 2, 16}, {3, 1, 30, 31, 2, 1, 64}}
-	if !h.cfg.Small {
-		shapes = append(shapes, kv{2, 32, 480, 512, 14, 2, 64})
+// rows of KStride cached positions, Lk = QOff + Lq of them used (nil
+// shapes: the fp32 set).
+func (h *harness) kvCacheCases(shapes []kvShape, tol float64) {
+	if shapes == nil {
+		shapes = []kvShape{{2, 8, 24, 40, 4, 2, 16}, {3, 1, 30, 31, 2, 1, 64}}
+		if !h.cfg.Small {
+			shapes = append(shapes, kvShape{2, 32, 480, 512, 14, 2, 64})
+		}
 	}
 	for _, s := range shapes {
 		Lk := s.QOff + s.Lq
@@ -133,8 +164,8 @@ func (h *harness) kvCacheCases() {
 			rl, dl := h.pair(nans(s.B * s.Lq * s.H))
 			h.ref.Attention(ro, rl, rq, rk, rv, d, vis, rdoc)
 			h.dut.Attention(do, dl, dq, dk, dv, d, vis, ddoc)
-			h.compare("Attention KV-cache out", shape, TolAttention, ro, do)
-			h.compare("Attention KV-cache lse", shape, TolAttention, rl, dl)
+			h.compare("Attention KV-cache out", shape, tol, ro, do)
+			h.compare("Attention KV-cache lse", shape, tol, rl, dl)
 			h.done()
 		}
 	}

@@ -36,6 +36,10 @@ const (
 	TolMatmulFP32 = 1e-4
 	// TolMatmulBF16 is for bfloat16 inputs with float32 accumulation.
 	TolMatmulBF16 = 1e-2
+	// TolAttentionBF16 is for attention with bf16 inputs to fp32
+	// accumulation (the tensor-core kernels of the bf16 mode): q, k, v,
+	// dout and the probabilities rounded to bf16.
+	TolAttentionBF16 = 1e-2
 	// TolFloat64 is for the float64 reductions.
 	TolFloat64 = 1e-10
 )

@@ -12,6 +12,7 @@
 
 #include "../src/common.cuh"
 #include "../src/attention.cu"
+#include "../src/attention_mma.cu"
 #include "../src/elementwise.cu"
 #include "../src/loss.cu"
 #include "../src/norm.cu"
@@ -43,6 +44,8 @@ static const struct {
     REG(attn_fwd_t4),      REG(attn_fwd_t8),      REG(attn_bwd_dq_t1),   REG(attn_bwd_dq_t2),
     REG(attn_bwd_dq_t4),   REG(attn_bwd_dq_t8),   REG(attn_bwd_dkv_t1),  REG(attn_bwd_dkv_t2),
     REG(attn_bwd_dkv_t4),  REG(attn_bwd_dkv_t8),  REG(attn_bwd_prep),    REG(attn_bwd_reduce),
+    REG(attn_fwd_mma64),   REG(attn_fwd_mma128),  REG(attn_bwd_dq_mma64), REG(attn_bwd_dq_mma128),
+    REG(attn_bwd_dkv_mma64), REG(attn_bwd_dkv_mma128),
 };
 
 static EmuFiber fibers[1024];
@@ -124,10 +127,12 @@ static int run_block(int n) {
 #endif
     f.state = EMU_READY;
     f.lin = i;
+    f.mma = 0;
     f.tx = i % emu_bdim[0];
     f.ty = i / emu_bdim[0] % emu_bdim[1];
     f.tz = i / (emu_bdim[0] * emu_bdim[1]);
   }
+  for (int w = 0; w < 32; w++) emu_mma_done[w] = 0;
   for (;;) {
     for (int i = 0; i < n; i++) {
       if (fibers[i].state != EMU_READY) continue;

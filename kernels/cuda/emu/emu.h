@@ -22,6 +22,7 @@ struct EmuFiber {
   int state;
   u32 tx, ty, tz;
   int lin;
+  int mma;  // mma_16816 calls so far in this block
   char* stack;
 };
 
@@ -77,3 +78,54 @@ DEV float shfl_xor(float v, int mask) {
 DEV void atomic_add(float* p, float v) { *p += v; }
 DEV float ex2(float x) { return exp2f(x); }
 DEV float lg2(float x) { return log2f(x); }
+
+// mma_16816 is the warp's mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32:
+// each lane leaves its fragments in a slot and the warp meets; the first
+// lane to resume rebuilds A (16x16) and B (16x8) from the 32 slots with the
+// PTX ISA's fragment layout and multiplies them; each lane adds its four
+// elements of the product to c, and the warp meets again before the slots
+// are reused.
+static u32 emu_mma[1024][6];
+static float emu_mma_ab[32][16][8];
+static int emu_mma_done[32];
+
+static float emu_bf16(u32 word, int hi) {
+  const u32 b = (hi ? word >> 16 : word & 0xffffu) << 16;
+  float f;
+  memcpy(&f, &b, 4);
+  return f;
+}
+
+DEV void mma_16816(float* c, const u32* a, u32 b0, u32 b1) {
+  const int lin = emu_cur->lin, base = lin & ~31, w = lin / 32;
+  const int call = ++emu_cur->mma;
+  u32* s = emu_mma[lin];
+  s[0] = a[0], s[1] = a[1], s[2] = a[2], s[3] = a[3], s[4] = b0, s[5] = b1;
+  emu_yield(EMU_WAIT_WARP);
+  if (emu_mma_done[w] != call) {
+    float A[16][16], B[16][8];
+    for (int lane = 0; lane < 32; lane++) {
+      const u32* x = emu_mma[base + lane];
+      const int g = lane >> 2, t = lane & 3;
+      for (int i = 0; i < 8; i++) {  // a0..a7: two per register, low half first
+        const int row = (i < 2 || (i >= 4 && i < 6)) ? g : g + 8;
+        const int col = t * 2 + (i & 1) + (i >= 4 ? 8 : 0);
+        A[row][col] = emu_bf16(x[i / 2], i & 1);
+      }
+      for (int i = 0; i < 4; i++) {  // b0..b3
+        const int row = t * 2 + (i & 1) + (i >= 2 ? 8 : 0);
+        B[row][g] = emu_bf16(x[4 + i / 2], i & 1);
+      }
+    }
+    for (int row = 0; row < 16; row++)
+      for (int col = 0; col < 8; col++) {
+        float d = 0.f;
+        for (int k = 0; k < 16; k++) d += A[row][k] * B[k][col];
+        emu_mma_ab[w][row][col] = d;
+      }
+    emu_mma_done[w] = call;
+  }
+  const int g = (lin & 31) >> 2, t = lin & 3;
+  for (int i = 0; i < 4; i++) c[i] += emu_mma_ab[w][g + (i >= 2 ? 8 : 0)][t * 2 + (i & 1)];
+  emu_yield(EMU_WAIT_WARP);
+}

@@ -5,7 +5,7 @@
 // the committed PTX (CI runs that). With -ptxas PATH it assembles every
 // committed PTX for sm_80 and sm_90 with NVIDIA's ptxas -v and prints the
 // registers, shared memory and spills of each kernel; it fails when ptxas
-// rejects a file or a kernel spills.
+// rejects a file or a kernel spills or has a stack frame (local memory).
 package main
 
 import (
@@ -186,14 +186,14 @@ func assemble(dir, ptxas string) error {
 		a, b := got[n]["sm_80"], got[n]["sm_90"]
 		fmt.Printf("%-22s %12d %12d %10d %d/%d/%d; %d/%d/%d\n", n, a.regs, b.regs, a.smem,
 			a.frame, a.spillSt, a.spillLd, b.frame, b.spillSt, b.spillLd)
-		if a.spillSt+a.spillLd+b.spillSt+b.spillLd > 0 {
+		if a.frame+a.spillSt+a.spillLd+b.frame+b.spillSt+b.spillLd > 0 {
 			bad = append(bad, n)
 		}
 	}
 	if len(bad) > 0 {
-		return fmt.Errorf("kernels that spill registers: %s", strings.Join(bad, ", "))
+		return fmt.Errorf("kernels with a stack frame or register spills (local memory): %s", strings.Join(bad, ", "))
 	}
-	fmt.Printf("ptxas: %d files, %d kernels assembled for %s, no spills\n", len(files), len(names), strings.Join(targets, " and "))
+	fmt.Printf("ptxas: %d files, %d kernels assembled for %s, no stack frames or spills\n", len(files), len(names), strings.Join(targets, " and "))
 	return nil
 }
 

@@ -49,9 +49,34 @@ DEV float lg2(float x) {
   asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
 }
+
+// mma_16816 is c += A B on the tensor cores for one warp: A 16x16 and B
+// 16x8 in bf16, c 16x8 in fp32, in the fragments of the PTX ISA's
+// "Matrix Fragments for mma.m16n8k16 with floating point type" (lane =
+// 4*group + t: a = rows group and group+8, columns 2t, 2t+1 and 2t+8, 2t+9;
+// b = rows 2t, 2t+1 and 2t+8, 2t+9 of column group; c = rows group and
+// group+8, columns 2t, 2t+1). Every lane of the warp must call it.
+DEV void mma_16816(float* c, const u32* a, u32 b0, u32 b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
 #endif
 
 #define NEG_INF (-__builtin_inff())
+
+// bf16_rne is f rounded to bfloat16 (nearest even; NaN stays a quiet NaN),
+// as cast_f32_bf16 and kernels/cpu's BF16 round trip.
+DEV u32 bf16_rne(float f) {
+  const u32 b = __builtin_bit_cast(u32, f);
+  if ((b & 0x7fffffffu) > 0x7f800000u) return (b >> 16) | 0x40u;
+  return (b + 0x7fffu + ((b >> 16) & 1u)) >> 16;
+}
+
+// pack_bf16 is the bf16x2 register of an mma fragment: lo in bits 0-15.
+DEV u32 pack_bf16(float lo, float hi) { return bf16_rne(lo) | (bf16_rne(hi) << 16); }
 
 DEV float fmaxf_(float a, float b) { return a > b ? a : b; }
 DEV int imin(int a, int b) { return a < b ? a : b; }
