@@ -1,0 +1,111 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/dllm-dev/dllm/model"
+	"github.com/dllm-dev/dllm/serve"
+)
+
+type serveFlags struct {
+	host, device, apiKey, name, chatTemplate string
+	port, threads, maxQueue, maxBatch        int
+	maxTokens                                int
+	maxBody                                  int64
+	timeout, grace                           time.Duration
+}
+
+func newServeCmd() *cobra.Command {
+	var f serveFlags
+	cmd := &cobra.Command{
+		Use:   "serve DIR",
+		Short: "Serve a diffusion model over an OpenAI-compatible HTTP API",
+		Long: `serve answers OpenAI's /v1/completions, /v1/chat/completions (with the
+model's chat template) and /v1/models, and /health, for the diffusion
+checkpoint in DIR. Requests take OpenAI's fields (prompt or messages,
+max_tokens, temperature, top_p, seed, stop, n, stream) and the sampler's
+(steps, block_length, alg, alg_temp, threshold, top_k, stop_at_eos), with the
+model's generation_config.json as defaults: a request gives the tokens
+'dllm generate --stop-at-eos' gives with the same settings. Requests wait in
+one queue; those with the same settings and prompt length are decoded
+together, up to --max-batch rows, each as it would be alone.
+
+SIGINT or SIGTERM stops accepting, lets requests in flight finish for
+--shutdown-timeout, cancels the rest and exits 0.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error { return runServe(cmd, args[0], &f) },
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.host, "host", "127.0.0.1", "address to listen on")
+	fl.IntVar(&f.port, "port", 8000, "port to listen on (0: any free port)")
+	fl.StringVar(&f.device, "device", "auto", "auto, cpu or cuda")
+	fl.IntVar(&f.threads, "threads", 0, "CPU threads (0: all)")
+	fl.StringVar(&f.apiKey, "api-key", os.Getenv("DLLM_API_KEY"), "require \"Authorization: Bearer KEY\" (default: $DLLM_API_KEY)")
+	fl.StringVar(&f.name, "name", "", "model id in the API (default: DIR's base name)")
+	fl.StringVar(&f.chatTemplate, "chat-template", "", "Jinja file (or JSON with chat_template) instead of DIR's template")
+	fl.IntVar(&f.maxQueue, "max-queue", 64, "requests waiting or running at once; more get 503")
+	fl.IntVar(&f.maxBatch, "max-batch", 8, "rows decoded together in one forward (1: no batching)")
+	fl.IntVar(&f.maxTokens, "max-tokens", 0, "largest max_tokens a request may ask for (0: the model's positions)")
+	fl.Int64Var(&f.maxBody, "max-body", 1<<20, "largest request body in bytes; more get 413")
+	fl.DurationVar(&f.timeout, "timeout", 5*time.Minute, "per-request limit, queueing included (0: none)")
+	fl.DurationVar(&f.grace, "shutdown-timeout", 30*time.Second, "on SIGINT/SIGTERM, how long requests in flight may take to finish")
+	return cmd
+}
+
+func runServe(cmd *cobra.Command, dir string, f *serveFlags) error {
+	for _, c := range []struct {
+		name string
+		bad  bool
+	}{{"--port", f.port < 0 || f.port > 65535}, {"--max-queue", f.maxQueue < 1}, {"--max-batch", f.maxBatch < 1},
+		{"--max-tokens", f.maxTokens < 0}, {"--max-body", f.maxBody < 1}, {"--timeout", f.timeout < 0},
+		{"--shutdown-timeout", f.grace < 0}} {
+		if c.bad {
+			return &exitError{2, fmt.Errorf("%s is out of range (see 'dllm serve --help')", c.name)}
+		}
+	}
+	if _, err := model.LoadConfig(dir); err != nil {
+		return err
+	}
+	be, err := openBackend(f.device, f.threads, cmd.ErrOrStderr())
+	if err != nil {
+		return err
+	}
+	defer be.Close()
+	m, err := model.Load(dir, be)
+	if err != nil {
+		return err
+	}
+	srv, err := serve.New(dir, m, serve.Config{Name: f.name, APIKey: f.apiKey, MaxQueue: f.maxQueue, MaxBatch: f.maxBatch,
+		MaxTokens: f.maxTokens, Timeout: f.timeout, MaxBody: f.maxBody, Log: cmd.ErrOrStderr(), ChatTemplate: f.chatTemplate})
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	l, err := net.Listen("tcp", net.JoinHostPort(f.host, strconv.Itoa(f.port)))
+	if err != nil {
+		return fmt.Errorf("cannot listen on %s:%d: %v (pick another --port or --host)", f.host, f.port, err)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	fmt.Fprintf(cmd.ErrOrStderr(), "dllm serve: %s on http://%s (%s, queue %d, batch %d rows)\n",
+		dir, l.Addr(), be.Name(), f.maxQueue, f.maxBatch)
+	go func() {
+		<-ctx.Done()
+		stop() // a second signal ends the process at once
+		fmt.Fprintf(cmd.ErrOrStderr(), "dllm serve: shutting down (requests in flight get %s to finish)\n", f.grace)
+	}()
+	if err := srv.Serve(ctx, l, f.grace); err != nil {
+		return err
+	}
+	fmt.Fprintln(cmd.ErrOrStderr(), "dllm serve: stopped")
+	return nil
+}

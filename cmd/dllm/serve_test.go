@@ -1,0 +1,182 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// startServe runs the built binary's serve on a free port and returns its
+// URL and a function that sends SIGTERM and returns the exit code and
+// stderr.
+func startServe(t *testing.T, bin, dir string, extra ...string) (string, func() (int, string)) {
+	t.Helper()
+	cmd := exec.Command(bin, append([]string{"serve", dir, "--port", "0", "--device", "cpu", "--threads", "1"}, extra...)...)
+	pipe, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var all strings.Builder
+	addr := make(chan string, 1)
+	ended := make(chan struct{})
+	go func() {
+		defer close(ended)
+		re := regexp.MustCompile(`on (http://\S+)`)
+		sc := bufio.NewScanner(pipe)
+		for sc.Scan() {
+			mu.Lock()
+			all.WriteString(sc.Text() + "\n")
+			mu.Unlock()
+			if m := re.FindStringSubmatch(sc.Text()); m != nil {
+				addr <- m[1]
+			}
+		}
+	}()
+	stop := func() (int, string) {
+		cmd.Process.Signal(syscall.SIGTERM)
+		<-ended
+		cmd.Wait()
+		mu.Lock()
+		defer mu.Unlock()
+		return cmd.ProcessState.ExitCode(), all.String()
+	}
+	select {
+	case u := <-addr:
+		return u, stop
+	case <-time.After(60 * time.Second):
+		_, log := stop()
+		t.Fatalf("serve printed no address:\n%s", log)
+	case <-ended:
+		_, log := stop()
+		t.Fatalf("serve ended:\n%s", log)
+	}
+	return "", nil
+}
+
+func postJSON(t *testing.T, url, body string) map[string]any {
+	t.Helper()
+	resp, err := http.Post(url, "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("%s: %d %v %v", body, resp.StatusCode, out, err)
+	}
+	return out
+}
+
+// TestServeEqualsGenerate: the binary's serve, on a short conversion of the
+// tiny model, answers a completion with the tokens and text 'dllm generate
+// --stop-at-eos' prints for the same settings, concurrent requests as
+// sequential ones, and exits 0 on SIGTERM.
+func TestServeEqualsGenerate(t *testing.T) {
+	bin := buildBinary(t)
+	out, _ := convertTiny(t)
+	dir := filepath.Join(out, "final")
+	url, stop := startServe(t, bin, dir)
+	cases := []struct{ body, flags string }{
+		{`{"prompt": "Once upon a time", "max_tokens": 16, "steps": 8, "seed": 3, "temperature": 0.7}`,
+			"--gen-len 16 --steps 8 --seed 3 --temperature 0.7"},
+		{`{"prompt": "The dog", "max_tokens": 12, "steps": 12, "block_length": 4, "alg": "margin", "top_p": 0.9, "temperature": 1, "seed": 9, "n": 2}`,
+			"--gen-len 12 --steps 12 --block-len 4 --alg margin --top-p 0.9 --temperature 1 --seed 9 --batch 2"},
+		{`{"prompt": "A cat", "max_tokens": 16, "threshold": 0.2, "steps": 16}`, "--gen-len 16 --threshold 0.2 --steps 16"},
+	}
+	var answers []map[string]any
+	for _, c := range cases {
+		var req map[string]any
+		json.Unmarshal([]byte(c.body), &req)
+		req["return_token_ids"], req["echo"] = true, true
+		b, _ := json.Marshal(req)
+		got := postJSON(t, url+"/v1/completions", string(b))
+		answers = append(answers, got)
+		args := append([]string{"generate", dir, "--prompt", req["prompt"].(string), "--stop-at-eos", "--device", "cpu", "--threads", "1"},
+			strings.Fields(c.flags)...)
+		jsonOut, _, err := dllm(t, append(args, "--json")...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var gen struct {
+			Samples []struct{ IDs []int32 }
+		}
+		json.Unmarshal([]byte(jsonOut), &gen)
+		text, _, err := dllm(t, args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.Split(strings.TrimSuffix(text, "\n"), "\n")
+		for i, s := range gen.Samples {
+			ch := got["choices"].([]any)[i].(map[string]any)
+			var ids []int32
+			for _, v := range ch["token_ids"].([]any) {
+				ids = append(ids, int32(v.(float64)))
+			}
+			if !slices.Equal(ids, s.IDs) {
+				t.Fatalf("%s choice %d: serve %v, generate %v", c.body, i, ids, s.IDs)
+			}
+			want := lines[0]
+			if len(gen.Samples) > 1 {
+				want = lines[2*i+1] // after "--- sample i"
+			}
+			if ch["text"] != want {
+				t.Fatalf("%s choice %d: serve (echo) %q, generate printed %q", c.body, i, ch["text"], want)
+			}
+		}
+	}
+	// The same requests at once.
+	var wg sync.WaitGroup
+	for i, c := range cases {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			body := strings.Replace(c.body, "{", `{"return_token_ids": true, "echo": true, `, 1)
+			got := postJSON(t, url+"/v1/completions", body)
+			for k, ch := range got["choices"].([]any) {
+				if fmt.Sprint(ch.(map[string]any)["token_ids"]) != fmt.Sprint(answers[i]["choices"].([]any)[k].(map[string]any)["token_ids"]) {
+					t.Errorf("request %d choice %d concurrent: %v, sequential %v", i, k, ch, answers[i]["choices"].([]any)[k])
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	code, log := stop()
+	if code != 0 || !strings.Contains(log, "dllm serve: stopped") {
+		t.Fatalf("SIGTERM: exit %d\n%s", code, log)
+	}
+	if n := strings.Count(log, "POST /v1/completions 200"); n != 2*len(cases) {
+		t.Fatalf("%d request log lines, want %d:\n%s", n, 2*len(cases), log)
+	}
+}
+
+func TestServeBadFlags(t *testing.T) {
+	dir := filepath.Join(moduleRoot(t), "testdata/tiny/llama")
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"serve", dir, "--max-batch", "0"}, "--max-batch"},
+		{[]string{"serve", dir, "--port", "70000"}, "--port"},
+		{[]string{"serve", filepath.Join(t.TempDir(), "none")}, "no such file"},
+		{[]string{"serve", dir, "--device", "cpu"}, "not a diffusion checkpoint"},
+	} {
+		_, _, err := dllm(t, c.args...)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Fatalf("%v: %v, want an error about %s", c.args, err, c.want)
+		}
+	}
+}
