@@ -807,6 +807,39 @@ def make_blockdiff(models):
     print("  blockdiff: L=%d, masked per row %s" % (L, masked.sum(1).tolist()))
 
 
+# --------------------------------------------------------------------------------------------
+# Choice log-likelihoods (AR mode of `dllm eval --task`)
+# --------------------------------------------------------------------------------------------
+
+
+def make_choice(models):
+    """Exact continuation log-likelihoods under causal attention, each segment alone (batch 1,
+    positions 0..n-1): sum over continuation tokens j of log softmax(logits[j-1])[ids[j]]."""
+    root = os.path.join(OUT, "choice")
+    os.makedirs(root)
+    rng = np.random.default_rng(3001)
+    cases = []
+    for name in ("llama", "qwen2", "qwen3", "llama3rope"):
+        cfg, W = models[name]
+        P = {k: torch.tensor(v, dtype=torch.float64) for k, v in W.items()}
+        segs = []
+        for _ in range(7):
+            nctx = int(rng.integers(1, 10))
+            ncont = int(rng.integers(1, 7))
+            ids = rng.integers(3, cfg["vocab_size"], size=nctx + ncont)
+            ids[0] = 1  # BOS
+            x = torch.tensor(ids[None, :], dtype=torch.long)
+            L = len(ids)
+            vis = np.tril(np.ones((L, L), dtype=bool))
+            with torch.no_grad():
+                lp = torch.log_softmax(forward(cfg, P, x, vis)[0], dim=-1)
+            tok = [float(lp[j - 1, ids[j]]) for j in range(nctx, L)]
+            segs.append({"tokens": ids.tolist(), "context": nctx, "token_logprobs": tok,
+                         "loglikelihood": float(sum(tok))})
+        cases.append({"config": name, "dir": "engine/" + name, "segments": segs})
+    write_json(os.path.join(root, "cases.json"), {"cases": cases})
+
+
 def main():
     print("torch %s, numpy %s" % (torch.__version__, np.__version__))
     if os.path.isdir(OUT):
@@ -816,6 +849,7 @@ def main():
     make_hash()
     make_objective(models)
     make_blockdiff(models)
+    make_choice(models)
     nfiles, nbytes = 0, 0
     for dp, _, fs in os.walk(OUT):
         for f in fs:
