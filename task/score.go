@@ -95,10 +95,14 @@ type Options struct {
 	Delimiter string // between context and choice; the harness's default is " "
 	Limit     int    // first K examples (0: all)
 	Chunk     int    // examples per Scorer call (their segments share forward passes)
-	Progress  io.Writer
-	Label     string           // shown on the progress line
-	Tokens    func() int64     // tokens processed so far, for the progress line
-	Now       func() time.Time // tests may fix the clock
+	// Without Chunk, about Budget tokens per call (the scorer's rows per
+	// forward times their length), each segment run Copies times (the MC
+	// samples of a diffusion scorer).
+	Budget, Copies int
+	Progress       io.Writer
+	Label          string           // shown on the progress line
+	Tokens         func() int64     // tokens processed so far, for the progress line
+	Now            func() time.Time // tests may fix the clock
 }
 
 // Run scores every choice of every example and computes accuracy (argmax
@@ -114,6 +118,14 @@ func Run(t *Task, tok Encoder, sc Scorer, opt Options) (*Result, error) {
 	}
 	if opt.Chunk <= 0 {
 		opt.Chunk = 16
+		if opt.Budget > 0 {
+			n := 0
+			for _, c := range exs[0].Choices {
+				ctx, cont, _ := EncodePair(tok, exs[0].Context, opt.Delimiter+c)
+				n += len(ctx) + len(cont)
+			}
+			opt.Chunk = max(1, 2*opt.Budget/max(n*max(opt.Copies, 1), 1))
+		}
 	}
 	now := opt.Now
 	if now == nil {
@@ -212,4 +224,24 @@ func MeanStderr(x []float64) (mean, stderr float64) {
 		ss += (v - mean) * (v - mean)
 	}
 	return mean, math.Sqrt(ss/(n-1)) / math.Sqrt(n)
+}
+
+// Longest is the most tokens any (context, choice) segment of the first
+// limit examples (0: all) encodes to: rows need be no longer.
+func Longest(t *Task, tok Encoder, delimiter string, limit int) (int, error) {
+	exs := t.Examples
+	if limit > 0 && limit < len(exs) {
+		exs = exs[:limit]
+	}
+	n := 0
+	for i, ex := range exs {
+		for _, c := range ex.Choices {
+			ctx, cont, err := EncodePair(tok, ex.Context, delimiter+c)
+			if err != nil {
+				return 0, fmt.Errorf("example %d: %v", i+1, err)
+			}
+			n = max(n, len(ctx)+len(cont))
+		}
+	}
+	return n, nil
 }

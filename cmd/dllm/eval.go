@@ -23,13 +23,14 @@ type evalFlags struct {
 	evalFraction                float64
 	seed                        uint64
 	stratified, asJSON          bool
+	task                        taskFlags
 }
 
 func newEvalCmd() *cobra.Command {
 	var e evalFlags
 	cmd := &cobra.Command{
-		Use:   "eval DIR --data FILE... [--mode ar|diffusion]",
-		Short: "Measure a model on text: AR cross-entropy, or the diffusion NELBO bound",
+		Use:   "eval DIR (--data FILE... | --task FILE.jsonl) [--mode ar|diffusion]",
+		Short: "Measure a model on text (AR cross-entropy or the diffusion NELBO bound) or on a benchmark task",
 		Long: `eval measures a model on text.
 
 --mode ar (the default for a model without a "dllm" block): next-token
@@ -42,7 +43,20 @@ perplexity bound, over rows of --seq-len tokens packed as 'dllm convert'
 packs them (antithetic t, --mc passes, or LLaDA's stratified count), and
 the masked-token accuracy at t = 0.15, 0.5 and 0.9. With the same data,
 --eval-fraction, --rows, --batch-size, --seq-len, --mc and --seed as a
-convert run, it reproduces that run's evaluation.`,
+convert run, it reproduces that run's evaluation. --mode ar with
+--eval-fraction scores the same packed held-out rows (positions 1..L-1, the
+positions the shifted bound scores), so the two are per-token comparable.
+
+--task FILE.jsonl runs a benchmark. Multiple choice (generic lines
+{"context", "choices", "label"}, or HellaSwag, ARC, PIQA, MMLU files):
+every choice is scored after its context, tokenised as lm-evaluation-harness
+does; --mode ar gives the exact log-likelihood, --mode diffusion the ELBO of
+the choice given the clean context (LLaDA's estimator: --mc samples, 32 by
+default, LLaDA's stratified count unless --stratified=false; block models
+per-block t). Prints accuracy and acc_norm with standard errors. Generation
+tasks ({"prompt", "answer"}, GSM8K's shape) decode with the model's sampler
+(--mode ar: left to right) and score exact match of --extract. --compare SRC
+runs the AR source as well and prints both in one table.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error { return runEval(cmd, args[0], &e) },
 	}
@@ -62,12 +76,19 @@ convert run, it reproduces that run's evaluation.`,
 	f.BoolVar(&e.asJSON, "json", false, "print JSON")
 	f.StringVar(&e.device, "device", "auto", "auto, cpu or cuda")
 	f.IntVar(&e.threads, "threads", 0, "CPU threads (0: all)")
+	addTaskFlags(f, &e.task)
 	return cmd
 }
 
 func runEval(cmd *cobra.Command, dir string, e *evalFlags) error {
+	if e.task.file != "" {
+		if len(e.data) > 0 {
+			return &exitError{2, fmt.Errorf("give either --data (text) or --task (a benchmark), not both")}
+		}
+		return runTask(cmd, dir, e)
+	}
 	if len(e.data) == 0 {
-		return &exitError{2, fmt.Errorf("eval needs --data FILE (text or JSONL)")}
+		return &exitError{2, fmt.Errorf("eval needs --data FILE (text or JSONL) or --task FILE.jsonl")}
 	}
 	cfg, err := model.LoadConfig(dir)
 	if err != nil {
@@ -108,6 +129,9 @@ func runEval(cmd *cobra.Command, dir string, e *evalFlags) error {
 		return err
 	}
 	out := cmd.OutOrStdout()
+	if e.mode == "ar" && e.evalFraction > 0 {
+		return evalARRows(cmd, m, tok, cfg, e)
+	}
 	if e.mode == "ar" {
 		res, err := evalAR(m, tok, e)
 		if err != nil {

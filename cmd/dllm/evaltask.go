@@ -1,0 +1,263 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"regexp"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/dllm-dev/dllm/corpus"
+	"github.com/dllm-dev/dllm/diffusion"
+	"github.com/dllm-dev/dllm/kernels"
+	"github.com/dllm-dev/dllm/model"
+	"github.com/dllm-dev/dllm/task"
+	"github.com/dllm-dev/dllm/tokenizer"
+)
+
+// taskFlags are eval's benchmark-task flags.
+type taskFlags struct {
+	file, format, compare, extract, delimiter string
+	until                                     []string
+	limit                                     int
+	// generation (defaults from the model's generation_config.json)
+	genLen, steps, blockLen, topK int
+	temperature, topP, threshold  float64
+	algTemp                       float64
+	alg                           string
+}
+
+func addTaskFlags(f *pflag.FlagSet, t *taskFlags) {
+	f.StringVar(&t.file, "task", "", "benchmark task file (JSONL): multiple choice or generation (see --task-format)")
+	f.StringVar(&t.format, "task-format", "", "choice, hellaswag, arc, piqa, mmlu or gen (default: from the first line's fields)")
+	f.IntVar(&t.limit, "limit", 0, "task: only the first K examples (0: all)")
+	f.StringVar(&t.compare, "compare", "", "task: also run the AR source model SRC (in AR mode) and print both in one table")
+	f.StringVar(&t.delimiter, "delimiter", " ", "task: text between context and choice (lm-evaluation-harness's target_delimiter)")
+	f.StringVar(&t.extract, "extract", task.DefaultExtract, "generation task: regular expression whose first group is the answer")
+	f.StringSliceVar(&t.until, "until", nil, "generation task: cut the generation at the first of these strings")
+	f.IntVar(&t.genLen, "gen-len", 256, "generation task: tokens to generate")
+	f.IntVar(&t.steps, "steps", 0, "generation task, diffusion: denoising steps (default: gen-len)")
+	f.IntVar(&t.blockLen, "block-len", 0, "generation task, diffusion: semi-autoregressive block length")
+	f.Float64Var(&t.temperature, "temperature", 0, "generation task: sampling temperature (0: greedy)")
+	f.Float64Var(&t.topP, "top-p", 0, "generation task: nucleus sampling (0: off)")
+	f.IntVar(&t.topK, "top-k", 0, "generation task: keep the k most likely tokens (0: off)")
+	f.StringVar(&t.alg, "alg", "confidence", "generation task, diffusion: reveal order (confidence, margin, entropy, random)")
+	f.Float64Var(&t.algTemp, "alg-temp", 0, "generation task, diffusion: > 0 draws positions from softmax(confidence/alg-temp)")
+	f.Float64Var(&t.threshold, "threshold", 0, "generation task, diffusion: Fast-dLLM threshold (0: off)")
+}
+
+// taskRun is one model's result in the table.
+type taskRun struct {
+	Model string `json:"model"`
+	Mode  string `json:"mode"`
+	*task.Result
+	Gen *task.GenResult `json:"generation,omitempty"`
+}
+
+func runTask(cmd *cobra.Command, dir string, e *evalFlags) error {
+	tf := &e.task
+	tk, err := task.Load(tf.file, tf.format)
+	if err != nil {
+		return &exitError{2, err}
+	}
+	var extract *regexp.Regexp
+	if tk.Format == task.Gen {
+		if extract, err = regexp.Compile(tf.extract); err != nil {
+			return &exitError{2, fmt.Errorf("--extract: %v", err)}
+		}
+	}
+	fl := cmd.Flags()
+	if !fl.Changed("mc") {
+		e.mc = 32
+	}
+	if !fl.Changed("stratified") {
+		e.stratified = true
+	}
+	be, err := openBackend(e.device, e.threads, cmd.ErrOrStderr())
+	if err != nil {
+		return err
+	}
+	defer be.Close()
+	type job struct{ dir, mode string }
+	jobs := []job{{dir, e.mode}}
+	if tf.compare != "" {
+		jobs = []job{{tf.compare, "ar"}, {dir, e.mode}}
+	}
+	var runs []taskRun
+	for i, j := range jobs {
+		if i == len(jobs)-1 && tk.Format == task.Gen {
+			genDefaults(cmd, j.dir, nil)
+		}
+		r, err := taskOne(cmd, be, tk, j.dir, j.mode, extract, e)
+		if err != nil {
+			return fmt.Errorf("%s: %v", j.dir, err)
+		}
+		runs = append(runs, r)
+	}
+	out := cmd.OutOrStdout()
+	if e.asJSON {
+		if len(runs) == 1 {
+			if runs[0].Gen != nil {
+				return json.NewEncoder(out).Encode(runs[0].Gen)
+			}
+			return json.NewEncoder(out).Encode(runs[0].Result)
+		}
+		return json.NewEncoder(out).Encode(map[string]any{"task": tf.file, "format": tk.Format, "runs": runs})
+	}
+	printTaskTable(out, tf.file, tk.Format, runs)
+	return nil
+}
+
+func printTaskTable(w io.Writer, file, format string, runs []taskRun) {
+	n := 0
+	if r := runs[0]; r.Result != nil {
+		n = r.N
+	} else {
+		n = r.Gen.N
+	}
+	fmt.Fprintf(w, "task %s (%s), %d examples\n", file, format, n)
+	if runs[0].Gen != nil {
+		fmt.Fprintf(w, "%-40s %-10s %-18s %10s\n", "model", "mode", "exact match", "tokens/s")
+		for _, r := range runs {
+			fmt.Fprintf(w, "%-40s %-10s %.4f ± %.4f    %10.1f\n", r.Model, r.Mode, r.Gen.ExactMatch, r.Gen.Stderr, r.Gen.TokensPerSec)
+		}
+		return
+	}
+	fmt.Fprintf(w, "%-40s %-10s %-17s %-17s %10s\n", "model", "mode", "acc", "acc_norm", "tokens/s")
+	for _, r := range runs {
+		fmt.Fprintf(w, "%-40s %-10s %.4f ± %.4f   %.4f ± %.4f   %10.0f\n", r.Model, r.Mode, r.Accuracy, r.AccuracyStderr,
+			r.AccuracyNorm, r.NormStderr, r.TokensPerSec)
+	}
+}
+
+// taskOne opens one model and runs the task on it in mode ("" picks the
+// model's own).
+func taskOne(cmd *cobra.Command, be kernels.Backend, tk *task.Task, dir, mode string, extract *regexp.Regexp, e *evalFlags) (taskRun, error) {
+	cfg, err := model.LoadConfig(dir)
+	if err != nil {
+		return taskRun{}, err
+	}
+	if mode == "" {
+		mode = "ar"
+		if cfg.DLLM != nil {
+			mode = "diffusion"
+		}
+	}
+	if mode != "ar" && mode != "diffusion" {
+		return taskRun{}, &exitError{2, fmt.Errorf("--mode must be ar or diffusion, got %q", mode)}
+	}
+	var info diffusion.Info
+	if mode == "diffusion" {
+		if info, err = diffusion.InfoFrom(cfg); err != nil {
+			return taskRun{}, fmt.Errorf("%v; --mode ar measures an AR model", err)
+		}
+	}
+	tok, err := tokenizer.Load(dir)
+	if err != nil {
+		return taskRun{}, err
+	}
+	if len(cfg.EOS) > 0 {
+		tok.SetEOS(cfg.EOS[0])
+	}
+	m, err := model.Load(dir, be)
+	if err != nil {
+		return taskRun{}, err
+	}
+	L := e.seqLen
+	if L <= 0 {
+		L = 512
+		if cfg.MaxPositions > 0 {
+			L = min(L, cfg.MaxPositions)
+		}
+	}
+	label := fmt.Sprintf("%s (%s)", dir, mode)
+	run := taskRun{Model: dir, Mode: mode}
+	if tk.Format == task.Gen {
+		tf := &e.task
+		var eos []int32
+		for _, x := range cfg.EOS {
+			eos = append(eos, int32(x))
+		}
+		if tok.EOS() >= 0 {
+			eos = append(eos, int32(tok.EOS()))
+		}
+		var gen task.Generator
+		if mode == "ar" {
+			gen = task.ARGenerator(m, tf.genLen, model.Sampling{Temperature: tf.temperature, TopK: tf.topK, TopP: tf.topP}, e.seed, eos)
+		} else {
+			gen = task.DiffusionGenerator(m, info, diffusion.GenOptions{GenLen: tf.genLen, Steps: tf.steps, BlockLen: tf.blockLen,
+				Temperature: tf.temperature, TopP: tf.topP, TopK: tf.topK, Alg: diffusion.Alg(tf.alg), AlgTemp: tf.algTemp,
+				Threshold: tf.threshold, Seed: e.seed, EOS: eos})
+		}
+		res, err := task.RunGen(tk, tok, gen, task.GenOptions{Extract: extract, Until: tf.until, Limit: tf.limit,
+			Progress: cmd.ErrOrStderr(), Label: label})
+		if err != nil {
+			return run, err
+		}
+		run.Gen = res
+		return run, nil
+	}
+	if !cmd.Flags().Changed("seq-len") {
+		// Rows as short as the longest segment: attention costs grow with L.
+		n, err := task.Longest(tk, tok, e.task.delimiter, e.task.limit)
+		if err != nil {
+			return run, err
+		}
+		align := max(info.BlockSize, 32)
+		L = min(L, (n+align-1)/align*align)
+	}
+	var sc task.Scorer
+	var tokens func() int64
+	copies := 1
+	if mode == "ar" {
+		s := m.NewChoiceScorer(e.batch, L)
+		defer s.Free()
+		sc, tokens = task.ARScorer{ChoiceScorer: s}, func() int64 { return s.Tokens }
+	} else {
+		s, err := diffusion.NewChoiceScorer(m, info, diffusion.ChoiceOptions{MC: e.mc, Seed: e.seed, Stratified: e.stratified,
+			TMin: cfg.DLLM.TMin, B: e.batch, L: L})
+		if err != nil {
+			return run, err
+		}
+		defer s.Free()
+		sc, tokens, copies = s, func() int64 { return s.Tokens }, e.mc
+	}
+	res, err := task.Run(tk, tok, sc, task.Options{Delimiter: e.task.delimiter, Limit: e.task.limit, Budget: e.batch * L,
+		Copies: copies, Progress: cmd.ErrOrStderr(), Label: label, Tokens: tokens})
+	if err != nil {
+		return run, err
+	}
+	run.Result = res
+	return run, nil
+}
+
+// evalARRows is --mode ar on the packed held-out rows that --mode diffusion
+// (and a convert run's eval) scores, with the same --rows.
+func evalARRows(cmd *cobra.Command, m *model.Model, tok *tokenizer.Tokenizer, cfg *model.Config, e *evalFlags) error {
+	c, err := corpus.Load(tok, corpus.Options{Paths: e.data, EvalFraction: e.evalFraction, Separator: e.separator,
+		TextField: e.textField, SeqLen: e.seqLen, BOSAtRowStart: tok.AddsBOS()}, nil)
+	if err != nil {
+		return err
+	}
+	n := c.Eval.Rows()
+	if e.rows > 0 {
+		n = min(n, e.rows)
+	}
+	docMask := cfg.DLLM != nil && cfg.DLLM.DocMask
+	sum, tokens, err := m.RowsCrossEntropy(c.Eval.Row, n, e.seqLen, e.batch, docMask)
+	if err != nil {
+		return err
+	}
+	res := arResult{CrossEntropy: sum / float64(tokens), Tokens: tokens, Documents: c.Stats.EvalDocuments}
+	res.Perplexity = math.Exp(res.CrossEntropy)
+	if e.asJSON {
+		return json.NewEncoder(cmd.OutOrStdout()).Encode(map[string]any{"cross_entropy": res.CrossEntropy,
+			"perplexity": res.Perplexity, "tokens": tokens, "rows": n, "seq_len": e.seqLen})
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "AR cross-entropy %.4f nats/token (perplexity %.3f) over %d held-out rows x %d tokens (positions 1..%d)\n",
+		res.CrossEntropy, res.Perplexity, n, e.seqLen, e.seqLen-1)
+	return nil
+}
