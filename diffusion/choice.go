@@ -159,12 +159,13 @@ func (s *ChoiceScorer) LogLikelihood(segs []model.Segment, keys []uint64) ([]flo
 		vis = kernels.Visibility{Mode: kernels.BlockDiffusion, Block: b, Half: L, DocMask: true}
 	}
 	sums := make([]float64, len(segs))
-	owner := make([]int32, 0, len(a.Rows))
+	owner := make([]int32, 0, a.T)
 	for r0, i0 := 0, 0; r0 < nRows; r0 += s.opt.B {
 		for i := range a.IDs {
 			a.IDs[i], a.Pos[i], a.Docs[i] = 0, 0, model.PadDoc
 		}
 		owner = owner[:0]
+		a.ScoreRows(a.T)
 		k, i := 0, i0
 		for ; i < len(copies) && place[i].Row < r0+s.opt.B; i++ {
 			c, p := copies[i], place[i]
@@ -195,7 +196,7 @@ func (s *ChoiceScorer) LogLikelihood(segs []model.Segment, keys []uint64) ([]flo
 		if k == 0 {
 			continue
 		}
-		a.AllRows, a.NRows = false, k
+		a.ScoreRows(k)
 		a.Upload(s.m.BE)
 		s.m.Forward(a, vis)
 		s.m.Loss(a, 1, false)

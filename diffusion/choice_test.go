@@ -27,7 +27,7 @@ func ceAt(t *testing.T, m *model.Model, ids []int32, vis kernels.Visibility, row
 	a := m.NewActivations(1, len(ids), false)
 	defer a.Free(m.BE)
 	copy(a.IDs, ids)
-	a.AllRows, a.NRows = false, 1
+	a.ScoreRows(1)
 	a.Rows[0], a.Targets[0], a.Weights[0] = int32(row), target, 1
 	a.Upload(m.BE)
 	m.Forward(a, vis)
@@ -163,12 +163,12 @@ func TestChoiceELBOBlockMatchesTwoStream(t *testing.T) {
 			}
 		}
 		o.Score(b)
-		o.TwoStream(b, 4, a.IDs, a.Pos, docs, a.Docs, a.Rows)
+		o.TwoStream(b, 4, a.IDs, a.Pos, docs, a.Docs, a.ScoreRows(a.T))
 		copy(a.Targets, b.Targets[:b.NMasked])
 		for k, w := range c.w {
 			a.Weights[k] = float32(w)
 		}
-		a.AllRows, a.NRows = false, b.NMasked
+		a.ScoreRows(b.NMasked)
 		if b.NMasked == 0 {
 			continue
 		}

@@ -103,7 +103,8 @@ func (s *ChoiceScorer) LogLikelihood(segs []Segment) ([]float64, error) {
 		for i := range a.IDs {
 			a.IDs[i], a.Pos[i], a.Docs[i] = 0, 0, PadDoc
 		}
-		owner := make([]int32, 0, len(a.Rows))
+		a.ScoreRows(a.T)
+		owner := make([]int32, 0, a.T)
 		k := 0
 		i := i0
 		for ; i < len(segs) && place[i].Row < r0+s.B; i++ {
@@ -119,7 +120,7 @@ func (s *ChoiceScorer) LogLikelihood(segs []Segment) ([]float64, error) {
 			}
 			s.Tokens += int64(len(seg.Tokens))
 		}
-		a.AllRows, a.NRows = false, k
+		a.ScoreRows(k)
 		a.Upload(s.m.BE)
 		s.m.Forward(a, vis)
 		s.m.Loss(a, 1, false)
@@ -147,6 +148,7 @@ func (m *Model) RowsCrossEntropy(row func(i int, ids, docs []int32), nRows, L, B
 	var sum float64
 	var n int64
 	for start := 0; start < nRows; start += B {
+		a.ScoreRows(a.T)
 		k := 0
 		for r := 0; r < B; r++ {
 			ids, docs := a.IDs[r*L:(r+1)*L], a.Docs[r*L:(r+1)*L]
@@ -162,7 +164,7 @@ func (m *Model) RowsCrossEntropy(row func(i int, ids, docs []int32), nRows, L, B
 				k++
 			}
 		}
-		a.AllRows, a.NRows = false, k
+		a.ScoreRows(k)
 		a.Upload(m.BE)
 		m.Forward(a, vis)
 		s, _ := m.Loss(a, 1, false)

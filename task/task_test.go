@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/dllm-dev/dllm/corpus"
 	"github.com/dllm-dev/dllm/model"
 	"github.com/dllm-dev/dllm/tokenizer"
 )
@@ -215,6 +216,56 @@ func TestExtractAndNormalize(t *testing.T) {
 		got := Normalize(Extract(re, c.gen)) == Normalize(c.answer)
 		if got != c.ok {
 			t.Errorf("%q vs %q: match %v, want %v (extracted %q)", c.gen, c.answer, got, c.ok, Extract(re, c.gen))
+		}
+	}
+}
+
+// The committed story-continuation task: 110 four-way items whose
+// contexts come from the documents a convert run with --eval-fraction 0.05
+// holds out of TinyStories-train-head.txt, and from no training document.
+func TestStoryTaskIsHeldOut(t *testing.T) {
+	tk, err := Load("../testdata/storytask/tinystories-heldout.jsonl", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tk.Format != Choice || len(tk.Examples) != 110 {
+		t.Fatalf("format %s, %d examples", tk.Format, len(tk.Examples))
+	}
+	data := "../../shared/data/tinystories/TinyStories-train-head.txt"
+	if _, err := os.Stat(data); err != nil {
+		t.Skip("../shared not present: ", err)
+	}
+	docs, err := corpus.ReadDocuments([]string{data}, corpus.SepSingleNewline, "text")
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := int(math.Round(0.05 * float64(len(docs))))
+	norm := func(s string) string { return strings.Join(strings.Fields(s), " ") }
+	var held, train []string
+	for i, d := range docs {
+		if i >= len(docs)-k {
+			held = append(held, norm(d))
+		} else {
+			train = append(train, norm(d))
+		}
+	}
+	in := func(ds []string, s string) bool {
+		for _, d := range ds {
+			if strings.Contains(d, s) {
+				return true
+			}
+		}
+		return false
+	}
+	for i, ex := range tk.Examples {
+		if len(ex.Choices) != 4 || !in(held, ex.Context+" "+ex.Choices[ex.Label]) {
+			t.Fatalf("item %d: context and true continuation are not from one held-out story", i)
+		}
+		// TinyStories repeats stock openings ("Once upon a time, there
+		// was a little girl named Lily."), so only the whole passage is
+		// required to be unseen.
+		if in(train, ex.Context+" "+ex.Choices[ex.Label]) {
+			t.Errorf("item %d: context and continuation found in a training document", i)
 		}
 	}
 }

@@ -21,6 +21,8 @@ import (
 // taskFlags are eval's benchmark-task flags.
 type taskFlags struct {
 	file, format, compare, extract, delimiter string
+	chat                                      bool
+	chatTemplate                              string
 	until                                     []string
 	limit                                     int
 	// generation (defaults from the model's generation_config.json)
@@ -38,7 +40,9 @@ func addTaskFlags(f *pflag.FlagSet, t *taskFlags) {
 	f.StringVar(&t.delimiter, "delimiter", " ", "task: text between context and choice (lm-evaluation-harness's target_delimiter)")
 	f.StringVar(&t.extract, "extract", task.DefaultExtract, "generation task: regular expression whose first group is the answer")
 	f.StringSliceVar(&t.until, "until", nil, "generation task: cut the generation at the first of these strings")
-	f.IntVar(&t.genLen, "gen-len", 256, "generation task: tokens to generate")
+	f.BoolVar(&t.chat, "chat", false, "generation task: wrap each prompt as a user turn in the model's chat template (with the assistant prompt)")
+	f.StringVar(&t.chatTemplate, "chat-template", "", "generation task: Jinja file (or JSON with chat_template) instead of the model's template (implies --chat)")
+	f.IntVar(&t.genLen, "gen-len", 256, "generation task: tokens to generate (diffusion: default from generation_config.json)")
 	f.IntVar(&t.steps, "steps", 0, "generation task, diffusion: denoising steps (default: gen-len)")
 	f.IntVar(&t.blockLen, "block-len", 0, "generation task, diffusion: semi-autoregressive block length")
 	f.Float64Var(&t.temperature, "temperature", 0, "generation task: sampling temperature (0: greedy)")
@@ -87,10 +91,7 @@ func runTask(cmd *cobra.Command, dir string, e *evalFlags) error {
 		jobs = []job{{tf.compare, "ar"}, {dir, e.mode}}
 	}
 	var runs []taskRun
-	for i, j := range jobs {
-		if i == len(jobs)-1 && tk.Format == task.Gen {
-			genDefaults(cmd, j.dir, nil)
-		}
+	for _, j := range jobs {
 		r, err := taskOne(cmd, be, tk, j.dir, j.mode, extract, e)
 		if err != nil {
 			return fmt.Errorf("%s: %v", j.dir, err)
@@ -184,16 +185,64 @@ func taskOne(cmd *cobra.Command, be kernels.Backend, tk *task.Task, dir, mode st
 		if tok.EOS() >= 0 {
 			eos = append(eos, int32(tok.EOS()))
 		}
+		var prompt func(string) ([]int32, error)
+		if tf.chat || tf.chatTemplate != "" {
+			ct, err := tokenizer.LoadChatTemplate(dir, tf.chatTemplate)
+			if err != nil {
+				return run, err
+			}
+			if ct == nil {
+				return run, &exitError{2, fmt.Errorf("%s has no chat_template in tokenizer_config.json: pass --chat-template FILE", dir)}
+			}
+			if id, ok := tok.ID(ct.EndOfTurn()); ok && ct.EndOfTurn() != "" {
+				eos = append(eos, int32(id))
+			}
+			prompt = func(p string) ([]int32, error) {
+				s, err := ct.Render([]tokenizer.Message{{Role: "user", Content: p}}, true)
+				if err != nil {
+					return nil, err
+				}
+				ids := tok.Encode(s, false)
+				out := make([]int32, len(ids))
+				for i, v := range ids {
+					out[i] = int32(v)
+				}
+				return out, nil
+			}
+		}
 		var gen task.Generator
 		if mode == "ar" {
 			gen = task.ARGenerator(m, tf.genLen, model.Sampling{Temperature: tf.temperature, TopK: tf.topK, TopP: tf.topP}, e.seed, eos)
 		} else {
-			gen = task.DiffusionGenerator(m, info, diffusion.GenOptions{GenLen: tf.genLen, Steps: tf.steps, BlockLen: tf.blockLen,
-				Temperature: tf.temperature, TopP: tf.topP, TopK: tf.topK, Alg: diffusion.Alg(tf.alg), AlgTemp: tf.algTemp,
-				Threshold: tf.threshold, Seed: e.seed, EOS: eos})
+			// The model's generation_config.json, then the flags given.
+			o := diffusion.GenDefaults(dir)
+			ch := cmd.Flags().Changed
+			setI := func(flag string, dst *int, v int) {
+				if ch(flag) {
+					*dst = v
+				}
+			}
+			setF := func(flag string, dst *float64, v float64) {
+				if ch(flag) {
+					*dst = v
+				}
+			}
+			setI("gen-len", &o.GenLen, tf.genLen)
+			setI("steps", &o.Steps, tf.steps)
+			setI("block-len", &o.BlockLen, tf.blockLen)
+			setI("top-k", &o.TopK, tf.topK)
+			setF("temperature", &o.Temperature, tf.temperature)
+			setF("top-p", &o.TopP, tf.topP)
+			setF("alg-temp", &o.AlgTemp, tf.algTemp)
+			setF("threshold", &o.Threshold, tf.threshold)
+			if ch("alg") {
+				o.Alg = diffusion.Alg(tf.alg)
+			}
+			o.Seed, o.EOS = e.seed, eos
+			gen = task.DiffusionGenerator(m, info, o)
 		}
 		res, err := task.RunGen(tk, tok, gen, task.GenOptions{Extract: extract, Until: tf.until, Limit: tf.limit,
-			Progress: cmd.ErrOrStderr(), Label: label})
+			Progress: cmd.ErrOrStderr(), Label: label, Prompt: prompt})
 		if err != nil {
 			return run, err
 		}
