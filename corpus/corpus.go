@@ -66,6 +66,8 @@ type Stats struct {
 	BOSAtRowStart  bool     `json:"bos_at_row_start"`
 	CacheHit       bool     `json:"cache_hit"`
 	CacheFiles     []string `json:"cache_files,omitempty"`
+	// SFT is set for instruction data (LoadSFT): one example per row.
+	SFT *SFTStats `json:"sft,omitempty"`
 }
 
 // Load reads, tokenizes (or loads from the cache) and packs the corpus.
@@ -292,6 +294,9 @@ type Split struct {
 	seqLen int
 	rows   int
 	bos    int32 // written at position 0 of every row; -1: not
+	// fixed marks prompt tokens (and PadNone padding) of SFT rows: never
+	// masked, never scored. nil for pre-training data.
+	fixed []bool
 
 	mu        sync.Mutex
 	permSeed  uint64
@@ -320,6 +325,22 @@ func (s *Split) Documents() int {
 		return 0
 	}
 	return len(s.starts)
+}
+
+// SFT reports whether the rows have fixed (prompt) positions.
+func (s *Split) SFT() bool { return s != nil && s.fixed != nil }
+
+// Fixed fills fixed (SeqLen values) with row i's positions that are never
+// masked or scored: prompt tokens of SFT rows; all false otherwise.
+func (s *Split) Fixed(i int, fixed []bool) {
+	if i < 0 || i >= s.rows {
+		panic(fmt.Sprintf("corpus: row %d of %d", i, s.rows))
+	}
+	if s.fixed == nil {
+		clear(fixed[:s.seqLen])
+		return
+	}
+	copy(fixed[:s.seqLen], s.fixed[i*s.seqLen:(i+1)*s.seqLen])
 }
 
 // Row fills ids (and docs, when not nil) with row i: the tokens and their
@@ -383,6 +404,12 @@ func (s *Split) order(seed uint64, epoch int) []int32 {
 // may be nil) in the shuffled order of seed, advancing the cursor; at the
 // end of an epoch it goes on with the next epoch's order.
 func (s *Split) NextBatch(c *Cursor, seed uint64, ids, docs []int32, batch int) {
+	s.NextBatchFixed(c, seed, ids, docs, nil, batch)
+}
+
+// NextBatchFixed is NextBatch that also fills fixed (batch*SeqLen values,
+// may be nil) as Fixed does.
+func (s *Split) NextBatchFixed(c *Cursor, seed uint64, ids, docs []int32, fixed []bool, batch int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	L := s.seqLen
@@ -397,6 +424,9 @@ func (s *Split) NextBatch(c *Cursor, seed uint64, ids, docs []int32, batch int) 
 			d = docs[b*L : (b+1)*L]
 		}
 		s.Row(int(r), ids[b*L:(b+1)*L], d)
+		if fixed != nil {
+			s.Fixed(int(r), fixed[b*L:(b+1)*L])
+		}
 		c.Index++
 	}
 }

@@ -235,10 +235,12 @@ func ParseMessages(data []byte) ([]Message, error) {
 		}
 		raw = *obj.Messages
 	}
-	return messagesFromJSON(raw)
+	return MessagesFromJSON(raw)
 }
 
-func messagesFromJSON(raw []map[string]json.RawMessage) ([]Message, error) {
+// MessagesFromJSON checks and converts decoded message objects: each needs
+// a string role and a string content; an empty list is an error.
+func MessagesFromJSON(raw []map[string]json.RawMessage) ([]Message, error) {
 	if len(raw) == 0 {
 		return nil, fmt.Errorf("empty conversation: \"messages\" has no message")
 	}
