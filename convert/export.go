@@ -37,6 +37,9 @@ func (r *run) dllmBlock() model.DLLMInfo {
 	if b := r.finalBlock(); b > 0 {
 		info.Attention, info.BlockSize = "block", b
 	}
+	if o.SFT {
+		info.Objective = "masked-diffusion-sft" // prompts clean, responses masked
+	}
 	return info
 }
 

@@ -7,6 +7,7 @@ package convert
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/dllm-dev/dllm/anneal"
@@ -26,6 +27,11 @@ type Options struct {
 	Separator    string   `json:"separator"`
 	EvalData     []string `json:"eval-data,omitempty"`
 	EvalFraction float64  `json:"eval-fraction"`
+	// SFT: instruction data (JSONL messages or prompt+completion), one
+	// example per row, prompts never masked or scored.
+	SFT          bool   `json:"sft"`
+	SFTPad       string `json:"sft-pad"`
+	ChatTemplate string `json:"chat-template,omitempty"`
 
 	// Objective.
 	Shift     bool    `json:"shift"`
@@ -33,6 +39,7 @@ type Options struct {
 	CartP     float64 `json:"cart-p"`
 	LossNorm  string  `json:"loss-norm"`
 	TMin      float64 `json:"t-min"`
+	TRange    string  `json:"t-range,omitempty"` // "LO,HI": training t ~ U(LO, HI) (LLaDA 2.0 SFT: 0.3,0.8)
 	MaskToken string  `json:"mask-token,omitempty"`
 
 	// Attention.
@@ -88,7 +95,7 @@ var Resumable = []string{"steps", "device", "threads", "eval-every", "save-every
 // Defaults are the settings a plain `dllm convert SRC --data D --out O` uses.
 func Defaults() Options {
 	return Options{
-		TextField: "text", Separator: "blank", EvalFraction: 0.05,
+		TextField: "text", Separator: "blank", EvalFraction: 0.05, SFTPad: "eos",
 		Shift: true, Weighting: "elbo", CartP: 0.1, LossNorm: "masked", TMin: 1e-3,
 		AnnealSteps: -1, TPer: "row", EmbedNoise: -1,
 		Steps: 1000, SeqLen: 512, BatchSize: 8, GradAccum: 1, LR: 1e-4, MinLR: -1, Warmup: -1,
@@ -151,6 +158,21 @@ func (o *Options) Resolve() error {
 			return fmt.Errorf("--dtype: %v", err)
 		}
 	}
+	switch o.SFTPad {
+	case "eos", "none":
+	default:
+		return fmt.Errorf("--sft-pad must be eos or none, got %q", o.SFTPad)
+	}
+	if o.ChatTemplate != "" && !o.SFT {
+		return fmt.Errorf("--chat-template is for SFT data: add --sft")
+	}
+	if o.SFT && o.SFTPad == "none" {
+		// The padding is a document of its own: hidden from the example.
+		o.DocMask = true
+	}
+	if _, _, err := o.TimeRange(); err != nil {
+		return err
+	}
 	obj := o.Objective(0)
 	if err := obj.Validate(); err != nil {
 		return err
@@ -185,8 +207,36 @@ func (o *Options) Resolve() error {
 	return nil
 }
 
-// Objective is the diffusion loss the options describe.
+// Objective is the diffusion loss the options describe (t over the full
+// range, as evaluation uses it).
 func (o *Options) Objective(mask int32) diffusion.Objective {
 	return diffusion.Objective{MaskID: mask, Shift: o.Shift, Weighting: diffusion.Weighting(strings.ToLower(o.Weighting)),
 		CartP: o.CartP, Norm: diffusion.Norm(o.LossNorm), TMin: o.TMin}
+}
+
+// TrainObjective is Objective with t drawn from --t-range when given.
+func (o *Options) TrainObjective(mask int32) diffusion.Objective {
+	obj := o.Objective(mask)
+	if lo, hi, err := o.TimeRange(); err == nil && hi > 0 {
+		obj.TMin, obj.TMax = lo, hi
+	}
+	return obj
+}
+
+// TimeRange parses --t-range "LO,HI" (0 < LO < HI <= 1); hi = 0 when unset.
+func (o *Options) TimeRange() (lo, hi float64, err error) {
+	if o.TRange == "" {
+		return 0, 0, nil
+	}
+	a, b, ok := strings.Cut(o.TRange, ",")
+	bad := fmt.Errorf("--t-range wants LO,HI with 0 < LO < HI <= 1 (e.g. 0.3,0.8), got %q", o.TRange)
+	if !ok {
+		return 0, 0, bad
+	}
+	lo, err1 := strconv.ParseFloat(strings.TrimSpace(a), 64)
+	hi, err2 := strconv.ParseFloat(strings.TrimSpace(b), 64)
+	if err1 != nil || err2 != nil || !(lo > 0 && lo < hi && hi <= 1) {
+		return 0, 0, bad
+	}
+	return lo, hi, nil
 }

@@ -40,6 +40,8 @@ type Summary struct {
 	Before       *diffusion.EvalResult `json:"eval_before,omitempty"`
 	After        *diffusion.EvalResult `json:"eval_after,omitempty"`
 	Checkpoint   string                `json:"last_checkpoint,omitempty"`
+	// SFT describes instruction data: rows, cuts, prompt/response tokens.
+	SFT *corpus.SFTStats `json:"sft,omitempty"`
 }
 
 // run is the state of one conversion.
@@ -52,7 +54,9 @@ type run struct {
 	tok   *tokenizer.Tokenizer
 	plan  tokenizer.MaskPlan
 	data  *corpus.Corpus
-	obj   diffusion.Objective
+	obj   diffusion.Objective // training (t from --t-range)
+	eobj  diffusion.Objective // evaluation (t over the full range)
+	chat  *tokenizer.ChatTemplate
 	sched []anneal.Stage // block-size schedule, nil for plain annealing
 
 	batch      *diffusion.Batch
@@ -305,7 +309,8 @@ func (r *run) prepare() error {
 		r.logf("mask token: %s = %d (%s)", r.plan.Token, r.plan.ID, r.plan.Kind)
 	}
 	r.m.EnableGrads()
-	r.obj = o.Objective(int32(r.plan.ID))
+	r.obj = o.TrainObjective(int32(r.plan.ID))
+	r.eobj = o.Objective(int32(r.plan.ID))
 	if resumeDir == "" {
 		r.planEmbedNoise()
 	} else {
@@ -327,11 +332,15 @@ func (r *run) prepare() error {
 	if len(o.EvalData) > 0 {
 		evalFrac = 0
 	}
-	r.data, err = corpus.Load(tok, corpus.Options{
-		Paths: o.Data, EvalPaths: o.EvalData, EvalFraction: evalFrac, TextField: o.TextField,
-		Separator: o.Separator, SeqLen: o.SeqLen, Seed: o.Seed, CacheDir: filepath.Join(o.Out, "cache"),
-		BOSAtRowStart: tok.AddsBOS(), Stop: r.stop,
-	}, nil)
+	if o.SFT {
+		err = r.loadSFT(evalFrac)
+	} else {
+		r.data, err = corpus.Load(tok, corpus.Options{
+			Paths: o.Data, EvalPaths: o.EvalData, EvalFraction: evalFrac, TextField: o.TextField,
+			Separator: o.Separator, SeqLen: o.SeqLen, Seed: o.Seed, CacheDir: filepath.Join(o.Out, "cache"),
+			BOSAtRowStart: tok.AddsBOS(), Stop: r.stop,
+		}, nil)
+	}
 	if err != nil {
 		return err
 	}
@@ -499,7 +508,7 @@ func (r *run) micro(step int, vis kernels.Visibility, block int) (float64, int, 
 	o, b := &r.opt, r.batch
 	B := o.BatchSize
 	a := r.actsFor(block)
-	r.data.Train.NextBatch(&r.state.Cursor, o.Seed, b.X0, r.docs, B)
+	r.data.Train.NextBatchFixed(&r.state.Cursor, o.Seed, b.X0, r.docs, b.Fixed, B)
 	tb := 0
 	if block > 0 && o.TPer == "block" {
 		tb = block
@@ -540,9 +549,13 @@ func (r *run) evaluate() (*diffusion.EvalResult, error) {
 		return nil, nil
 	}
 	vis, block := r.finalVisibility()
+	eo := diffusion.EvalOptions{MC: r.opt.EvalMC, Seed: r.opt.Seed, BatchSize: r.opt.BatchSize, Block: block,
+		AccuracyAt: diffusion.DefaultAccuracyAt, Stop: r.stop}
+	if r.data.Eval.SFT() {
+		eo.Fixed = r.data.Eval.Fixed
+	}
 	res, err := diffusion.Evaluate(r.m, func(i int, ids, docs []int32) { r.data.Eval.Row(i, ids, docs) }, rows, r.opt.SeqLen,
-		r.obj, vis, diffusion.EvalOptions{MC: r.opt.EvalMC, Seed: r.opt.Seed, BatchSize: r.opt.BatchSize, Block: block,
-			AccuracyAt: diffusion.DefaultAccuracyAt, Stop: r.stop})
+		r.eobj, vis, eo)
 	if err != nil {
 		return nil, err
 	}
@@ -569,6 +582,9 @@ func (r *run) train(ctx context.Context) error {
 	r.summary.Before = st.Before
 	B, L := o.BatchSize, o.SeqLen
 	r.batch = diffusion.NewBatch(B, L)
+	if r.data.Train.SFT() {
+		r.batch.Fixed = make([]bool, B*L)
+	}
 	r.docs = make([]int32, B*L)
 	defer r.freeActs()
 	r.prog = newProgress(r.log, o.Steps, o.Quiet)
@@ -836,4 +852,34 @@ func unwrapPath(err error) error {
 		return pe.Err
 	}
 	return err
+}
+
+// loadSFT reads instruction data (--sft) with the chat template of the
+// source or of --chat-template.
+func (r *run) loadSFT(evalFrac float64) error {
+	o := &r.opt
+	ct, err := tokenizer.LoadChatTemplate(o.Source, o.ChatTemplate)
+	if err != nil {
+		return err
+	}
+	r.chat = ct
+	if ct != nil {
+		r.logf("chat template: %s (end of turn %q)", ct.Path, ct.EndOfTurn())
+		if o.ChatTemplate != "" {
+			// The exported tokenizer carries the template it was trained with.
+			r.tok.SetChatTemplate(ct.Source)
+		}
+	}
+	r.data, err = corpus.LoadSFT(r.tok, corpus.SFTOptions{
+		Paths: o.Data, EvalPaths: o.EvalData, EvalFraction: evalFrac, SeqLen: o.SeqLen,
+		Template: ct, TemplateHint: o.Source, Pad: o.SFTPad, Stop: r.stop,
+	})
+	if err != nil {
+		return err
+	}
+	st := r.data.Stats.SFT
+	r.summary.SFT = st
+	r.logf("sft: %d lines, %d rows (one per assistant turn); %d prompt, %d response, %d padding tokens; %d rows cut at --seq-len %d (%d tokens), %d dropped",
+		st.Lines, st.Examples, st.PromptTokens, st.ResponseTokens, st.PadTokens, st.CutRows, o.SeqLen, st.CutTokens, st.DroppedRows)
+	return nil
 }

@@ -36,7 +36,7 @@ func TestLoadSFTConversation(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "chat.jsonl")
 	writeFile(t, path, `{"messages": [{"role": "system", "content": "be kind"}, {"role": "user", "content": "who"}, {"role": "assistant", "content": "a cat"}, {"role": "user", "content": "where"}, {"role": "assistant", "content": "home"}]}`+"\n"+
 		`{"prompt": "say hi", "completion": " hi"}`+"\n")
-	msgs := []tokenizer.Message{{"system", "be kind"}, {"user", "who"}, {"assistant", "a cat"}, {"user", "where"}, {"assistant", "home"}}
+	msgs := []tokenizer.Message{{Role: "system", Content: "be kind"}, {Role: "user", Content: "who"}, {Role: "assistant", Content: "a cat"}, {Role: "user", Content: "where"}, {Role: "assistant", Content: "home"}}
 	const L = 160
 	for _, pad := range []string{PadEOS, PadNone} {
 		c, err := LoadSFT(tok, SFTOptions{Paths: []string{path}, SeqLen: L, Template: ct, Pad: pad})

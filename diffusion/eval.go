@@ -22,6 +22,9 @@ type EvalOptions struct {
 	// Block > 0 evaluates a block-diffusion model the way it trains: rows
 	// [xt ; x0] under kernels.BlockDiffusion (vis must be that rule).
 	Block int
+	// Fixed, when not nil, fills row i's positions that are never masked
+	// or scored (SFT prompts): the bound is then per response token.
+	Fixed func(i int, fixed []bool)
 }
 
 // DefaultAccuracyAt are the noise levels of the accuracy report.
@@ -70,6 +73,9 @@ func Evaluate(m *model.Model, rows RowSource, nRows, L int, obj Objective, vis k
 	a := m.NewActivations(B, width, false)
 	defer a.Free(m.BE)
 	b := NewBatch(B, L)
+	if opt.Fixed != nil {
+		b.Fixed = make([]bool, B*L)
+	}
 	docs := make([]int32, B*L)
 	rowsAt := make([]int32, B*width)
 	res := EvalResult{Rows: nRows, MC: opt.MC}
@@ -87,9 +93,15 @@ func Evaluate(m *model.Model, rows RowSource, nRows, L int, obj Objective, vis k
 			for r := 0; r < B; r++ {
 				if r < n {
 					rows(start+r, b.X0[r*L:(r+1)*L], docs[r*L:(r+1)*L])
+					if b.Fixed != nil {
+						opt.Fixed(start+r, b.Fixed[r*L:(r+1)*L])
+					}
 				} else { // pad a short last batch with copies; they are not counted
 					copy(b.X0[r*L:(r+1)*L], b.X0[:L])
 					copy(docs[r*L:(r+1)*L], docs[:L])
+					if b.Fixed != nil {
+						copy(b.Fixed[r*L:(r+1)*L], b.Fixed[:L])
+					}
 				}
 			}
 			draw(rng, b, n)
@@ -149,6 +161,14 @@ func Evaluate(m *model.Model, rows RowSource, nRows, L int, obj Objective, vis k
 				for r := range b.Count {
 					f := u + float64(r)/float64(b.B)
 					f -= math.Floor(f)
+					if b.Fixed != nil { // spread over this row's maskable positions
+						nm = 0
+						for i := 0; i < L; i++ {
+							if o.maskable(b, r*L+i) {
+								nm++
+							}
+						}
+					}
 					b.Count[r] = 1 + int(f*float64(nm))
 				}
 			}

@@ -35,6 +35,9 @@ type Objective struct {
 	CartP     float64
 	Norm      Norm
 	TMin      float64
+	// TMax, when > 0, is the top of t's range (e.g. LLaDA 2.0's SFT range
+	// [0.3, 0.8]); 0 means 1.
+	TMax float64
 }
 
 // Validate rejects unknown settings.
@@ -55,6 +58,9 @@ func (o *Objective) Validate() error {
 	}
 	if !(o.TMin > 0 && o.TMin < 1) {
 		return fmt.Errorf("--t-min must be in (0, 1), got %g", o.TMin)
+	}
+	if o.TMax != 0 && !(o.TMax > o.TMin && o.TMax <= 1) {
+		return fmt.Errorf("the top of the t range must be in (%g, 1], got %g", o.TMin, o.TMax)
 	}
 	return nil
 }
@@ -114,9 +120,13 @@ func (b *Batch) tAt(i int) float64 {
 	return b.T[i/b.L]
 }
 
-// DrawTimes draws every t ~ U(TMin, 1); antithetic spreads them evenly,
-// t_k from (u + k/K) mod 1.
+// DrawTimes draws every t ~ U(TMin, TMax or 1); antithetic spreads them
+// evenly, t_k from (u + k/K) mod 1.
 func (o *Objective) DrawTimes(rng *rand.Rand, b *Batch, antithetic bool) {
+	top := 1.0
+	if o.TMax > 0 {
+		top = o.TMax
+	}
 	u0 := rng.Float64()
 	for k := range b.T {
 		u := rng.Float64()
@@ -124,7 +134,7 @@ func (o *Objective) DrawTimes(rng *rand.Rand, b *Batch, antithetic bool) {
 			u = u0 + float64(k)/float64(len(b.T))
 			u -= float64(int(u))
 		}
-		b.T[k] = o.TMin + (1-o.TMin)*u
+		b.T[k] = o.TMin + (top-o.TMin)*u
 	}
 }
 

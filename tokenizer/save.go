@@ -27,7 +27,7 @@ func (t *Tokenizer) Save(dir string) error {
 	if err := writeAtomic(filepath.Join(dir, "tokenizer.json"), tj); err != nil {
 		return err
 	}
-	if t.rawConfig == nil {
+	if t.rawConfig == nil && t.chatTemplate == "" {
 		return nil
 	}
 	cj, err := t.configJSON()
@@ -77,8 +77,29 @@ type addedDecoderEntry struct {
 	Special    bool   `json:"special"`
 }
 
+// SetChatTemplate makes Save write chat_template into
+// tokenizer_config.json (creating the file when there was none).
+func (t *Tokenizer) SetChatTemplate(src string) { t.chatTemplate = src }
+
 func (t *Tokenizer) configJSON() ([]byte, error) {
 	doc := t.rawConfig
+	if doc == nil {
+		doc = []byte("{}\n")
+	}
+	if t.chatTemplate != "" {
+		a, b, ok, err := memberSpan(doc, "chat_template")
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			doc = splice(doc, a, b, mustMarshal(t.chatTemplate, "", ""))
+		} else {
+			oa, ob := objectSpan(doc)
+			if doc, err = appendMember(doc, oa, ob, "chat_template", t.chatTemplate); err != nil {
+				return nil, err
+			}
+		}
+	}
 	if len(t.newTokens) > 0 {
 		a, b, ok, err := memberSpan(doc, "added_tokens_decoder")
 		if err != nil {

@@ -69,6 +69,8 @@ type Tokenizer struct {
 
 	rawJSON   []byte
 	rawConfig []byte // nil when there is no tokenizer_config.json
+	// chatTemplate, when set, replaces chat_template on Save.
+	chatTemplate string
 	newTokens []AddedToken
 
 	// idle workers (word caches survive garbage collection, unlike in a

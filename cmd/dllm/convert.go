@@ -17,6 +17,10 @@ var convertUsage = map[string]string{
 	"separator":       "document separator in .txt files without <|endoftext|> markers: blank (a blank line), line, single-newline (TinyStories: paragraphs stay together), none",
 	"eval-data":       "held-out text (default: the last --eval-fraction of the documents of --data)",
 	"eval-fraction":   "fraction of documents held out for evaluation",
+	"sft":             "instruction data: JSONL rows with messages (chat template) or prompt+completion; one example per row, the prompt never masked or scored",
+	"sft-pad":         "SFT padding after the response: eos (EOS tokens, masked and scored: the model learns to stop) or none (never masked or scored, hidden by the document mask)",
+	"chat-template":   "Jinja chat template file for --sft messages (default: SRC's tokenizer_config.json chat_template)",
+	"t-range":         "training noise levels LO,HI: t ~ U(LO, HI) (LLaDA 2.0 SFT: 0.3,0.8); evaluation keeps the full range",
 	"shift":           "score masked position n with the logits of n-1 (the AR model's next-token head)",
 	"weighting":       "per-token loss weight: elbo (1/t), cart (Dream's context-adaptive weights) or uniform",
 	"cart-p":          "CART's geometric parameter p",
@@ -122,6 +126,9 @@ func printSummary(cmd *cobra.Command, s *convert.Summary) {
 	fmt.Fprintf(w, "steps %d, %s tokens in %.1fs (%.0f tokens/s), final train loss %.4f\n", s.Steps, commas(s.TokensSeen), s.Seconds, s.TokensPerSec, s.FinalLoss)
 	if s.Before != nil && s.After != nil {
 		fmt.Fprintf(w, "held-out NELBO %.4f -> %.4f nats/token (ppl bound %.2f -> %.2f)\n", s.Before.NELBO, s.After.NELBO, s.Before.PPLBound, s.After.PPLBound)
+		if s.SFT != nil {
+			fmt.Fprintf(w, "(per response token: prompts are not scored; %d SFT rows, %d cut at --seq-len, %d dropped)\n", s.SFT.Examples, s.SFT.CutRows, s.SFT.DroppedRows)
+		}
 		for i, a := range s.After.Accuracy {
 			fmt.Fprintf(w, "masked-token accuracy at t=%.2f: %.3f -> %.3f\n", a.T, s.Before.Accuracy[i].Accuracy, a.Accuracy)
 		}
