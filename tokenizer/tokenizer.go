@@ -71,7 +71,7 @@ type Tokenizer struct {
 	rawConfig []byte // nil when there is no tokenizer_config.json
 	// chatTemplate, when set, replaces chat_template on Save.
 	chatTemplate string
-	newTokens []AddedToken
+	newTokens    []AddedToken
 
 	// idle workers (word caches survive garbage collection, unlike in a
 	// sync.Pool)

@@ -24,6 +24,8 @@ type evalFlags struct {
 	seed                        uint64
 	stratified, asJSON          bool
 	task                        taskFlags
+	sft                         bool
+	sftPad, chatTemplate        string
 }
 
 func newEvalCmd() *cobra.Command {
@@ -77,6 +79,9 @@ runs the AR source as well and prints both in one table.`,
 	f.StringVar(&e.device, "device", "auto", "auto, cpu or cuda")
 	f.IntVar(&e.threads, "threads", 0, "CPU threads (0: all)")
 	addTaskFlags(f, &e.task)
+	f.BoolVar(&e.sft, "sft", false, "diffusion: --data is SFT JSONL (messages or prompt+completion), one example per row; prompts are never masked or scored")
+	f.StringVar(&e.sftPad, "sft-pad", "none", "--sft: none scores response tokens only (padding unscored and hidden); eos also scores the EOS padding, as SFT training does")
+	f.StringVar(&e.chatTemplate, "chat-template", "", "--sft: Jinja chat template file (default: DIR's tokenizer_config.json)")
 	return cmd
 }
 
@@ -148,8 +153,21 @@ func runEval(cmd *cobra.Command, dir string, e *evalFlags) error {
 	if err != nil {
 		return fmt.Errorf("%v; --mode ar measures an AR model", err)
 	}
-	c, err := corpus.Load(tok, corpus.Options{Paths: e.data, EvalFraction: e.evalFraction, Separator: e.separator,
-		TextField: e.textField, SeqLen: e.seqLen, BOSAtRowStart: tok.AddsBOS()}, nil)
+	var c *corpus.Corpus
+	if e.sft {
+		if e.sftPad != corpus.PadEOS && e.sftPad != corpus.PadNone {
+			return &exitError{2, fmt.Errorf("--sft-pad must be eos or none, got %q", e.sftPad)}
+		}
+		var ct *tokenizer.ChatTemplate
+		if ct, err = tokenizer.LoadChatTemplate(dir, e.chatTemplate); err != nil {
+			return err
+		}
+		c, err = corpus.LoadSFT(tok, corpus.SFTOptions{Paths: e.data, EvalFraction: e.evalFraction, SeqLen: e.seqLen,
+			Template: ct, TemplateHint: dir, Pad: e.sftPad})
+	} else {
+		c, err = corpus.Load(tok, corpus.Options{Paths: e.data, EvalFraction: e.evalFraction, Separator: e.separator,
+			TextField: e.textField, SeqLen: e.seqLen, BOSAtRowStart: tok.AddsBOS()}, nil)
+	}
 	if err != nil {
 		return err
 	}
@@ -165,23 +183,36 @@ func runEval(cmd *cobra.Command, dir string, e *evalFlags) error {
 	if t := cfg.DLLM.TMin; t > 0 {
 		obj.TMin = t
 	}
-	vis := kernels.Visibility{Mode: kernels.Bidirectional, DocMask: cfg.DLLM.DocMask}
+	// --sft-pad none: the padding is a document of its own, hidden.
+	docMask := cfg.DLLM.DocMask || (e.sft && e.sftPad == corpus.PadNone)
+	vis := kernels.Visibility{Mode: kernels.Bidirectional, DocMask: docMask}
 	if b := info.BlockSize; b > 0 {
 		if e.seqLen%b != 0 {
 			return fmt.Errorf("--seq-len %d is not a multiple of the model's block size %d", e.seqLen, b)
 		}
-		vis = kernels.Visibility{Mode: kernels.BlockDiffusion, Block: b, Half: e.seqLen, DocMask: cfg.DLLM.DocMask}
+		vis = kernels.Visibility{Mode: kernels.BlockDiffusion, Block: b, Half: e.seqLen, DocMask: docMask}
 	}
-	res, err := diffusion.Evaluate(m, split.Row, n, e.seqLen, obj, vis, diffusion.EvalOptions{MC: e.mc, Seed: e.seed,
-		BatchSize: e.batch, Stratified: e.stratified, Block: info.BlockSize, AccuracyAt: diffusion.DefaultAccuracyAt})
+	eo := diffusion.EvalOptions{MC: e.mc, Seed: e.seed,
+		BatchSize: e.batch, Stratified: e.stratified, Block: info.BlockSize, AccuracyAt: diffusion.DefaultAccuracyAt}
+	if e.sft {
+		eo.Fixed = split.Fixed
+	}
+	res, err := diffusion.Evaluate(m, split.Row, n, e.seqLen, obj, vis, eo)
 	if err != nil {
 		return err
 	}
 	if e.asJSON {
 		return json.NewEncoder(out).Encode(res)
 	}
-	fmt.Fprintf(out, "diffusion NELBO %.4f nats/token (perplexity bound %.3f) over %d rows x %d tokens, %d Monte-Carlo passes\n",
-		res.NELBO, res.PPLBound, res.Rows, e.seqLen, res.MC)
+	what := "token"
+	if e.sft {
+		what = "response token"
+		if e.sftPad == corpus.PadEOS {
+			what = "response-or-padding token"
+		}
+	}
+	fmt.Fprintf(out, "diffusion NELBO %.4f nats/%s (perplexity bound %.3f) over %d rows x %d tokens (%d scored), %d Monte-Carlo passes\n",
+		res.NELBO, what, res.PPLBound, res.Rows, e.seqLen, res.Tokens, res.MC)
 	for _, a := range res.Accuracy {
 		fmt.Fprintf(out, "masked-token accuracy at t=%.2f: %.4f (%d masked tokens)\n", a.T, a.Accuracy, a.Masked)
 	}

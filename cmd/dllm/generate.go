@@ -30,6 +30,9 @@ type generateFlags struct {
 	algTemp, threshold      float64
 	alg, device             string
 	seed                    uint64
+	// --chat (chat.go)
+	chat                 bool
+	system, chatTemplate string
 }
 
 func newGenerateCmd() *cobra.Command {
@@ -70,6 +73,9 @@ Defaults come from the model's generation_config.json.
 	f.BoolVar(&g.asJSON, "json", false, "print JSON")
 	f.StringVar(&g.device, "device", "auto", "auto, cpu or cuda")
 	f.IntVar(&g.threads, "threads", 0, "CPU threads (0: all)")
+	f.BoolVar(&g.chat, "chat", false, "render the prompt as a user message with the chat template and its generation prompt; print only the answer, cut at the end of the turn")
+	f.StringVar(&g.system, "system", "", "--chat: system message before the prompt")
+	f.StringVar(&g.chatTemplate, "chat-template", "", "--chat: Jinja chat template file (default: DIR's tokenizer_config.json)")
 	return cmd
 }
 
@@ -144,6 +150,9 @@ func parseIDList(s string) ([]int32, error) {
 }
 
 func runGenerate(cmd *cobra.Command, dir string, g *generateFlags) error {
+	if g.chat {
+		return runChatGenerate(cmd, dir, g)
+	}
 	genDefaults(cmd, dir, g)
 	cfg, err := model.LoadConfig(dir)
 	if err != nil {

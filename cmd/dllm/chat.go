@@ -1,0 +1,246 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/dllm-dev/dllm/diffusion"
+	"github.com/dllm-dev/dllm/kernels"
+	"github.com/dllm-dev/dllm/model"
+	"github.com/dllm-dev/dllm/tokenizer"
+)
+
+// chatSession answers conversations with a model: the messages rendered
+// with the generation prompt, decoded, cut at the end of the turn.
+type chatSession struct {
+	g    *generateFlags
+	tok  *tokenizer.Tokenizer
+	ct   *tokenizer.ChatTemplate
+	m    *model.Model
+	be   kernels.Backend
+	info diffusion.Info
+	stop []int32 // EOS ids and the end-of-turn token
+	cfg  *model.Config
+}
+
+func openChat(cmd *cobra.Command, dir string, g *generateFlags) (*chatSession, error) {
+	genDefaults(cmd, dir, g)
+	cfg, err := model.LoadConfig(dir)
+	if err != nil {
+		return nil, err
+	}
+	tok, err := tokenizer.Load(dir)
+	if err != nil {
+		return nil, err
+	}
+	ct, err := tokenizer.LoadChatTemplate(dir, g.chatTemplate)
+	if err != nil {
+		return nil, err
+	}
+	if ct == nil {
+		return nil, fmt.Errorf("%s has no chat_template in tokenizer_config.json: pass --chat-template FILE", dir)
+	}
+	s := &chatSession{g: g, tok: tok, ct: ct, cfg: cfg}
+	if !g.ar {
+		if s.info, err = diffusion.InfoFrom(cfg); err != nil {
+			return nil, err
+		}
+	}
+	s.stop = diffusion.EOSSet(cfg, tok.EOS())
+	if id, ok := tok.ID(ct.EndOfTurn()); ok && ct.EndOfTurn() != "" {
+		s.stop = append(s.stop, int32(id))
+	}
+	if s.be, err = openBackend(g.device, g.threads, cmd.ErrOrStderr()); err != nil {
+		return nil, err
+	}
+	if s.m, err = model.Load(dir, s.be); err != nil {
+		s.be.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *chatSession) Close() { s.be.Close() }
+
+// reply generates the assistant's answer to msgs.
+func (s *chatSession) reply(msgs []tokenizer.Message) (string, error) {
+	text, err := s.ct.Render(msgs, true)
+	if err != nil {
+		return "", err
+	}
+	var prompt []int32
+	for _, id := range s.tok.Encode(text, false) {
+		prompt = append(prompt, int32(id))
+	}
+	g := s.g
+	var out []int32
+	if g.ar {
+		g.stopAtEOS = true
+		samples, _, err := generateAR(s.m, prompt, g, s.stop)
+		if err != nil {
+			return "", err
+		}
+		out = samples[0]
+	} else {
+		opt := diffusion.GenOptions{GenLen: g.genLen, Steps: g.steps, BlockLen: g.blockLen, Temperature: g.temperature,
+			TopP: g.topP, TopK: g.topK, Alg: diffusion.Alg(g.alg), AlgTemp: g.algTemp, Threshold: g.threshold,
+			Seed: g.seed, Batch: 1, EOS: s.stop, StopAtEOS: true, NoCache: g.noCache}
+		smp, err := diffusion.NewSampler(s.m, s.info, opt)
+		if err != nil {
+			return "", err
+		}
+		res, err := smp.Generate(prompt)
+		smp.Free()
+		if err != nil {
+			return "", err
+		}
+		out = res.Tokens[0]
+	}
+	ids := make([]int, 0, len(out))
+	for _, t := range out {
+		if s.isStop(t) {
+			break
+		}
+		ids = append(ids, int(t))
+	}
+	answer := s.tok.Decode(ids, true)
+	if eot := s.ct.EndOfTurn(); eot != "" {
+		// An end-of-turn the tokenizer spells in several tokens.
+		answer, _, _ = strings.Cut(answer, eot)
+	}
+	return strings.TrimSpace(answer), nil
+}
+
+func (s *chatSession) isStop(t int32) bool {
+	for _, e := range s.stop {
+		if e == t {
+			return true
+		}
+	}
+	return false
+}
+
+// runChatGenerate is generate --chat: one answer to --prompt (after
+// --system), printed alone.
+func runChatGenerate(cmd *cobra.Command, dir string, g *generateFlags) error {
+	if g.ids != "" {
+		return &exitError{2, fmt.Errorf("--chat takes a text --prompt, not --ids")}
+	}
+	text, err := readPrompt(cmd, g)
+	if err != nil {
+		return err
+	}
+	if strings.TrimSpace(text) == "" {
+		return &exitError{2, fmt.Errorf("--chat needs a --prompt (or the question on stdin)")}
+	}
+	s, err := openChat(cmd, dir, g)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	var msgs []tokenizer.Message
+	if g.system != "" {
+		msgs = append(msgs, tokenizer.Message{Role: "system", Content: g.system})
+	}
+	answer, err := s.reply(append(msgs, tokenizer.Message{Role: "user", Content: text}))
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(cmd.OutOrStdout(), answer)
+	return err
+}
+
+func newChatCmd() *cobra.Command {
+	var g generateFlags
+	cmd := &cobra.Command{
+		Use:   "chat DIR",
+		Short: "Talk to a model in the terminal, turn by turn",
+		Long: `chat reads one user message per line and prints the model's answer,
+keeping the conversation: each answer is generated from the whole
+conversation rendered with the chat template (DIR's, or --chat-template)
+and its generation prompt, and cut at the end of the turn. /reset starts
+over; /exit or end of input (Ctrl-D) ends. Works with stdin not a terminal
+too (one message per line, answers only on stdout).`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error { return runChat(cmd, args[0], &g) },
+	}
+	f := cmd.Flags()
+	f.StringVar(&g.system, "system", "", "system message at the start of the conversation")
+	f.StringVar(&g.chatTemplate, "chat-template", "", "Jinja chat template file (default: DIR's tokenizer_config.json)")
+	f.BoolVar(&g.ar, "ar", false, "autoregressive decoding (for AR source models)")
+	f.IntVar(&g.genLen, "gen-len", diffusion.DefaultGenLen, "tokens to generate per answer")
+	f.IntVar(&g.steps, "steps", 0, "denoising steps (default: gen-len)")
+	f.IntVar(&g.blockLen, "block-len", 0, "semi-autoregressive block length")
+	f.Float64Var(&g.temperature, "temperature", 0, "sampling temperature (0: greedy)")
+	f.Float64Var(&g.topP, "top-p", 0, "nucleus sampling (0: off)")
+	f.IntVar(&g.topK, "top-k", 0, "top-k sampling (0: off)")
+	f.StringVar(&g.alg, "alg", "confidence", "reveal order: confidence, margin, entropy, or random")
+	f.Float64Var(&g.algTemp, "alg-temp", 0, "> 0: draw positions from softmax(confidence/alg-temp)")
+	f.Float64Var(&g.threshold, "threshold", 0, "Fast-dLLM parallel decoding threshold (0: off)")
+	f.Uint64Var(&g.seed, "seed", 0, "random seed")
+	f.BoolVar(&g.noCache, "no-cache", false, "block models: recompute finished blocks every step")
+	f.StringVar(&g.device, "device", "auto", "auto, cpu or cuda")
+	f.IntVar(&g.threads, "threads", 0, "CPU threads (0: all)")
+	return cmd
+}
+
+func runChat(cmd *cobra.Command, dir string, g *generateFlags) error {
+	s, err := openChat(cmd, dir, g)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	in, out, errw := cmd.InOrStdin(), cmd.OutOrStdout(), cmd.ErrOrStderr()
+	tty := false
+	if f, ok := in.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		tty = true
+		fmt.Fprintln(errw, "chat: one message per line; /reset starts over, /exit or Ctrl-D ends")
+	}
+	var msgs []tokenizer.Message
+	reset := func() {
+		msgs = msgs[:0]
+		if g.system != "" {
+			msgs = append(msgs, tokenizer.Message{Role: "system", Content: g.system})
+		}
+	}
+	reset()
+	sc := bufio.NewScanner(in)
+	sc.Buffer(make([]byte, 1<<16), 1<<24)
+	for {
+		if tty {
+			fmt.Fprint(errw, "> ")
+		}
+		if !sc.Scan() {
+			break
+		}
+		line := strings.TrimSpace(sc.Text())
+		switch line {
+		case "":
+			continue
+		case "/exit", "/quit":
+			return nil
+		case "/reset":
+			reset()
+			continue
+		}
+		msgs = append(msgs, tokenizer.Message{Role: "user", Content: line})
+		answer, err := s.reply(msgs)
+		if err != nil {
+			return err
+		}
+		msgs = append(msgs, tokenizer.Message{Role: "assistant", Content: answer})
+		if _, err := fmt.Fprintln(out, answer); err != nil {
+			return err
+		}
+	}
+	if err := sc.Err(); err != nil && err != io.EOF {
+		return fmt.Errorf("reading stdin: %v", err)
+	}
+	return nil
+}
