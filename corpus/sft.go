@@ -4,9 +4,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
-	"os"
 	"strings"
 
+	"github.com/dllm-dev/dllm/internal/regfile"
 	"github.com/dllm-dev/dllm/tokenizer"
 )
 
@@ -159,7 +159,7 @@ func (s *sftReader) read(paths []string) ([][]sftExample, error) {
 		if f.kind != "jsonl" {
 			return nil, fmt.Errorf("corpus: %s: SFT data is JSONL (.jsonl or .json) with \"messages\" or \"prompt\"+\"completion\" per line", f.path)
 		}
-		data, err := os.ReadFile(f.path)
+		data, err := regfile.ReadFile(f.path)
 		if err != nil {
 			return nil, fmt.Errorf("corpus: %v", err)
 		}

@@ -12,6 +12,8 @@ import (
 	"strings"
 
 	"github.com/ardanlabs/jinja"
+
+	"github.com/dllm-dev/dllm/internal/regfile"
 )
 
 // Message is one turn of a conversation.
@@ -52,7 +54,7 @@ func LoadChatTemplate(dir, override string) (*ChatTemplate, error) {
 		dir = filepath.Dir(dir)
 	}
 	cfgPath := filepath.Join(dir, "tokenizer_config.json")
-	cfgData, err := os.ReadFile(cfgPath)
+	cfgData, err := regfile.ReadFile(cfgPath)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("chat template: %v", err)
 	}
@@ -64,7 +66,7 @@ func LoadChatTemplate(dir, override string) (*ChatTemplate, error) {
 		}
 		_ = json.Unmarshal(cfgData, &cfg)
 	}
-	if b, err := os.ReadFile(filepath.Join(dir, "special_tokens_map.json")); err == nil {
+	if b, err := regfile.ReadFile(filepath.Join(dir, "special_tokens_map.json")); err == nil {
 		smap := map[string]json.RawMessage{}
 		if json.Unmarshal(b, &smap) == nil {
 			for k, v := range smap {
@@ -77,7 +79,7 @@ func LoadChatTemplate(dir, override string) (*ChatTemplate, error) {
 
 	ct := &ChatTemplate{vars: map[string]jinja.Value{}}
 	if override != "" {
-		b, err := os.ReadFile(override)
+		b, err := regfile.ReadFile(override)
 		if err != nil {
 			return nil, fmt.Errorf("chat template: %v", err)
 		}
