@@ -25,7 +25,7 @@ type evalFlags struct {
 	stratified, asJSON          bool
 	task                        taskFlags
 	sft                         bool
-	sftPad, chatTemplate        string
+	sftPad                      string
 }
 
 func newEvalCmd() *cobra.Command {
@@ -81,7 +81,6 @@ runs the AR source as well and prints both in one table.`,
 	addTaskFlags(f, &e.task)
 	f.BoolVar(&e.sft, "sft", false, "diffusion: --data is SFT JSONL (messages or prompt+completion), one example per row; prompts are never masked or scored")
 	f.StringVar(&e.sftPad, "sft-pad", "none", "--sft: none scores response tokens only (padding unscored and hidden); eos also scores the EOS padding, as SFT training does")
-	f.StringVar(&e.chatTemplate, "chat-template", "", "--sft: Jinja chat template file (default: DIR's tokenizer_config.json)")
 	return cmd
 }
 
@@ -159,7 +158,7 @@ func runEval(cmd *cobra.Command, dir string, e *evalFlags) error {
 			return &exitError{2, fmt.Errorf("--sft-pad must be eos or none, got %q", e.sftPad)}
 		}
 		var ct *tokenizer.ChatTemplate
-		if ct, err = tokenizer.LoadChatTemplate(dir, e.chatTemplate); err != nil {
+		if ct, err = tokenizer.LoadChatTemplate(dir, e.task.chatTemplate); err != nil { // --chat-template is declared in evaltask.go
 			return err
 		}
 		c, err = corpus.LoadSFT(tok, corpus.SFTOptions{Paths: e.data, EvalFraction: e.evalFraction, SeqLen: e.seqLen,
