@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -158,7 +159,11 @@ func (a *answer) update(rows [][]int32, stopAtEOS, final bool) bool {
 			continue
 		}
 		if !rt.stopped {
-			rt.text = a.s.genText(a.prompt, rows[i], rt.pre)
+			if a.chat {
+				rt.text = a.s.chatText(rows[i], final)
+			} else {
+				rt.text = a.s.genText(a.prompt, rows[i], rt.pre)
+			}
 			if k := firstStop(rt.text, a.stops); k >= 0 {
 				rt.text, rt.stopped = rt.text[:k], true
 			}
@@ -175,7 +180,11 @@ func (a *answer) update(rows [][]int32, stopAtEOS, final bool) bool {
 			for k > 0 && a.s.byteTok[rows[i][k-1]] {
 				k--
 			}
-			safe = holdBack(a.s.genText(a.prompt, rows[i][:k], rt.pre), a.stops)
+			if a.chat {
+				safe = strings.TrimRightFunc(holdBack(a.s.chatText(rows[i][:k], false), a.stops), unicode.IsSpace)
+			} else {
+				safe = holdBack(a.s.genText(a.prompt, rows[i][:k], rt.pre), a.stops)
+			}
 		}
 		delta := ""
 		if len(safe) > len(rt.sent) && strings.HasPrefix(safe, rt.sent) {

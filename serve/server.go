@@ -20,6 +20,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+	"unicode"
 
 	"github.com/dllm-dev/dllm/diffusion"
 	"github.com/dllm-dev/dllm/model"
@@ -436,4 +437,19 @@ func (s *Server) genText(prompt, gen []int32, pre string) string {
 		return full[len(pre):]
 	}
 	return s.decode(gen)
+}
+
+// chatText is an assistant's answer as `dllm generate --chat` prints it:
+// the tokens decoded alone, cut at the template's end of turn (spelled in
+// several tokens), without leading space and, once final, trailing space.
+func (s *Server) chatText(gen []int32, final bool) string {
+	text := s.decode(gen)
+	if s.chat != nil && s.chat.EndOfTurn() != "" {
+		text, _, _ = strings.Cut(text, s.chat.EndOfTurn())
+	}
+	text = strings.TrimLeftFunc(text, unicode.IsSpace)
+	if final {
+		text = strings.TrimRightFunc(text, unicode.IsSpace)
+	}
+	return text
 }

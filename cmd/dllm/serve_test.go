@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -89,7 +90,9 @@ func TestServeEqualsGenerate(t *testing.T) {
 	bin := buildBinary(t)
 	out, _ := convertTiny(t)
 	dir := filepath.Join(out, "final")
-	url, stop := startServe(t, bin, dir)
+	tmpl := filepath.Join(t.TempDir(), "chat.jinja")
+	os.WriteFile(tmpl, []byte(`{% for m in messages %}<s>{{ m.role }}: {{ m.content }}</s>{% endfor %}{% if add_generation_prompt %}<s>assistant:{% endif %}`), 0o644)
+	url, stop := startServe(t, bin, dir, "--chat-template", tmpl)
 	cases := []struct{ body, flags string }{
 		{`{"prompt": "Once upon a time", "max_tokens": 16, "steps": 8, "seed": 3, "temperature": 0.7}`,
 			"--gen-len 16 --steps 8 --seed 3 --temperature 0.7"},
@@ -136,6 +139,19 @@ func TestServeEqualsGenerate(t *testing.T) {
 			if ch["text"] != want {
 				t.Fatalf("%s choice %d: serve (echo) %q, generate printed %q", c.body, i, ch["text"], want)
 			}
+		}
+	}
+	// A chat answer is what generate --chat prints.
+	for _, seed := range []string{"1", "2"} {
+		got := postJSON(t, url+"/v1/chat/completions", `{"messages": [{"role": "user", "content": "Tell me a story"}],
+			"max_tokens": 16, "steps": 8, "temperature": 0.8, "seed": `+seed+`}`)
+		want, _, err := dllm(t, "generate", dir, "--chat", "--prompt", "Tell me a story", "--chat-template", tmpl, "--gen-len", "16",
+			"--steps", "8", "--temperature", "0.8", "--seed", seed, "--device", "cpu", "--threads", "1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c := got["choices"].([]any)[0].(map[string]any)["message"].(map[string]any)["content"]; c != strings.TrimSuffix(want, "\n") {
+			t.Fatalf("chat seed %s: serve %q, generate --chat %q", seed, c, want)
 		}
 	}
 	// The same requests at once.
