@@ -146,19 +146,8 @@ func (r *run) saveCheckpoint() (string, error) {
 	if _, err := safetensors.Write(tmp, m.ExportSpecs(), m.FetchFrom(m.Params), safetensors.WriteOptions{DType: safetensors.F32}); err != nil {
 		return "", fmt.Errorf("checkpoint weights: %w", err)
 	}
-	var specs []safetensors.Spec
-	for _, s := range m.ExportSpecs() {
-		specs = append(specs, safetensors.Spec{Name: "m." + s.Name, Shape: s.Shape}, safetensors.Spec{Name: "v." + s.Name, Shape: s.Shape})
-	}
-	fm, fv := m.FetchFrom(r.adamM), m.FetchFrom(r.adamV)
-	fetch := func(name string, dst []float32) error {
-		if n, ok := strings.CutPrefix(name, "m."); ok {
-			return fm(n, dst)
-		}
-		return fv(strings.TrimPrefix(name, "v."), dst)
-	}
-	if _, err := safetensors.Write(tmp, specs, fetch, safetensors.WriteOptions{DType: safetensors.F32, BaseName: "optimizer"}); err != nil {
-		return "", fmt.Errorf("checkpoint optimizer: %w", err)
+	if err := r.adam.Save(tmp); err != nil {
+		return "", err
 	}
 	cfg, _ := json.MarshalIndent(m.Cfg.Raw, "", "  ")
 	if err := writeFileAtomic(filepath.Join(tmp, "config.json"), append(cfg, '\n')); err != nil {
@@ -190,29 +179,6 @@ func (r *run) saveCheckpoint() (string, error) {
 		steps = steps[1:]
 	}
 	return final, nil
-}
-
-func (r *run) loadOptimizer(dir string) error {
-	f, err := safetensors.Open(filepath.Join(dir, "optimizer.safetensors"))
-	if err != nil {
-		return fmt.Errorf("resume: %w", err)
-	}
-	defer f.Close()
-	host := make([]float32, r.m.Layout.Total)
-	for _, which := range []string{"m.", "v."} {
-		for i, s := range r.m.ExportSpecs() {
-			off, n := r.m.Layout.Offsets[i], r.m.Layout.Specs[i].Elements()
-			if err := f.ReadFloat32Into(which+s.Name, host[off:off+n]); err != nil {
-				return fmt.Errorf("resume: %w", err)
-			}
-		}
-		if which == "m." {
-			r.be.Upload(r.adamM, host)
-		} else {
-			r.be.Upload(r.adamV, host)
-		}
-	}
-	return r.be.Err()
 }
 
 func writeFileAtomic(path string, data []byte) error {

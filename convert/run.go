@@ -66,14 +66,13 @@ type run struct {
 	noiseStd   float64                    // its standard deviation
 	noise      []float32                  // this step's noise (T x hidden)
 
-	adamM, adamV kernels.Buf
-	groups       []paramGroup
-	pcg          *rand.PCG
-	rng          *rand.Rand
-	state        trainerState
-	metrics      *os.File
-	prog         *progress
-	summary      Summary
+	adam    *AdamW
+	pcg     *rand.PCG
+	rng     *rand.Rand
+	state   trainerState
+	metrics *os.File
+	prog    *progress
+	summary Summary
 }
 
 // trainerState is what a checkpoint needs beyond weights and optimizer
@@ -92,11 +91,6 @@ type trainerState struct {
 	NoiseStd   float64               `json:"embed_noise_std"`
 	DataCache  []string              `json:"data_cache,omitempty"` // names of the tokenized data, by content hash
 	Options    Options               `json:"options"`
-}
-
-type paramGroup struct {
-	off, n int
-	decay  bool
 }
 
 // Run converts opt.Source on backend be, logging progress to log. When ctx
@@ -233,37 +227,22 @@ func (r *run) prepare() error {
 		}
 	}
 
-	tok, err := tokenizer.Load(o.Source)
+	src, err := model.Open(o.Source, model.OpenOptions{})
 	if err != nil {
 		return err
 	}
+	tok, cfg := src.Tok, src.Cfg
 	r.tok = tok
-	cfg, err := model.LoadConfig(o.Source)
-	if err != nil {
-		return err
-	}
 	if err := model.CheckGenerationConfig(o.Source, cfg.Vocab); err != nil {
 		return err
 	}
 	if err := r.checkFits(cfg); err != nil {
 		return err
 	}
-	if cfg.BOS >= 0 && tok.BOS() < 0 {
-		tok.SetBOS(cfg.BOS)
-	}
-	if len(cfg.EOS) > 0 {
-		// Pretraining documents end with the model's EOS (Qwen's
-		// <|endoftext|>), not a chat turn's end that a tokenizer may name.
-		tok.SetEOS(cfg.EOS[0])
-	}
 	if tok.EOS() < 0 {
 		return fmt.Errorf("%s: neither the tokenizer nor config.json names an EOS token; documents need one", o.Source)
 	}
-	r.plan, err = tok.PlanMask(cfg.Vocab, o.MaskToken)
-	if err != nil {
-		return fmt.Errorf("mask token: %w", err)
-	}
-	if err := tok.ApplyMask(r.plan); err != nil {
+	if r.plan, err = src.PlanMask(o.MaskToken); err != nil {
 		return fmt.Errorf("mask token: %w", err)
 	}
 	r.summary.MaskToken = r.plan
@@ -285,10 +264,10 @@ func (r *run) prepare() error {
 		r.m = model.New(cfg, r.be)
 		r.m.InitRandom(o.Seed)
 	default:
-		r.m, err = model.Load(o.Source, r.be)
-		if err != nil {
+		if err := src.LoadModel(r.be); err != nil {
 			return err
 		}
+		r.m = src.Model
 	}
 	if model.HasNonFinite(r.be, r.m.Params) {
 		if resumeDir != "" {
@@ -348,26 +327,14 @@ func (r *run) prepare() error {
 		return fmt.Errorf("the training data gives no full row of %d tokens: add data or lower --seq-len", o.SeqLen)
 	}
 
-	n := r.m.Layout.Total
-	r.adamM, r.adamV = r.be.Alloc(n), r.be.Alloc(n)
-	r.be.Zero(r.adamM)
-	r.be.Zero(r.adamV)
-	for i, s := range r.m.Layout.Specs {
-		d := model.Decays(s.Name)
-		off := r.m.Layout.Offsets[i]
-		if k := len(r.groups) - 1; k >= 0 && r.groups[k].decay == d && r.groups[k].off+r.groups[k].n == off {
-			r.groups[k].n += s.Elements()
-			continue
-		}
-		r.groups = append(r.groups, paramGroup{off, s.Elements(), d})
-	}
+	r.adam = NewAdamW(r.m, o.Beta1, o.Beta2, o.Eps, o.WeightDecay, false)
 	r.pcg = rand.NewPCG(o.Seed, 0x636f6e76)
 	if resumeDir != "" {
 		if err := r.pcg.UnmarshalBinary(r.state.RNG); err != nil {
 			return fmt.Errorf("resume: bad RNG state in %s: %v", resumeDir, err)
 		}
-		if err := r.loadOptimizer(resumeDir); err != nil {
-			return err
+		if err := r.adam.Load(resumeDir); err != nil {
+			return fmt.Errorf("resume: %w", err)
 		}
 		if err := r.sameData(resumeDir); err != nil {
 			return err
@@ -625,15 +592,7 @@ func (r *run) train(ctx context.Context) error {
 		if o.Clip > 0 && gnorm > o.Clip {
 			scale = float32(o.Clip / gnorm)
 		}
-		h := kernels.AdamW{LR: float32(lr), Beta1: float32(o.Beta1), Beta2: float32(o.Beta2), Eps: float32(o.Eps),
-			BC1: float32(1 - math.Pow(o.Beta1, float64(step+1))), BC2: float32(1 - math.Pow(o.Beta2, float64(step+1))), GradScale: scale}
-		for _, g := range r.groups {
-			h.WeightDecay = 0
-			if g.decay {
-				h.WeightDecay = float32(o.WeightDecay)
-			}
-			r.be.AdamWStep(r.m.Params.Slice(g.off, g.n), r.m.Grads.Slice(g.off, g.n), r.adamM.Slice(g.off, g.n), r.adamV.Slice(g.off, g.n), g.n, h)
-		}
+		r.adam.Step(lr, step+1, scale)
 		if err := r.be.Sync(); err != nil {
 			return err
 		}

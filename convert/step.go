@@ -39,26 +39,22 @@ func RandomStepBatch(rng *rand.Rand, B, L, vocab, docLen int) StepBatch {
 // Benchmarks and backend comparisons use it; a conversion adds noising,
 // schedules and parameter groups around the same calls.
 type Stepper struct {
-	LR       float32
-	m        *model.Model
-	acts     *model.Activations
-	mom, vel kernels.Buf
+	LR   float32
+	m    *model.Model
+	acts *model.Activations
+	opt  *AdamW
 }
 
 // NewStepper allocates gradients, activations for B x L and AdamW moments.
 func NewStepper(m *model.Model, B, L int) *Stepper {
 	m.EnableGrads()
-	s := &Stepper{LR: 1e-3, m: m, acts: m.NewActivations(B, L, true), mom: m.BE.Alloc(m.Layout.Total), vel: m.BE.Alloc(m.Layout.Total)}
-	m.BE.Zero(s.mom)
-	m.BE.Zero(s.vel)
-	return s
+	return &Stepper{LR: 1e-3, m: m, acts: m.NewActivations(B, L, true), opt: NewAdamW(m, 0.9, 0.95, 1e-8, 0.1, true)}
 }
 
 // Free returns the buffers.
 func (s *Stepper) Free() {
 	s.acts.Free(s.m.BE)
-	s.m.BE.Free(s.mom)
-	s.m.BE.Free(s.vel)
+	s.opt.Free()
 }
 
 // Step runs optimizer step number step (from 1) on b and returns the loss.
@@ -78,9 +74,6 @@ func (s *Stepper) Step(b StepBatch, vis kernels.Visibility, step int) (float64, 
 		return math.NaN(), err
 	}
 	gn := math.Sqrt(be.SumSquares(s.m.Grads))
-	h := kernels.AdamW{LR: s.LR, Beta1: 0.9, Beta2: 0.95, Eps: 1e-8, WeightDecay: 0.1,
-		BC1: float32(1 - math.Pow(0.9, float64(step))), BC2: float32(1 - math.Pow(0.95, float64(step))),
-		GradScale: float32(min(1, 1/gn))}
-	be.AdamWStep(s.m.Params, s.m.Grads, s.mom, s.vel, s.m.Layout.Total, h)
+	s.opt.Step(float64(s.LR), step, float32(min(1, 1/gn)))
 	return loss / norm, be.Sync()
 }

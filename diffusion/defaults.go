@@ -55,13 +55,4 @@ func GenDefaults(dir string) GenOptions {
 
 // EOSSet is the set of tokens that end a sample: the config's
 // eos_token_id(s) and the tokenizer's EOS (tokEOS < 0: none).
-func EOSSet(cfg *model.Config, tokEOS int) []int32 {
-	var eos []int32
-	for _, e := range cfg.EOS {
-		eos = append(eos, int32(e))
-	}
-	if tokEOS >= 0 {
-		eos = append(eos, int32(tokEOS))
-	}
-	return eos
-}
+func EOSSet(cfg *model.Config, tokEOS int) []int32 { return model.EOSSet(cfg, tokEOS) }

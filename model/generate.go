@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"sort"
+	"time"
 
 	"github.com/dllm-dev/dllm/kernels"
 )
@@ -185,4 +187,48 @@ func (g *ARGenerator) Generate(prompt []int32, n int, s *Sampler, stop func(int3
 		pos++
 	}
 	return out, be.Err()
+}
+
+// AROptions shape a batch of AR samples.
+type AROptions struct {
+	GenLen    int // new tokens per sample at most
+	Batch     int // samples, one after the other; sample b draws from PCG(Seed, b)
+	Seed      uint64
+	Sampling  Sampling
+	StopAtEOS bool    // end a sample at its first id in EOS (not kept)
+	EOS       []int32 // the ids that end a sample
+}
+
+// ARResult are the samples (new tokens only) and the decoding time.
+type ARResult struct {
+	Tokens  [][]int32
+	Seconds float64
+}
+
+// GenerateAR decodes opt.Batch samples continuing prompt left to right
+// with a KV cache.
+func (m *Model) GenerateAR(prompt []int32, opt AROptions) (*ARResult, error) {
+	if len(prompt) == 0 {
+		return nil, fmt.Errorf("AR decoding needs a prompt (the tokenizer adds BOS to text prompts)")
+	}
+	gen := m.NewARGenerator(len(prompt), len(prompt)+opt.GenLen)
+	defer gen.Free()
+	stop := func(t int32) bool {
+		return opt.StopAtEOS && slices.Contains(opt.EOS, t)
+	}
+	res := &ARResult{}
+	for b := 0; b < max(opt.Batch, 1); b++ {
+		s := &Sampler{S: opt.Sampling, Rng: rand.New(rand.NewPCG(opt.Seed, uint64(b)))}
+		t0 := time.Now()
+		toks, err := gen.Generate(prompt, opt.GenLen, s, stop)
+		if err != nil {
+			return nil, err
+		}
+		res.Seconds += time.Since(t0).Seconds()
+		if len(toks) > 0 && stop(toks[len(toks)-1]) {
+			toks = toks[:len(toks)-1]
+		}
+		res.Tokens = append(res.Tokens, toks)
+	}
+	return res, nil
 }

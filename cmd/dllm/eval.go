@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"math"
 
 	"github.com/spf13/cobra"
 
@@ -11,7 +10,6 @@ import (
 	"github.com/dllm-dev/dllm/diffusion"
 	"github.com/dllm-dev/dllm/kernels"
 	"github.com/dllm-dev/dllm/model"
-	"github.com/dllm-dev/dllm/tokenizer"
 )
 
 type evalFlags struct {
@@ -94,10 +92,11 @@ func runEval(cmd *cobra.Command, dir string, e *evalFlags) error {
 	if len(e.data) == 0 {
 		return &exitError{2, fmt.Errorf("eval needs --data FILE (text or JSONL) or --task FILE.jsonl")}
 	}
-	cfg, err := model.LoadConfig(dir)
+	ck, err := model.Open(dir, model.OpenOptions{})
 	if err != nil {
 		return err
 	}
+	cfg := ck.Cfg
 	if e.mode == "" {
 		e.mode = "ar"
 		if cfg.DLLM != nil {
@@ -116,30 +115,27 @@ func runEval(cmd *cobra.Command, dir string, e *evalFlags) error {
 			e.seqLen = min(e.seqLen, cfg.MaxPositions)
 		}
 	}
-	tok, err := tokenizer.Load(dir)
-	if err != nil {
-		return err
-	}
-	if len(cfg.EOS) > 0 {
-		tok.SetEOS(cfg.EOS[0])
-	}
 	be, err := openBackend(e.device, e.threads, cmd.ErrOrStderr())
 	if err != nil {
 		return err
 	}
 	defer be.Close()
-	m, err := model.Load(dir, be)
-	if err != nil {
+	if err := ck.LoadModel(be); err != nil {
 		return err
 	}
+	m, tok := ck.Model, ck.Tok
 	out := cmd.OutOrStdout()
 	if e.mode == "ar" && e.evalFraction > 0 {
 		return evalARRows(cmd, m, tok, cfg, e)
 	}
 	if e.mode == "ar" {
-		res, err := evalAR(m, tok, e)
+		docs, err := corpus.ReadDocuments(e.data, e.separator, e.textField)
 		if err != nil {
 			return err
+		}
+		res, err := model.EvalAR(m, tok, docs, model.AREvalOptions{SeqLen: e.seqLen, Batch: e.batch, MaxTokens: e.maxTokens})
+		if err != nil {
+			return fmt.Errorf("%v in %v", err, e.data)
 		}
 		if e.asJSON {
 			return json.NewEncoder(out).Encode(res)
@@ -216,72 +212,4 @@ func runEval(cmd *cobra.Command, dir string, e *evalFlags) error {
 		fmt.Fprintf(out, "masked-token accuracy at t=%.2f: %.4f (%d masked tokens)\n", a.T, a.Accuracy, a.Masked)
 	}
 	return nil
-}
-
-// arResult is the next-token cross-entropy of a model on documents.
-type arResult struct {
-	CrossEntropy float64 `json:"cross_entropy"`
-	Perplexity   float64 `json:"perplexity"`
-	Tokens       int64   `json:"tokens"`
-	Documents    int     `json:"documents"`
-}
-
-// evalAR scores each document as BOS + text (truncated to seqLen) with
-// causal attention, batching documents of equal padded length.
-func evalAR(m *model.Model, tok *tokenizer.Tokenizer, e *evalFlags) (*arResult, error) {
-	docs, err := corpus.ReadDocuments(e.data, e.separator, e.textField)
-	if err != nil {
-		return nil, err
-	}
-	L := e.seqLen
-	B := max(e.batch, 1)
-	a := m.NewActivations(B, L, false)
-	defer a.Free(m.BE)
-	var sum float64
-	var tokens int64
-	used := 0
-	bos := tok.BOS()
-	for start := 0; start < len(docs); start += B {
-		for i := range a.Targets {
-			a.Targets[i], a.Weights[i], a.IDs[i] = -1, 0, 0
-		}
-		n := min(B, len(docs)-start)
-		for r := 0; r < n; r++ {
-			var ids []int
-			if bos >= 0 {
-				ids = append(ids, bos)
-			}
-			ids = append(ids, tok.Encode(docs[start+r], false)...)
-			if len(ids) > L {
-				ids = ids[:L]
-			}
-			if e.maxTokens > 0 && tokens+int64(len(ids)-1) > int64(e.maxTokens) {
-				ids = ids[:int64(e.maxTokens)-tokens+1]
-			}
-			for i, id := range ids {
-				a.IDs[r*L+i] = int32(id)
-				if i+1 < len(ids) {
-					a.Targets[r*L+i], a.Weights[r*L+i] = int32(ids[i+1]), 1
-				}
-			}
-			tokens += int64(max(len(ids)-1, 0))
-			used++
-		}
-		a.ScoreAll()
-		a.Upload(m.BE)
-		m.Forward(a, kernels.Visibility{Mode: kernels.Causal})
-		s, _ := m.Loss(a, 1, false)
-		sum += s
-		if err := m.BE.Err(); err != nil {
-			return nil, err
-		}
-		if e.maxTokens > 0 && tokens >= int64(e.maxTokens) {
-			break
-		}
-	}
-	if tokens == 0 {
-		return nil, fmt.Errorf("no tokens to score in %v", e.data)
-	}
-	ce := sum / float64(tokens)
-	return &arResult{CrossEntropy: ce, Perplexity: math.Exp(ce), Tokens: tokens, Documents: used}, nil
 }

@@ -137,10 +137,11 @@ func printTaskTable(w io.Writer, file, format string, runs []taskRun) {
 // taskOne opens one model and runs the task on it in mode ("" picks the
 // model's own).
 func taskOne(cmd *cobra.Command, be kernels.Backend, tk *task.Task, dir, mode string, extract *regexp.Regexp, e *evalFlags) (taskRun, error) {
-	cfg, err := model.LoadConfig(dir)
+	ck, err := model.Open(dir, model.OpenOptions{})
 	if err != nil {
 		return taskRun{}, err
 	}
+	cfg, tok := ck.Cfg, ck.Tok
 	if mode == "" {
 		mode = "ar"
 		if cfg.DLLM != nil {
@@ -156,17 +157,10 @@ func taskOne(cmd *cobra.Command, be kernels.Backend, tk *task.Task, dir, mode st
 			return taskRun{}, fmt.Errorf("%v; --mode ar measures an AR model", err)
 		}
 	}
-	tok, err := tokenizer.Load(dir)
-	if err != nil {
+	if err := ck.LoadModel(be); err != nil {
 		return taskRun{}, err
 	}
-	if len(cfg.EOS) > 0 {
-		tok.SetEOS(cfg.EOS[0])
-	}
-	m, err := model.Load(dir, be)
-	if err != nil {
-		return taskRun{}, err
-	}
+	m := ck.Model
 	L := e.seqLen
 	if L <= 0 {
 		L = 512
@@ -300,7 +294,7 @@ func evalARRows(cmd *cobra.Command, m *model.Model, tok *tokenizer.Tokenizer, cf
 	if err != nil {
 		return err
 	}
-	res := arResult{CrossEntropy: sum / float64(tokens), Tokens: tokens, Documents: c.Stats.EvalDocuments}
+	res := model.AREvalResult{CrossEntropy: sum / float64(tokens), Tokens: tokens, Documents: c.Stats.EvalDocuments}
 	res.Perplexity = math.Exp(res.CrossEntropy)
 	if e.asJSON {
 		return json.NewEncoder(cmd.OutOrStdout()).Encode(map[string]any{"cross_entropy": res.CrossEntropy,

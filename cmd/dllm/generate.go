@@ -4,11 +4,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"os"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
@@ -154,20 +152,20 @@ func runGenerate(cmd *cobra.Command, dir string, g *generateFlags) error {
 		return runChatGenerate(cmd, dir, g)
 	}
 	genDefaults(cmd, dir, g)
-	cfg, err := model.LoadConfig(dir)
+	ck, err := model.Open(dir, model.OpenOptions{NoTokenizer: g.ids != ""})
 	if err != nil {
+		if g.ids == "" {
+			return fmt.Errorf("%v (or give the prompt as --ids)", err)
+		}
 		return err
 	}
-	var tok *tokenizer.Tokenizer
+	cfg, tok := ck.Cfg, ck.Tok
 	var prompt []int32
 	if g.ids != "" {
 		if prompt, err = parseIDList(g.ids); err != nil {
 			return err
 		}
 	} else {
-		if tok, err = tokenizer.Load(dir); err != nil {
-			return fmt.Errorf("%v (or give the prompt as --ids)", err)
-		}
 		text, err := readPrompt(cmd, g)
 		if err != nil {
 			return err
@@ -195,15 +193,10 @@ func runGenerate(cmd *cobra.Command, dir string, g *generateFlags) error {
 		return err
 	}
 	defer be.Close()
-	m, err := model.Load(dir, be)
-	if err != nil {
+	if err := ck.LoadModel(be); err != nil {
 		return err
 	}
-	tokEOS := -1
-	if tok != nil {
-		tokEOS = tok.EOS()
-	}
-	eos := diffusion.EOSSet(cfg, tokEOS)
+	m, eos := ck.Model, ck.EOS
 	decode := func(ids []int32) string {
 		if tok == nil {
 			b, _ := json.Marshal(ids)
@@ -219,7 +212,13 @@ func runGenerate(cmd *cobra.Command, dir string, g *generateFlags) error {
 	var seconds float64
 	var steps, forwards int
 	if g.ar {
-		samples, seconds, err = generateAR(m, prompt, g, eos)
+		var res *model.ARResult
+		res, err = m.GenerateAR(prompt, model.AROptions{GenLen: g.genLen, Batch: g.batch, Seed: g.seed,
+			Sampling: model.Sampling{Temperature: g.temperature, TopK: g.topK, TopP: g.topP}, StopAtEOS: g.stopAtEOS, EOS: eos})
+		if err != nil {
+			return err
+		}
+		samples, seconds = res.Tokens, res.Seconds
 		steps = g.genLen
 		forwards = g.genLen
 	} else {
@@ -307,43 +306,6 @@ func checkGenerate(cfg *model.Config, g *generateFlags, promptLen int) error {
 	}
 	need := cfg.ParamBytes(false) + cfg.ActivationBytes(rows, n, false) + cfg.KVCacheBytes(rows, n)
 	return model.CheckFits(need, fmt.Sprintf("the weights, activations and KV cache of %d x %d tokens", rows, n), "lower --gen-len or --batch")
-}
-
-func generateAR(m *model.Model, prompt []int32, g *generateFlags, eos []int32) ([][]int32, float64, error) {
-	if len(prompt) == 0 {
-		return nil, 0, fmt.Errorf("AR decoding needs a prompt (the tokenizer adds BOS to text prompts)")
-	}
-	maxLen := len(prompt) + g.genLen
-	gen := m.NewARGenerator(len(prompt), maxLen)
-	defer gen.Free()
-	stop := func(t int32) bool {
-		if !g.stopAtEOS {
-			return false
-		}
-		for _, e := range eos {
-			if e == t {
-				return true
-			}
-		}
-		return false
-	}
-	var out [][]int32
-	var secs float64
-	for b := 0; b < max(g.batch, 1); b++ {
-		s := &model.Sampler{S: model.Sampling{Temperature: g.temperature, TopK: g.topK, TopP: g.topP},
-			Rng: rand.New(rand.NewPCG(g.seed, uint64(b)))}
-		t0 := time.Now()
-		toks, err := gen.Generate(prompt, g.genLen, s, stop)
-		if err != nil {
-			return nil, 0, err
-		}
-		secs += time.Since(t0).Seconds()
-		if g.stopAtEOS && len(toks) > 0 && stop(toks[len(toks)-1]) {
-			toks = toks[:len(toks)-1]
-		}
-		out = append(out, toks)
-	}
-	return out, secs, nil
 }
 
 // showStep redraws the sample of row 0 after every step: masked positions

@@ -1,0 +1,107 @@
+package model
+
+import (
+	"github.com/dllm-dev/dllm/kernels"
+	"github.com/dllm-dev/dllm/tokenizer"
+)
+
+// Checkpoint is a model folder opened for use, the one place convert, eval
+// and generate read one: config.json (with its "dllm" block, Cfg.DLLM, for
+// a converted model), the tokenizer with BOS and EOS settled, the ids that
+// end a sample, and the model on a backend.
+type Checkpoint struct {
+	Dir string
+	Cfg *Config
+	// Tok is nil with OpenOptions.NoTokenizer. Its BOS is config.json's
+	// bos_token_id when the tokenizer names none; its EOS is config.json's
+	// (first) eos_token_id when there is one: pretraining documents end with
+	// the model's EOS (Qwen's <|endoftext|>), not a chat turn's end.
+	Tok *tokenizer.Tokenizer
+	// EOS are the ids that end a sample: config.json's eos_token_id(s) and
+	// the tokenizer's own EOS.
+	EOS []int32
+	// Model is nil when OpenOptions.Backend is nil (see LoadModel).
+	Model *Model
+}
+
+// OpenOptions choose what Open reads.
+type OpenOptions struct {
+	// Backend receives the weights; nil reads config and tokenizer only.
+	Backend kernels.Backend
+	// NoTokenizer skips tokenizer.json (token ids in and out).
+	NoTokenizer bool
+}
+
+// Open reads the checkpoint in dir.
+func Open(dir string, o OpenOptions) (*Checkpoint, error) {
+	cfg, err := LoadConfig(dir)
+	if err != nil {
+		return nil, err
+	}
+	c := &Checkpoint{Dir: dir, Cfg: cfg}
+	tokEOS := -1
+	if !o.NoTokenizer {
+		tok, err := tokenizer.Load(dir)
+		if err != nil {
+			return nil, err
+		}
+		tokEOS = tok.EOS()
+		if cfg.BOS >= 0 && tok.BOS() < 0 {
+			tok.SetBOS(cfg.BOS)
+		}
+		if len(cfg.EOS) > 0 {
+			tok.SetEOS(cfg.EOS[0])
+		}
+		c.Tok = tok
+	}
+	c.EOS = EOSSet(cfg, tokEOS)
+	if o.Backend != nil {
+		if err := c.LoadModel(o.Backend); err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// LoadModel reads the weights onto be.
+func (c *Checkpoint) LoadModel(be kernels.Backend) error {
+	m, err := Load(c.Dir, be)
+	if err != nil {
+		return err
+	}
+	c.Model = m
+	return nil
+}
+
+// PlanMask settles the mask token of a conversion from this checkpoint
+// (override: --mask-token) and registers it in the tokenizer.
+func (c *Checkpoint) PlanMask(override string) (tokenizer.MaskPlan, error) {
+	p, err := c.Tok.PlanMask(c.Cfg.Vocab, override)
+	if err != nil {
+		return p, err
+	}
+	return p, c.Tok.ApplyMask(p)
+}
+
+// IsEOS reports whether id ends a sample.
+func (c *Checkpoint) IsEOS(id int32) bool {
+	for _, e := range c.EOS {
+		if e == id {
+			return true
+		}
+	}
+	return false
+}
+
+// EOSSet is the set of tokens that end a sample: the config's
+// eos_token_id(s) and the tokenizer's EOS (tokEOS < 0: none).
+func EOSSet(cfg *Config, tokEOS int) []int32 {
+	var eos []int32
+	for _, e := range cfg.EOS {
+		eos = append(eos, int32(e))
+	}
+	if tokEOS >= 0 {
+		eos = append(eos, int32(tokEOS))
+	}
+	return eos
+}
