@@ -81,12 +81,12 @@ func (s *chatSession) reply(msgs []tokenizer.Message) (string, error) {
 	g := s.g
 	var out []int32
 	if g.ar {
-		g.stopAtEOS = true
-		samples, _, err := generateAR(s.m, prompt, g, s.stop)
+		res, err := s.m.GenerateAR(prompt, model.AROptions{GenLen: g.genLen, Batch: 1, Seed: g.seed,
+			Sampling: model.Sampling{Temperature: g.temperature, TopK: g.topK, TopP: g.topP}, StopAtEOS: true, EOS: s.stop})
 		if err != nil {
 			return "", err
 		}
-		out = samples[0]
+		out = res.Tokens[0]
 	} else {
 		opt := diffusion.GenOptions{GenLen: g.genLen, Steps: g.steps, BlockLen: g.blockLen, Temperature: g.temperature,
 			TopP: g.topP, TopK: g.topK, Alg: diffusion.Alg(g.alg), AlgTemp: g.algTemp, Threshold: g.threshold,

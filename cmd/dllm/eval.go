@@ -10,6 +10,7 @@ import (
 	"github.com/dllm-dev/dllm/diffusion"
 	"github.com/dllm-dev/dllm/kernels"
 	"github.com/dllm-dev/dllm/model"
+	"github.com/dllm-dev/dllm/tokenizer"
 )
 
 type evalFlags struct {
