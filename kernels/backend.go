@@ -159,4 +159,29 @@ type Backend interface {
 	SumSquares(x Buf) float64
 	// Sum returns the sum of x in float64.
 	Sum(x Buf) float64
+
+	// Mixture-of-experts routing (DESIGN.md §3). A row's kOut assignments
+	// are its k chosen experts and, with a shared expert, one more: group
+	// index experts, weight sigmoid(shared[r]).
+
+	// RouterTopK: probs (rows x experts) = softmax of logits (rows x
+	// experts); topIdx and topW (rows x kOut) the k most probable experts in
+	// descending order (ties: the lower index) with their probabilities,
+	// divided by their sum when renorm; shared (rows, N == 0 for none) is
+	// the shared expert's gate logit.
+	RouterTopK(topW, probs Buf, topIdx IBuf, logits, shared Buf, rows, experts, k int, renorm bool)
+	// RouterBackward writes dlogits (rows x experts) and dshared (rows, when
+	// there is a shared expert) from the gradient dtopW of topW, plus
+	// auxGrad[e] added to d(probs[r][e]) of every row (auxGrad.N == 0: none).
+	RouterBackward(dlogits, dshared, dtopW, topW, probs Buf, topIdx IBuf, auxGrad Buf, rows, experts, k int, renorm bool)
+	// MoEDispatch sorts the rows*kOut assignments by group (expert), stably:
+	// offsets (groups+1) are the groups' first slots, slotRow[s] the row of
+	// slot s, slotOf[a] the slot of assignment a.
+	MoEDispatch(offsets, slotRow, slotOf, topIdx IBuf, rows, kOut, groups int)
+	// MoECombine: out[r] (+)= sum_j w[r*kOut+j] y[slotOf[r*kOut+j]] over rows
+	// of dim values; w.N == 0 means weights 1; accumulate adds to out.
+	MoECombine(out, y, w Buf, slotOf IBuf, rows, kOut, dim int, accumulate bool)
+	// MoECombineBackward writes dy[slotOf[a]] = w[a] dout[r] and
+	// dw[a] = dout[r] . y[slotOf[a]] for every assignment a of row r.
+	MoECombineBackward(dy, dw, dout, y, w Buf, slotOf IBuf, rows, kOut, dim int)
 }

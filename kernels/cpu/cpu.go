@@ -17,6 +17,7 @@ type Backend struct {
 	shared  workspace   // the packed B block shared by all workers
 	parts   []float64   // per-worker partial sums
 	vis     visCache
+	next    []int32 // MoEDispatch's cursors
 }
 
 var _ kernels.Backend = (*Backend)(nil)

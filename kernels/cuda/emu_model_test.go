@@ -15,7 +15,8 @@ import (
 )
 
 // TestEmulatorTrainingSteps runs whole training steps of the tiny llama,
-// qwen2 (biases) and qwen3 (QK norm, tied embeddings) checkpoints on the
+// qwen2 (biases), qwen3 (QK norm, tied embeddings) and MoE (qwen2_moe with
+// its shared expert, qwen3_moe, mixtral) checkpoints on the
 // emulated device and on kernels/cpu with the same batches: the first
 // step's gradients, the losses and the weights after three steps must agree
 // (loosely after the first update: Adam's first step turns the sign of
@@ -25,7 +26,7 @@ func TestEmulatorTrainingSteps(t *testing.T) {
 	if testing.Short() {
 		t.Skip("slow: the emulator runs one fiber per CUDA thread")
 	}
-	for _, arch := range []string{"llama", "qwen2", "qwen3"} {
+	for _, arch := range []string{"llama", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "mixtral"} {
 		t.Run(arch, func(t *testing.T) {
 			dev := newEmuBackend(t, "fp32")
 			dir := "../../testdata/tiny/" + arch

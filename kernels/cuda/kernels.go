@@ -42,6 +42,12 @@ const (
 	kAttnDQMMA128
 	kAttnDKVMMA64
 	kAttnDKVMMA128
+	kRouterTopK
+	kRouterBwd
+	kMoEDispatch
+	kMoECombine
+	kMoECombineBwdDY
+	kMoECombineBwdDW
 	numKernels
 )
 
@@ -49,44 +55,50 @@ const (
 // params): every launch is checked against it, and the tests check it
 // against the .param lists of the PTX.
 var kernelInfo = [numKernels]struct{ name, sig string }{
-	kAdd:           {"add_f32", "pppq"},
-	kScale:         {"scale_f32", "pfq"},
-	kSwiGLU:        {"swiglu_fwd", "pppq"},
-	kSwiGLUBwd:     {"swiglu_bwd", "pppppq"},
-	kAddBias:       {"add_bias", "ppqi"},
-	kEmbedding:     {"embedding_fwd", "pppqi"},
-	kEmbeddingBwd:  {"embedding_bwd", "pppqi"},
-	kAdamW:         {"adamw", "ppppqfffffff"},
-	kCastBF16:      {"cast_f32_bf16", "ppq"},
-	kCastF32:       {"cast_bf16_f32", "ppq"},
-	kRoPE:          {"rope", "ppppiiif"},
-	kRMSNorm:       {"rmsnorm_fwd", "ppppiif"},
-	kRMSNormBwdDX:  {"rmsnorm_bwd_dx", "pppppii"},
-	kColsumPartial: {"colsum_partial", "ppppiii"},
-	kColsumFinish:  {"colsum_finish", "ppii"},
-	kReducePartial: {"reduce_partial", "ppqi"},
-	kReduceFinish:  {"reduce_finish", "ppi"},
-	kCrossEntropy:  {"cross_entropy", "pppppiifi"},
-	kAttnFwd1:      {"attn_fwd_t1", attnFwdSig},
-	kAttnFwd2:      {"attn_fwd_t2", attnFwdSig},
-	kAttnFwd4:      {"attn_fwd_t4", attnFwdSig},
-	kAttnFwd8:      {"attn_fwd_t8", attnFwdSig},
-	kAttnDQ1:       {"attn_bwd_dq_t1", attnDQSig},
-	kAttnDQ2:       {"attn_bwd_dq_t2", attnDQSig},
-	kAttnDQ4:       {"attn_bwd_dq_t4", attnDQSig},
-	kAttnDQ8:       {"attn_bwd_dq_t8", attnDQSig},
-	kAttnDKV1:      {"attn_bwd_dkv_t1", attnDKVSig},
-	kAttnDKV2:      {"attn_bwd_dkv_t2", attnDKVSig},
-	kAttnDKV4:      {"attn_bwd_dkv_t4", attnDKVSig},
-	kAttnDKV8:      {"attn_bwd_dkv_t8", attnDKVSig},
-	kAttnPrep:      {"attn_bwd_prep", "pppqi"},
-	kAttnReduce:    {"attn_bwd_reduce", "ppppqi"},
-	kAttnFwdMMA64:  {"attn_fwd_mma64", attnFwdSig},
-	kAttnFwdMMA128: {"attn_fwd_mma128", attnFwdSig},
-	kAttnDQMMA64:   {"attn_bwd_dq_mma64", attnDQSig},
-	kAttnDQMMA128:  {"attn_bwd_dq_mma128", attnDQSig},
-	kAttnDKVMMA64:  {"attn_bwd_dkv_mma64", attnDKVSig},
-	kAttnDKVMMA128: {"attn_bwd_dkv_mma128", attnDKVSig},
+	kAdd:             {"add_f32", "pppq"},
+	kScale:           {"scale_f32", "pfq"},
+	kSwiGLU:          {"swiglu_fwd", "pppq"},
+	kSwiGLUBwd:       {"swiglu_bwd", "pppppq"},
+	kAddBias:         {"add_bias", "ppqi"},
+	kEmbedding:       {"embedding_fwd", "pppqi"},
+	kEmbeddingBwd:    {"embedding_bwd", "pppqi"},
+	kAdamW:           {"adamw", "ppppqfffffff"},
+	kCastBF16:        {"cast_f32_bf16", "ppq"},
+	kCastF32:         {"cast_bf16_f32", "ppq"},
+	kRoPE:            {"rope", "ppppiiif"},
+	kRMSNorm:         {"rmsnorm_fwd", "ppppiif"},
+	kRMSNormBwdDX:    {"rmsnorm_bwd_dx", "pppppii"},
+	kColsumPartial:   {"colsum_partial", "ppppiii"},
+	kColsumFinish:    {"colsum_finish", "ppii"},
+	kReducePartial:   {"reduce_partial", "ppqi"},
+	kReduceFinish:    {"reduce_finish", "ppi"},
+	kCrossEntropy:    {"cross_entropy", "pppppiifi"},
+	kAttnFwd1:        {"attn_fwd_t1", attnFwdSig},
+	kAttnFwd2:        {"attn_fwd_t2", attnFwdSig},
+	kAttnFwd4:        {"attn_fwd_t4", attnFwdSig},
+	kAttnFwd8:        {"attn_fwd_t8", attnFwdSig},
+	kAttnDQ1:         {"attn_bwd_dq_t1", attnDQSig},
+	kAttnDQ2:         {"attn_bwd_dq_t2", attnDQSig},
+	kAttnDQ4:         {"attn_bwd_dq_t4", attnDQSig},
+	kAttnDQ8:         {"attn_bwd_dq_t8", attnDQSig},
+	kAttnDKV1:        {"attn_bwd_dkv_t1", attnDKVSig},
+	kAttnDKV2:        {"attn_bwd_dkv_t2", attnDKVSig},
+	kAttnDKV4:        {"attn_bwd_dkv_t4", attnDKVSig},
+	kAttnDKV8:        {"attn_bwd_dkv_t8", attnDKVSig},
+	kAttnPrep:        {"attn_bwd_prep", "pppqi"},
+	kAttnReduce:      {"attn_bwd_reduce", "ppppqi"},
+	kAttnFwdMMA64:    {"attn_fwd_mma64", attnFwdSig},
+	kAttnFwdMMA128:   {"attn_fwd_mma128", attnFwdSig},
+	kAttnDQMMA64:     {"attn_bwd_dq_mma64", attnDQSig},
+	kAttnDQMMA128:    {"attn_bwd_dq_mma128", attnDQSig},
+	kAttnDKVMMA64:    {"attn_bwd_dkv_mma64", attnDKVSig},
+	kAttnDKVMMA128:   {"attn_bwd_dkv_mma128", attnDKVSig},
+	kRouterTopK:      {"router_topk", "pppppiiii"},
+	kRouterBwd:       {"router_bwd", "pppppppiiii"},
+	kMoEDispatch:     {"moe_dispatch", "ppppiii"},
+	kMoECombine:      {"moe_combine", "ppppqiii"},
+	kMoECombineBwdDY: {"moe_combine_bwd_dy", "ppppqii"},
+	kMoECombineBwdDW: {"moe_combine_bwd_dw", "ppppqii"},
 }
 
 const (

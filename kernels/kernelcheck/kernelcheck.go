@@ -244,6 +244,7 @@ var suites = []suite{
 	{"RoPE", checkRoPE},
 	{"Attention", checkAttention},
 	{"SwiGLU", checkSwiGLU},
+	{"MoE", checkMoE},
 	{"Add/Scale", checkAddScale},
 	{"CrossEntropy", checkCrossEntropy},
 	{"AdamW", checkAdamW},

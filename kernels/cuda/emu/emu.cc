@@ -15,6 +15,7 @@
 #include "../src/attention_mma.cu"
 #include "../src/elementwise.cu"
 #include "../src/loss.cu"
+#include "../src/moe.cu"
 #include "../src/norm.cu"
 #include "../src/reduce.cu"
 
@@ -46,6 +47,8 @@ static const struct {
     REG(attn_bwd_dkv_t4),  REG(attn_bwd_dkv_t8),  REG(attn_bwd_prep),    REG(attn_bwd_reduce),
     REG(attn_fwd_mma64),   REG(attn_fwd_mma128),  REG(attn_bwd_dq_mma64), REG(attn_bwd_dq_mma128),
     REG(attn_bwd_dkv_mma64), REG(attn_bwd_dkv_mma128),
+    REG(router_topk),      REG(router_bwd),       REG(moe_dispatch),     REG(moe_combine),
+    REG(moe_combine_bwd_dy), REG(moe_combine_bwd_dw),
 };
 
 static EmuFiber fibers[1024];
