@@ -60,7 +60,18 @@ type Pass struct {
 	Cache    *KVCache // nil outside cached decoding
 	QOff     int
 	B, L     int
+	Router   *routerStats // MoE models: the routing statistics of this pass
 }
+
+// IntAct is a row of int32 activations (the MoE routing), kept like Act
+// rows by blocks that implement IntActs(T int) []IntAct.
+type IntAct struct {
+	Name string
+	N    int
+	Buf  *kernels.IBuf
+}
+
+type intActer interface{ IntActs(T int) []IntAct }
 
 // Adapter adds a trainable term to a Linear's output (LoRA: (alpha/r) B A x).
 // Forward adds it to out; Backward adds its input gradient to dx (already
@@ -161,8 +172,17 @@ type FFN interface {
 	Linears() []*Linear
 }
 
-// newFFN chooses the layer's FFN from the config.
-func newFFN(c *Config) FFN {
+// newFFN chooses layer l's FFN from the config.
+func newFFN(c *Config, l int) FFN {
+	if c.SparseLayer(l) {
+		sparse := 0
+		for i := 0; i < l; i++ {
+			if c.SparseLayer(i) {
+				sparse++
+			}
+		}
+		return newSparseFFN(c, sparse)
+	}
 	return newDenseFFN(c.Hidden, c.Intermediate)
 }
 
@@ -346,9 +366,9 @@ type Layer struct {
 	xn2, rstd2 kernels.Buf
 }
 
-func newLayer(c *Config) *Layer {
+func newLayer(c *Config, l int) *Layer {
 	return &Layer{InNorm: Norm{Name: "input_layernorm", Dim: c.Hidden}, PostNorm: Norm{Name: "post_attention_layernorm", Dim: c.Hidden},
-		Attn: newAttention(c), FFN: newFFN(c)}
+		Attn: newAttention(c), FFN: newFFN(c, l)}
 }
 
 // Params is the layer's table in checkpoint (and parameter buffer) order.

@@ -10,7 +10,7 @@ import (
 	"github.com/dllm-dev/dllm/kernels/cpu"
 )
 
-var tinyArchs = []string{"llama", "qwen2", "qwen3"}
+var tinyArchs = []string{"llama", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "mixtral"}
 
 func loadTiny(t *testing.T, arch string) *Model {
 	t.Helper()
@@ -35,6 +35,7 @@ func runStep(t *testing.T, m *Model, o ActOptions, all bool) stepResult {
 	rng := rand.New(rand.NewPCG(7, 1))
 	a := m.NewActivationsWith(B, L, o)
 	defer a.Free(m.BE)
+	a.AuxCoef = 0.1 // MoE: the load-balancing loss's gradient too
 	rows := a.ScoreRows(B * L)
 	k := 0
 	for i := 0; i < B*L; i++ {

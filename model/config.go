@@ -32,7 +32,7 @@ import (
 )
 
 // Supported lists the model_type values dllm understands.
-var Supported = []string{"llama", "mistral", "qwen2", "qwen3"}
+var Supported = []string{"llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe"}
 
 // RopeScaling is config.json's rope_scaling for the types dllm implements.
 type RopeScaling struct {
@@ -70,6 +70,7 @@ type Config struct {
 	DLLM             *DLLMInfo      // the "dllm" block of a converted checkpoint
 	Path             string         // the file it was read from
 	ArchitectureName string         // architectures[0]
+	MoE              *MoE           // the sparse FFN of qwen2_moe, qwen3_moe, mixtral; nil for dense models
 }
 
 // DLLMInfo is the "dllm" object dllm adds to config.json of a diffusion
@@ -116,7 +117,7 @@ func ParseConfig(b []byte) (*Config, error) {
 	g := getter{raw: raw}
 	c.ModelType = g.str("model_type")
 	switch c.ModelType {
-	case "llama", "mistral", "qwen2", "qwen3":
+	case "llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe":
 	case "":
 		return nil, fmt.Errorf("config.json has no model_type; supported: %s", strings.Join(Supported, ", "))
 	default:
@@ -145,7 +146,9 @@ func ParseConfig(b []byte) (*Config, error) {
 	switch c.ModelType {
 	case "qwen2":
 		c.QKVBias = true
-	case "qwen3":
+	case "qwen2_moe":
+		c.QKVBias = g.bool("qkv_bias", true)
+	case "qwen3", "qwen3_moe":
 		c.QKNorm = true
 		c.QKVBias = g.bool("attention_bias", false)
 		c.OBias = c.QKVBias
@@ -159,7 +162,7 @@ func ParseConfig(b []byte) (*Config, error) {
 	if act := g.str("hidden_act"); act != "" && act != "silu" {
 		return nil, fmt.Errorf("hidden_act %q is not supported (only silu)", act)
 	}
-	if w := g.int("sliding_window", 0); w > 0 && (c.ModelType == "mistral" || g.bool("use_sliding_window", false)) {
+	if w := g.int("sliding_window", 0); w > 0 && (c.ModelType == "mistral" || c.ModelType == "mixtral" || g.bool("use_sliding_window", false)) {
 		c.SlidingWindow = w
 	}
 	if v, ok := raw["bos_token_id"]; ok && v != nil {
@@ -203,6 +206,7 @@ func ParseConfig(b []byte) (*Config, error) {
 		}
 		c.DLLM = &info
 	}
+	c.MoE = parseMoE(c.ModelType, &g)
 	if g.err != nil {
 		return nil, g.err
 	}
@@ -262,7 +266,7 @@ func (c *Config) Validate() error {
 	if c.DLLM != nil && (c.DLLM.MaskTokenID < 0 || c.DLLM.MaskTokenID >= c.Vocab) {
 		return fmt.Errorf("dllm.mask_token_id %d is outside the vocabulary (vocab_size %d)", c.DLLM.MaskTokenID, c.Vocab)
 	}
-	return nil
+	return c.MoE.validate()
 }
 
 // QDim is the width of the query projection (heads x head_dim).

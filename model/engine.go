@@ -60,6 +60,13 @@ type Activations struct {
 	fields [][]*kernels.Buf
 	views  [][]kernels.Buf
 	pass   Pass
+	// The int rows of blocks with IntActs (MoE routing), like fields/views.
+	intArena kernels.IBuf
+	ifields  [][]*kernels.IBuf
+	iviews   [][]kernels.IBuf
+	router   *routerStats // MoE models
+	// AuxCoef scales the router load-balancing loss in Backward (0: off).
+	AuxCoef float64
 }
 
 // ScoreRows makes Rows, Targets and Weights n entries long (reusing their
@@ -219,14 +226,60 @@ func (m *Model) NewActivationsWith(B, L int, o ActOptions) *Activations {
 		}
 	}
 	a.lossH, a.corrH = make([]float32, T), make([]float32, T)
+	m.intActs(a, T, o)
+	if c.MoE != nil {
+		a.router = newRouterStats(c, be)
+	}
 	m.ensureRope(L)
 	return a
+}
+
+// intActs allocates the int rows of the layers that have them, per layer
+// when training without recompute, else one copy shared by all layers.
+func (m *Model) intActs(a *Activations, T int, o ActOptions) {
+	perLayer := o.Training && !o.Recompute
+	rows := make([][]IntAct, len(m.Layers))
+	total, most := 0, 0
+	for l, ly := range m.Layers {
+		if ia, ok := ly.FFN.(intActer); ok {
+			rows[l] = ia.IntActs(T)
+		}
+		n := 0
+		for _, r := range rows[l] {
+			n += alignUp(r.N)
+		}
+		total, most = total+n, max(most, n)
+	}
+	if !perLayer {
+		total = most
+	}
+	if total == 0 {
+		return
+	}
+	a.intArena = m.BE.AllocInt(total)
+	a.ifields, a.iviews = make([][]*kernels.IBuf, len(m.Layers)), make([][]kernels.IBuf, len(m.Layers))
+	off := 0
+	for l := range m.Layers {
+		if !perLayer {
+			off = 0
+		}
+		for _, r := range rows[l] {
+			a.ifields[l], a.iviews[l] = append(a.ifields[l], r.Buf), append(a.iviews[l], a.intArena.Slice(off, r.N))
+			off += alignUp(r.N)
+		}
+	}
 }
 
 // Free returns the buffers to the backend.
 func (a *Activations) Free(be kernels.Backend) {
 	be.Free(a.arena)
 	be.FreeInt(a.iarena)
+	if a.intArena.N > 0 {
+		be.FreeInt(a.intArena)
+	}
+	if a.router != nil {
+		a.router.free(be)
+	}
 }
 
 // Upload sends the host staging arrays to the backend.
@@ -247,6 +300,11 @@ func (a *Activations) bind(l int) {
 	for j, f := range a.fields[l] {
 		*f = a.views[l][j]
 	}
+	if a.ifields != nil {
+		for j, f := range a.ifields[l] {
+			*f = a.iviews[l][j]
+		}
+	}
 }
 
 // resAt is the input of layer l (l == Layers: the final hidden state).
@@ -260,7 +318,7 @@ func (m *Model) attnDims(a *Activations) kernels.AttnDims {
 func (m *Model) newPass(a *Activations, vis kernels.Visibility, cache *KVCache, qoff int) *Pass {
 	p := &a.pass
 	*p = Pass{BE: m.BE, T: a.T, Eps: float32(m.Cfg.RMSNormEps), Pos: a.pos, Docs: a.docs, Vis: vis,
-		Dims: m.attnDims(a), Cos: m.ropeCos, Sin: m.ropeSin, Cache: cache, QOff: qoff, B: a.B, L: a.L}
+		Dims: m.attnDims(a), Cos: m.ropeCos, Sin: m.ropeSin, Cache: cache, QOff: qoff, B: a.B, L: a.L, Router: a.router}
 	if cache != nil {
 		p.Dims.Lk, p.Dims.QOff, p.Dims.KStride = qoff+a.L, qoff, cache.MaxLen
 	}
@@ -318,9 +376,15 @@ func (m *Model) forward(a *Activations, vis kernels.Visibility, cache *KVCache, 
 		be.Upload(a.xf, a.Noise)
 		be.Add(x0, x0, a.xf, T*H)
 	}
+	if a.router != nil {
+		a.router.start(be)
+	}
 	for l, ly := range m.Layers {
 		a.bind(l)
 		ly.Forward(p, l, a.resAt(l+1), a.resAt(l), H)
+	}
+	if a.router != nil {
+		a.router.finish(be, T)
 	}
 	m.Norm.Forward(p, a.xf, a.rstdF, a.resAt(c.Layers), T)
 	xs := a.xf
@@ -375,6 +439,10 @@ func (m *Model) Backward(a *Activations, vis kernels.Visibility) error {
 	}
 	be.Zero(a.dh)
 	m.Norm.Backward(p, a.dh, a.dx, a.resAt(c.Layers), a.rstdF, T)
+	if a.router != nil {
+		a.router.replay = true
+		a.router.uploadGrad(be, T, a.AuxCoef)
+	}
 	for l := c.Layers - 1; l >= 0; l-- {
 		ly := m.Layers[l]
 		a.bind(l)

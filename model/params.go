@@ -92,7 +92,7 @@ func newBlocks(c *Config) *blocks {
 	b := &blocks{Embed: Embedding{Vocab: c.Vocab, Dim: c.Hidden}, Norm: Norm{Name: "model.norm", Dim: c.Hidden},
 		Head: Linear{Name: "lm_head", In: c.Hidden, Out: c.Vocab}}
 	for i := 0; i < c.Layers; i++ {
-		b.Layers = append(b.Layers, newLayer(c))
+		b.Layers = append(b.Layers, newLayer(c, i))
 	}
 	return b
 }

@@ -293,6 +293,9 @@ var tinyCheckpoints = []struct {
 	{"llama-sharded", "llama", 3, ""},
 	{"qwen2", "qwen2", 1, ""},
 	{"qwen3", "qwen3", 1, "embed_tokens"},
+	{"qwen2_moe", "qwen2_moe", 1, ""},
+	{"qwen3_moe", "qwen3_moe", 1, "embed_tokens"},
+	{"mixtral", "mixtral", 1, ""},
 }
 
 func TestTinyCheckpoints(t *testing.T) {
@@ -318,6 +321,20 @@ func TestTinyCheckpoints(t *testing.T) {
 			case "qwen3":
 				if !cfg.QKNorm || cfg.HeadDim == cfg.Hidden/cfg.Heads {
 					t.Errorf("qwen3: q/k norm %v, head_dim %d", cfg.QKNorm, cfg.HeadDim)
+				}
+			case "qwen2_moe":
+				if m := cfg.MoE; m == nil || m.Experts != 4 || m.TopK != 2 || m.NormTopK || m.SharedIntermediate != 64 || !cfg.QKVBias ||
+					!slices.Equal(cfg.SparseLayers(), []int{1}) || !r.Has("model.layers.0.mlp.gate_proj.weight") ||
+					!r.Has("model.layers.1.mlp.shared_expert_gate.weight") || !r.Has("model.layers.1.mlp.experts.3.down_proj.weight") {
+					t.Errorf("qwen2_moe: %+v, sparse layers %v", cfg.MoE, cfg.SparseLayers())
+				}
+			case "qwen3_moe":
+				if m := cfg.MoE; m == nil || m.Experts != 8 || !m.NormTopK || m.Shared() || !cfg.QKNorm || len(cfg.SparseLayers()) != 2 {
+					t.Errorf("qwen3_moe: %+v", cfg.MoE)
+				}
+			case "mixtral":
+				if m := cfg.MoE; m == nil || m.Experts != 4 || !m.NormTopK || m.Intermediate != 48 || !r.Has("model.layers.1.block_sparse_moe.experts.3.w3.weight") {
+					t.Errorf("mixtral: %+v", cfg.MoE)
 				}
 			}
 			// Weights are small and norms near 1, and every value reads.

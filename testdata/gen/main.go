@@ -93,11 +93,39 @@ func checkpoints() []checkpoint {
 	qwen3["max_window_layers"] = 2
 	qwen3["torch_dtype"] = "bfloat16"
 
+	qwen2moe := common("Qwen2MoeForCausalLM", "qwen2_moe", 32, 96, false)
+	delete(qwen2moe, "attention_bias")
+	for k, v := range map[string]any{"rope_theta": 1000000.0, "rms_norm_eps": 1e-6, "num_experts": 4,
+		"num_experts_per_tok": 2, "moe_intermediate_size": 32, "shared_expert_intermediate_size": 64,
+		"norm_topk_prob": false, "decoder_sparse_step": 1, "mlp_only_layers": []int{0}, "router_aux_loss_coef": 0.001,
+		"output_router_logits": false, "sliding_window": 256, "use_sliding_window": false, "max_window_layers": 2,
+		"torch_dtype": "bfloat16"} {
+		qwen2moe[k] = v
+	}
+
+	qwen3moe := common("Qwen3MoeForCausalLM", "qwen3_moe", 32, 96, true)
+	for k, v := range map[string]any{"head_dim": 16, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6, "num_experts": 8,
+		"num_experts_per_tok": 2, "moe_intermediate_size": 24, "norm_topk_prob": true, "decoder_sparse_step": 1,
+		"mlp_only_layers": []int{}, "router_aux_loss_coef": 0.001, "output_router_logits": false,
+		"sliding_window": nil, "use_sliding_window": false, "max_window_layers": 2, "torch_dtype": "bfloat16"} {
+		qwen3moe[k] = v
+	}
+
+	mixtral := common("MixtralForCausalLM", "mixtral", 32, 48, false)
+	for k, v := range map[string]any{"num_local_experts": 4, "num_experts_per_tok": 2, "router_aux_loss_coef": 0.02,
+		"router_jitter_noise": 0.0, "output_router_logits": false, "sliding_window": nil, "rope_theta": 1000000.0,
+		"torch_dtype": "bfloat16"} {
+		mixtral[k] = v
+	}
+
 	return []checkpoint{
 		{name: "llama", config: llama, dtype: safetensors.F32, seed: "llama"},
 		{name: "llama-sharded", config: sharded, dtype: safetensors.BF16, shards: 3, seed: "llama"},
 		{name: "qwen2", config: qwen2, dtype: safetensors.BF16, seed: "qwen2"},
 		{name: "qwen3", config: qwen3, dtype: safetensors.BF16, seed: "qwen3"},
+		{name: "qwen2_moe", config: qwen2moe, dtype: safetensors.BF16, seed: "qwen2-moe"},
+		{name: "qwen3_moe", config: qwen3moe, dtype: safetensors.BF16, seed: "qwen3_moe"},
+		{name: "mixtral", config: mixtral, dtype: safetensors.BF16, seed: "mixtral"},
 	}
 }
 
@@ -282,6 +310,12 @@ const readmeTail = `
 qwen2 has q/k/v biases; qwen3 has q/k norms and head_dim 16 != hidden/heads;
 llama-sharded is llama with an untied lm_head, split over 3 shards with
 model.safetensors.index.json.
+
+The mixture-of-experts checkpoints: qwen2_moe (4 experts, top-2 without
+renormalisation, a shared expert of 64 scaled by its sigmoid gate, layer 0
+dense through mlp_only_layers, q/k/v biases); qwen3_moe (8 experts, top-2
+renormalised, q/k norms, head_dim 16, tied); mixtral (4 experts of 48, top-2,
+block_sparse_moe.experts.N.w1/w2/w3).
 
 Every folder has the same SentencePiece-style tokenizer.json (BPE, byte
 fallback): 0 <unk>, 1 <s>, 2 </s>, 3..258 <0x00>..<0xFF>, then U+2581 and the

@@ -191,8 +191,8 @@ def param_specs(cfg):
     H, hd, KV = cfg["num_attention_heads"], cfg["head_dim"], cfg["num_key_value_heads"]
     D, I, V = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
     mt = cfg["model_type"]
-    qkv_bias = mt == "qwen2" or cfg["attention_bias"]
-    o_bias = mt != "qwen2" and cfg["attention_bias"]
+    qkv_bias = (mt == "qwen2") or (mt == "qwen2_moe" and cfg.get("qkv_bias", True)) or cfg["attention_bias"]
+    o_bias = mt not in ("qwen2", "qwen2_moe") and cfg["attention_bias"]
     specs = [("model.embed_tokens.weight", (V, D), "matrix")]
     for n in range(cfg["num_hidden_layers"]):
         p = "model.layers.%d." % n
@@ -204,10 +204,13 @@ def param_specs(cfg):
         specs.append((p + "self_attn.o_proj.weight", (D, H * hd), "matrix"))
         if o_bias:
             specs.append((p + "self_attn.o_proj.bias", (D,), "bias"))
-        if mt == "qwen3":
+        if mt in ("qwen3", "qwen3_moe"):
             specs.append((p + "self_attn.q_norm.weight", (hd,), "norm"))
             specs.append((p + "self_attn.k_norm.weight", (hd,), "norm"))
         specs.append((p + "post_attention_layernorm.weight", (D,), "norm"))
+        if sparse_layer(cfg, n):
+            specs.extend(moe_specs(cfg, p))
+            continue
         specs.append((p + "mlp.gate_proj.weight", (I, D), "matrix"))
         specs.append((p + "mlp.up_proj.weight", (I, D), "matrix"))
         specs.append((p + "mlp.down_proj.weight", (D, I), "matrix"))
@@ -221,7 +224,9 @@ def init_weights(cfg, rng):
     """Drawn in float64 in param_specs order, then rounded to float32."""
     W = {}
     for name, shape, kind in param_specs(cfg):
-        x = rng.normal(0.0, 0.1, size=shape)
+        # routers get normal(0, 0.3): more decisive routing, so that no token's k-th and (k+1)-th
+        # experts are within float32 rounding of each other (router_margin checks it)
+        x = rng.normal(0.0, 0.3 if kind == "router" else 0.1, size=shape)
         if kind == "norm":
             x = 1.0 + x
         W[name] = x.astype(np.float32)
@@ -273,9 +278,10 @@ def rms_norm(x, w, eps):
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
 
 
-def forward(cfg, P, ids, vis, positions=None):
+def forward(cfg, P, ids, vis, positions=None, router=None):
     """logits [B, L, V]. P: name -> float64 tensor; ids [B, L] long; vis bool [L, L] or [B, L, L];
-    positions [L] (default 0..L-1)."""
+    positions [L] (default 0..L-1). router, a list, receives (probs, top-k indices) of every
+    sparse layer of an MoE config."""
     B, L = ids.shape
     H, hd, KV = cfg["num_attention_heads"], cfg["head_dim"], cfg["num_key_value_heads"]
     eps = cfg["rms_norm_eps"]
@@ -305,7 +311,7 @@ def forward(cfg, P, ids, vis, positions=None):
         q = lin(x, p + "self_attn.q_proj").view(B, L, H, hd)
         k = lin(x, p + "self_attn.k_proj").view(B, L, KV, hd)
         v = lin(x, p + "self_attn.v_proj").view(B, L, KV, hd)
-        if cfg["model_type"] == "qwen3":
+        if cfg["model_type"] in ("qwen3", "qwen3_moe"):
             q = rms_norm(q, P[p + "self_attn.q_norm.weight"], eps)
             k = rms_norm(k, P[p + "self_attn.k_norm.weight"], eps)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, L, hd]
@@ -319,12 +325,128 @@ def forward(cfg, P, ids, vis, positions=None):
         a = a.transpose(1, 2).reshape(B, L, H * hd)
         h = h + lin(a, p + "self_attn.o_proj")
         x = rms_norm(h, P[p + "post_attention_layernorm.weight"], eps)
+        if sparse_layer(cfg, n):
+            h = h + moe_ffn(cfg, P, p, x, router)
+            continue
         g = lin(x, p + "mlp.gate_proj")
         u = lin(x, p + "mlp.up_proj")
         h = h + lin(torch.nn.functional.silu(g) * u, p + "mlp.down_proj")
     x = rms_norm(h, P["model.norm.weight"], eps)
     head = P["model.embed_tokens.weight"] if cfg["tie_word_embeddings"] else P["lm_head.weight"]
     return x @ head.t()
+
+
+
+# --------------------------------------------------------------------------------------------
+# Mixture of experts (HF Qwen2MoeSparseMoeBlock, Qwen3MoeSparseMoeBlock, MixtralSparseMoeBlock)
+# --------------------------------------------------------------------------------------------
+
+
+def moe_info(cfg):
+    """(experts, top_k, expert intermediate, shared intermediate, renormalise, module prefix,
+    (gate, up, down) projection names) of an MoE config, None for a dense one."""
+    mt = cfg["model_type"]
+    if mt == "mixtral":
+        return (cfg["num_local_experts"], cfg["num_experts_per_tok"], cfg["intermediate_size"], 0, True,
+                "block_sparse_moe.", ("w1", "w3", "w2"))
+    if mt in ("qwen2_moe", "qwen3_moe"):
+        shared = cfg.get("shared_expert_intermediate_size", 0) if mt == "qwen2_moe" else 0
+        return (cfg["num_experts"], cfg["num_experts_per_tok"], cfg["moe_intermediate_size"], shared,
+                cfg.get("norm_topk_prob", False), "mlp.", ("gate_proj", "up_proj", "down_proj"))
+    return None
+
+
+def sparse_layer(cfg, n):
+    """HF's rule: mixtral always; qwen MoE unless n is in mlp_only_layers or (n+1) % decoder_sparse_step."""
+    if cfg["model_type"] == "mixtral":
+        return True
+    if cfg["model_type"] not in ("qwen2_moe", "qwen3_moe"):
+        return False
+    return n not in cfg.get("mlp_only_layers", []) and cfg["num_experts"] > 0 and (n + 1) % cfg.get("decoder_sparse_step", 1) == 0
+
+
+def moe_specs(cfg, p):
+    """A sparse layer's tensors in HF module order: gate, experts, [shared_expert, shared_expert_gate]."""
+    E, _, I, SI, _, pre, (gn, un, dn) = moe_info(cfg)
+    D = cfg["hidden_size"]
+    specs = [(p + pre + "gate.weight", (E, D), "router")]
+    for e in range(E):
+        ep = p + pre + "experts.%d." % e
+        specs += [(ep + gn + ".weight", (I, D), "matrix"), (ep + un + ".weight", (I, D), "matrix"),
+                  (ep + dn + ".weight", (D, I), "matrix")]
+    if SI:
+        sp = p + pre + "shared_expert."
+        specs += [(sp + gn + ".weight", (SI, D), "matrix"), (sp + un + ".weight", (SI, D), "matrix"),
+                  (sp + dn + ".weight", (D, SI), "matrix"), (p + pre + "shared_expert_gate.weight", (1, D), "router")]
+    return specs
+
+
+def moe_ffn(cfg, P, p, x, router=None):
+    """The sparse block on x [B, L, D]: softmax router, top-k, optional renormalisation, the chosen
+    experts' SwiGLU outputs weighted and summed per token (index_add, as HF), plus the shared expert
+    scaled by sigmoid(shared_expert_gate x). Dropless."""
+    E, k, _, SI, renorm, pre, (gn, un, dn) = moe_info(cfg)
+    B, L, D = x.shape
+    xf = x.reshape(-1, D)
+    probs = torch.softmax(xf @ P[p + pre + "gate.weight"].t(), dim=-1)
+    topv, topi = torch.topk(probs, k, dim=-1)
+    if renorm:
+        topv = topv / topv.sum(dim=-1, keepdim=True)
+    if router is not None:
+        router.append((probs, topi))
+
+    def mlp(xs, ep):
+        g = xs @ P[ep + gn + ".weight"].t()
+        u = xs @ P[ep + un + ".weight"].t()
+        return (torch.nn.functional.silu(g) * u) @ P[ep + dn + ".weight"].t()
+
+    out = torch.zeros_like(xf)
+    for e in range(E):
+        rows, slot = torch.where(topi == e)
+        if rows.numel() == 0:
+            continue
+        y = mlp(xf[rows], p + pre + "experts.%d." % e) * topv[rows, slot, None]
+        out = out.index_add(0, rows, y)
+    if SI:
+        gate = torch.sigmoid(xf @ P[p + pre + "shared_expert_gate.weight"].t())
+        out = out + gate * mlp(xf, p + pre + "shared_expert.")
+    return out.view(B, L, D)
+
+
+def naive_moe(cfg, Wd, p, x):
+    """The sparse block for one token vector x (numpy float64), written as loops."""
+    E, k, _, SI, renorm, pre, (gn, un, dn) = moe_info(cfg)
+    z = Wd[p + pre + "gate.weight"] @ x
+    ex = np.exp(z - z.max())
+    pr = ex / ex.sum()
+    order = sorted(range(E), key=lambda e: (-pr[e], e))[:k]
+    w = [pr[e] for e in order]
+    if renorm:
+        w = [v / sum(w) for v in w]
+
+    def mlp(ep):
+        g, u = Wd[ep + gn + ".weight"] @ x, Wd[ep + un + ".weight"] @ x
+        return Wd[ep + dn + ".weight"] @ (g / (1 + np.exp(-g)) * u)
+
+    out = np.zeros_like(x)
+    for e, we in zip(order, w):
+        out = out + we * mlp(p + pre + "experts.%d." % e)
+    if SI:
+        s = float(Wd[p + pre + "shared_expert_gate.weight"] @ x)
+        out = out + 1 / (1 + math.exp(-s)) * mlp(p + pre + "shared_expert.")
+    return out
+
+
+def load_balancing_loss(router, E, k):
+    """transformers' load_balancing_loss_func without an attention mask: the sparse layers'
+    (probs, top-k) concatenated over N = layers x tokens rows; f[j, e] = mean one_hot(top-k)
+    (a [k, E] matrix), P[e] = mean probs; aux = E * sum_{j,e} f[j, e] P[e]."""
+    probs = torch.cat([pr for pr, _ in router], dim=0)
+    topi = torch.cat([ti for _, ti in router], dim=0)
+    mask = torch.nn.functional.one_hot(topi, E).double()  # [N, k, E]
+    f = mask.mean(dim=0)
+    P = probs.mean(dim=0)
+    return E * (f * P[None, :]).sum()
 
 
 def naive_forward(cfg, W, ids, vis):
@@ -368,7 +490,7 @@ def naive_forward(cfg, W, ids, vis):
                 q = mv(p + "self_attn.q_proj", x).reshape(H, hd)
                 k = mv(p + "self_attn.k_proj", x).reshape(KV, hd)
                 v = mv(p + "self_attn.v_proj", x).reshape(KV, hd)
-                if cfg["model_type"] == "qwen3":
+                if cfg["model_type"] in ("qwen3", "qwen3_moe"):
                     q = np.stack([rms(q[e], Wd[p + "self_attn.q_norm.weight"]) for e in range(H)])
                     k = np.stack([rms(k[e], Wd[p + "self_attn.k_norm.weight"]) for e in range(KV)])
                 Q.append([rope(q[e], m) for e in range(H)])
@@ -386,6 +508,9 @@ def naive_forward(cfg, W, ids, vis):
                     heads.append(sum(ex[j] / z * Vv[j][kv] for j in range(L)))
                 hm = h[m] + mv(p + "self_attn.o_proj", np.concatenate(heads))
                 x = rms(hm, Wd[p + "post_attention_layernorm.weight"])
+                if sparse_layer(cfg, n):
+                    newh.append(hm + naive_moe(cfg, Wd, p, x))
+                    continue
                 g, u = mv(p + "mlp.gate_proj", x), mv(p + "mlp.up_proj", x)
                 newh.append(hm + mv(p + "mlp.down_proj", g / (1 + np.exp(-g)) * u))
             h = newh
@@ -840,16 +965,166 @@ def make_choice(models):
     write_json(os.path.join(root, "cases.json"), {"cases": cases})
 
 
+# --------------------------------------------------------------------------------------------
+# MoE fixtures
+# --------------------------------------------------------------------------------------------
+
+MOE_COEF = 0.05  # router_aux_loss_coef of the fixture configs: large enough to matter in every gradient
+
+MOE_CONFIGS = [
+    (
+        "qwen2_moe",
+        1101,
+        base_config(
+            "qwen2_moe", "Qwen2MoeForCausalLM", hidden_size=16, intermediate_size=40, num_hidden_layers=3,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=4, vocab_size=40, rms_norm_eps=1e-6,
+            rope_theta=1000000.0, tie_word_embeddings=False, num_experts=4, num_experts_per_tok=2,
+            moe_intermediate_size=12, shared_expert_intermediate_size=20, norm_topk_prob=False,
+            decoder_sparse_step=1, mlp_only_layers=[1], router_aux_loss_coef=MOE_COEF,
+        ),
+    ),
+    (
+        "qwen3_moe",
+        1102,
+        base_config(
+            "qwen3_moe", "Qwen3MoeForCausalLM", hidden_size=16, intermediate_size=40, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=6, vocab_size=40, rms_norm_eps=1e-6,
+            rope_theta=1000000.0, tie_word_embeddings=True, num_experts=6, num_experts_per_tok=2,
+            moe_intermediate_size=10, norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[],
+            router_aux_loss_coef=MOE_COEF,
+        ),
+    ),
+    (
+        "mixtral",
+        1103,
+        base_config(
+            "mixtral", "MixtralForCausalLM", hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=4, vocab_size=40, rms_norm_eps=1e-5,
+            rope_theta=1000000.0, tie_word_embeddings=False, num_local_experts=4, num_experts_per_tok=2,
+            router_aux_loss_coef=MOE_COEF,
+        ),
+    ),
+]
+
+MOE_MODES = MODES + [("annealed_doc", {"ratio": ANNEAL_RATIO, "seed": ANNEAL_SEED})]
+
+
+def moe_loss(cfg, P, ids, vis, inp):
+    """(logits, loss = CE + coef * aux, CE, aux, router stats)."""
+    router = []
+    logits = forward(cfg, P, torch.as_tensor(np.asarray(ids), dtype=torch.long), vis, router=router)
+    ce = weighted_ce(logits, inp["targets"], inp["weights"], inp["norm"])
+    E, k = moe_info(cfg)[:2]
+    aux = load_balancing_loss(router, E, k)
+    return logits, ce + cfg["router_aux_loss_coef"] * aux, ce, aux, router
+
+
+def router_margin(router, k):
+    """The smallest relative gap (p_k - p_k+1) / p_k between the k-th and (k+1)-th probability of
+    any token: float32 engines choose the same experts only when it is far above their rounding
+    error (about 1e-6 relative here)."""
+    gap = 1.0
+    for probs, _ in router:
+        srt = torch.sort(probs, dim=-1, descending=True).values
+        if srt.shape[1] > k:
+            gap = min(gap, float(((srt[:, k - 1] - srt[:, k]) / srt[:, k - 1]).min()))
+    return gap
+
+
+def make_moe():
+    root = os.path.join(OUT, "moe")
+    os.makedirs(root)
+    cases = []
+    for name, seed, cfg in MOE_CONFIGS:
+        d = os.path.join(root, name)
+        os.makedirs(d)
+        W = init_weights(cfg, np.random.default_rng([seed, 0]))
+        inp = engine_inputs(cfg, np.random.default_rng([seed, 1]))
+        write_json(os.path.join(d, "config.json"), cfg, sort_keys=True)
+        write_safetensors(os.path.join(d, "model.safetensors"), W)
+        back = read_safetensors(os.path.join(d, "model.safetensors"))
+        assert all(np.array_equal(back[k], W[k]) for k in W)
+        write_json(os.path.join(d, "inputs.json"), inp)
+        E, k = moe_info(cfg)[:2]
+        fd_rng = np.random.default_rng([seed, 2])
+        for mode, opts in MOE_MODES:
+            doc_mask = mode.endswith("_doc")
+            base = mode[:-4] if doc_mask else mode
+            vis = visibility(base, L, **opts)
+            if doc_mask:
+                vis = doc_visibility(vis, inp["doc_ids"])
+            P = {kk: torch.tensor(v.astype(np.float64), requires_grad=True) for kk, v in W.items()}
+            logits, loss, ce, aux, router = moe_loss(cfg, P, inp["input_ids"], vis, inp)
+            loss.backward()
+            grads = {kk: P[kk].grad.numpy().copy() for kk in W}
+            logits = logits.detach().numpy()
+            gap = router_margin(router, k)
+            assert gap > 1e-4, (name, mode, gap)
+            counts = np.stack([torch.nn.functional.one_hot(ti, E).sum(dim=(0, 1)).numpy() for _, ti in router])
+            assert np.isfinite(logits).all() and math.isfinite(float(loss))
+            if mode == "annealed_doc":
+                ref = naive_forward(cfg, W, inp["input_ids"], vis)
+                diff = np.abs(ref - logits).max()
+                assert diff < 1e-12, diff
+
+                def loss_at(Wx):
+                    Px = {kk: torch.tensor(v) for kk, v in Wx.items()}
+                    with torch.no_grad():
+                        return float(moe_loss(cfg, Px, inp["input_ids"], vis, inp)[1])
+
+                worst = fd_check(W, grads, loss_at, fd_rng, count=6)
+                print("  %s: naive forward max |diff| %.1e, finite-difference max |err| %.1e, router margin %.1e" % (
+                    name, diff, worst, gap))
+            fname = "case_%s.safetensors" % mode
+            out = {"logits": logits, "loss": np.array([float(loss)]), "ce": np.array([float(ce)]),
+                   "aux": np.array([float(aux)]), "expert_counts": counts.astype(np.float64)}
+            for kk, g in grads.items():
+                out["grad." + kk] = g
+            write_safetensors(os.path.join(d, fname), out)
+            cases.append({"config": name, "file": name + "/" + fname, "mode": base, "ratio": opts.get("ratio"),
+                          "seed": opts.get("seed"), "block": opts.get("block"), "doc_mask": doc_mask,
+                          "aux_coef": cfg["router_aux_loss_coef"]})
+    write_json(os.path.join(root, "cases.json"), {"cases": cases})
+
+
+def fd_check(W, grads, loss_at, rng, count):
+    """Central differences on a few entries (float64), half of them in the router and experts."""
+    names = sorted(W)
+    moe_names = [n for n in names if "expert" in n or n.endswith("gate.weight")]
+    W64 = {kk: v.astype(np.float64) for kk, v in W.items()}
+    worst = 0.0
+    for i in range(count):
+        pool = moe_names if i % 2 == 0 else names
+        name = pool[rng.integers(len(pool))]
+        idx = tuple(int(rng.integers(sz)) for sz in W[name].shape)
+        e = 1e-6
+        Wp = {kk: v.copy() for kk, v in W64.items()}
+        Wm = {kk: v.copy() for kk, v in W64.items()}
+        Wp[name][idx] += e
+        Wm[name][idx] -= e
+        fd = (loss_at(Wp) - loss_at(Wm)) / (2 * e)
+        err = abs(fd - grads[name][idx])
+        worst = max(worst, err)
+        assert err < 1e-7 * max(1.0, abs(fd)), (name, idx, fd, grads[name][idx])
+    return worst
+
+
 def main():
     print("torch %s, numpy %s" % (torch.__version__, np.__version__))
-    if os.path.isdir(OUT):
-        shutil.rmtree(OUT)
-    os.makedirs(OUT)
+    if sys.argv[1:] == ["moe"]:  # only fixtures/moe (while developing); a plain run rebuilds everything
+        shutil.rmtree(os.path.join(OUT, "moe"), ignore_errors=True)
+        make_moe()
+        return
+    # this script's folders only: fixtures/chat_templates.json comes from chat_templates*.{mjs,py}
+    for d in ("engine", "objective", "blockdiff", "choice", "moe"):
+        shutil.rmtree(os.path.join(OUT, d), ignore_errors=True)
+    os.makedirs(OUT, exist_ok=True)
     models = make_engine()
     make_hash()
     make_objective(models)
     make_blockdiff(models)
     make_choice(models)
+    make_moe()
     nfiles, nbytes = 0, 0
     for dp, _, fs in os.walk(OUT):
         for f in fs:
