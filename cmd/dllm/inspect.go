@@ -45,6 +45,7 @@ type inspectReport struct {
 	DiskBytes      int64             `json:"disk_bytes"`
 	Files          []string          `json:"files"`
 	Diffusion      *model.DLLMInfo   `json:"dllm,omitempty"`
+	MoE            *moeReport        `json:"moe,omitempty"`
 	Problems       []model.Problem   `json:"problems"`
 	Consistent     bool              `json:"consistent"`
 	Tensors        []tensorRow       `json:"tensors,omitempty"`
@@ -107,7 +108,7 @@ func inspect(dir string, listTensors bool) (*inspectReport, error) {
 		DTypes: map[string]int{}, Hidden: cfg.Hidden, Intermediate: cfg.Intermediate, Layers: cfg.Layers,
 		Heads: cfg.Heads, KVHeads: cfg.KVHeads, HeadDim: cfg.HeadDim, Vocab: cfg.Vocab,
 		TiedEmbeddings: cfg.TieEmbeddings, QKVBias: cfg.QKVBias, QKNorm: cfg.QKNorm, RopeTheta: cfg.RopeTheta,
-		DiskBytes: r.DiskBytes(), Diffusion: cfg.DLLM, Metadata: r.Metadata(),
+		DiskBytes: r.DiskBytes(), Diffusion: cfg.DLLM, Metadata: r.Metadata(), MoE: moeOf(cfg),
 	}
 	if cfg.RopeScaling != nil {
 		rep.RopeScaling = fmt.Sprintf("%s x%g", cfg.RopeScaling.Type, cfg.RopeScaling.Factor)
@@ -143,6 +144,9 @@ func printInspect(w io.Writer, r *inspectReport) {
 	p("parameters", "%s", commas(r.Parameters))
 	p("layers", "%d", r.Layers)
 	p("hidden / ffn", "%d / %d", r.Hidden, r.Intermediate)
+	if r.MoE != nil {
+		printMoE(p, r.Layers, r.MoE)
+	}
 	p("heads / kv heads", "%d / %d (head_dim %d)", r.Heads, r.KVHeads, r.HeadDim)
 	p("vocab", "%d", r.Vocab)
 	tied := "no"

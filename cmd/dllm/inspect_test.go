@@ -119,6 +119,8 @@ type jsonReport struct {
 	Consistent   bool            `json:"consistent"`
 	Tensors      []tensorRow     `json:"tensors"`
 	Metadata     map[string]string
+	Hidden       int        `json:"hidden_size"`
+	MoE          *moeReport `json:"moe"`
 }
 
 func inspectJSON(t *testing.T, args ...string) (jsonReport, error) {
@@ -302,6 +304,54 @@ func TestInspectTinyCheckpoints(t *testing.T) {
 				if !strings.HasSuffix(field(t, out, "on disk"), want) {
 					t.Errorf("on disk: %q", field(t, out, "on disk"))
 				}
+			}
+		})
+	}
+}
+
+// TestInspectMoE: experts, top-k, the shared expert, the sparse layers and
+// total/active parameters of the tiny MoE checkpoints, in text and JSON.
+func TestInspectMoE(t *testing.T) {
+	root := filepath.Join(moduleRoot(t), "testdata", "tiny")
+	for _, c := range []struct {
+		name, experts, shared, sparse string
+		active                        int64
+		renorm                        bool
+	}{
+		// idle experts per sparse layer: (E - k) * 3 * expert ffn * hidden
+		{"qwen2_moe", "4, top-2 (weights not renormalised), expert ffn 32", "ffn 64, scaled by sigmoid(shared_expert_gate x)", "1 of 2 (1); the others dense", 58_816 - 2*3*32*32, false},
+		{"qwen3_moe", "8, top-2 (weights renormalised), expert ffn 24", "", "2 of 2 (0 1); the others dense", 0, true},
+		{"mixtral", "4, top-2 (weights renormalised), expert ffn 48", "", "2 of 2 (0 1); the others dense", 0, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := filepath.Join(root, c.name)
+			out, _, err := dllm(t, "inspect", dir)
+			if err != nil {
+				t.Fatalf("%v\n%s", err, out)
+			}
+			if got := field(t, out, "experts"); got != c.experts {
+				t.Errorf("experts %q", got)
+			}
+			if got := field(t, out, "sparse layers"); got != c.sparse {
+				t.Errorf("sparse layers %q", got)
+			}
+			if c.shared != "" && field(t, out, "shared expert") != c.shared {
+				t.Errorf("shared expert %q", field(t, out, "shared expert"))
+			}
+			if c.shared == "" && strings.Contains(out, "shared expert:") {
+				t.Errorf("a shared expert in\n%s", out)
+			}
+			rep, err := inspectJSON(t, dir)
+			if err != nil || !rep.Consistent || rep.MoE == nil || rep.MoE.NormTopK != c.renorm {
+				t.Fatalf("json %+v, %v", rep, err)
+			}
+			m := rep.MoE
+			idle := int64(m.Experts-m.TopK) * 3 * int64(m.ExpertIntermediate) * int64(rep.Hidden) * int64(len(m.SparseLayers))
+			if m.ActiveParameters != rep.Parameters-idle || m.ActiveParameters >= rep.Parameters || (c.active > 0 && m.ActiveParameters != c.active) {
+				t.Errorf("active %d of %d parameters", m.ActiveParameters, rep.Parameters)
+			}
+			if got := field(t, out, "active params"); got != commas(m.ActiveParameters)+" per token" {
+				t.Errorf("active params %q", got)
 			}
 		})
 	}
