@@ -101,6 +101,9 @@ func newBPE(m *bpeJSON, byteLevel bool) (*bpe, error) {
 		}
 		m.Vocab = v
 	}
+	if len(m.Vocab) == 0 {
+		return nil, fmt.Errorf("model.vocab is empty: this tokenizer.json cannot encode text")
+	}
 	merges, err := parseMerges(m.Merges)
 	if err != nil {
 		return nil, fmt.Errorf("model.merges: %v", err)
@@ -156,9 +159,14 @@ func newBPE(m *bpeJSON, byteLevel bool) (*bpe, error) {
 		c, ok2 := m.Vocab[y]
 		n, ok3 := m.Vocab[x+y]
 		if !ok1 || !ok2 || !ok3 {
-			// tokenizers refuses such files; a merge that cannot produce a
-			// vocabulary token can never apply, so skip it.
-			continue
+			// As tokenizers does: such a file was not made by a BPE trainer.
+			missing := x + y
+			if !ok1 {
+				missing = x
+			} else if !ok2 {
+				missing = y
+			}
+			return nil, fmt.Errorf("model.merges: merge %d (%q %q) needs %q, which is not in model.vocab: this tokenizer.json cannot encode text", rank, x, y, missing)
 		}
 		k := pairKey(int32(a), int32(c))
 		if _, dup := b.merges[k]; !dup {

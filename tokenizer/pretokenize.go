@@ -6,6 +6,9 @@ import (
 	"regexp"
 	"strings"
 	"unicode"
+	"unicode/utf8"
+
+	"github.com/dlclark/regexp2"
 )
 
 // preTokenizer splits a normalized section into words; section is the index
@@ -29,6 +32,7 @@ func (q preSequence) split(p []string, section int) []string {
 type preSplit struct {
 	scan     scanner
 	re       *regexp.Regexp
+	re2      *regexp2.Regexp // patterns Go's regexp cannot run (look-ahead)
 	literal  string
 	behavior string // Removed, Isolated, MergedWithPrevious, MergedWithNext, Contiguous
 	invert   bool
@@ -47,6 +51,23 @@ func (p *preSplit) matches(s string) [][2]int {
 		for _, x := range p.re.FindAllStringIndex(s, -1) {
 			if x[1] > x[0] {
 				m = append(m, [2]int{x[0], x[1]})
+			}
+		}
+	case p.re2 != nil:
+		// regexp2 counts runes; off maps them back to bytes (an invalid
+		// byte is one rune, U+FFFD, either way).
+		runes := []rune(s)
+		off := make([]int, len(runes)+1)
+		for k, i := 0, 0; k < len(runes); k++ {
+			off[k] = i
+			_, sz := utf8.DecodeRuneInString(s[i:])
+			i += sz
+		}
+		off[len(runes)] = len(s)
+		x, err := p.re2.FindRunesMatch(runes)
+		for ; x != nil && err == nil; x, err = p.re2.FindNextMatch(x) {
+			if x.Length > 0 {
+				m = append(m, [2]int{off[x.Index], off[x.Index+x.Length]})
 			}
 		}
 	default:
@@ -346,11 +367,10 @@ func buildPreTokenizer(raw json.RawMessage) (preTokenizer, error) {
 			p.literal = *c.Pattern.String
 		case c.Pattern.Regex != nil:
 			if p.scan = knownScanner(*c.Pattern.Regex); p.scan == nil {
-				re, err := regexp.Compile(*c.Pattern.Regex)
-				if err != nil {
-					return nil, fmt.Errorf("pre_tokenizer Split regex %q is not one of the known GPT-2/Llama-3/Qwen patterns and Go's regexp cannot compile it (%v)", *c.Pattern.Regex, err)
+				var err error
+				if p.re, p.re2, err = compileSplit(*c.Pattern.Regex); err != nil {
+					return nil, err
 				}
-				p.re = re
 			}
 		}
 		return p, nil
@@ -386,6 +406,33 @@ func buildPreTokenizer(raw json.RawMessage) (preTokenizer, error) {
 		return preRegexRemoveGaps{regexp.MustCompile(`\w+|[^\w\s]+`)}, nil
 	}
 	return nil, fmt.Errorf("pre_tokenizer type %q is not supported", c.Type)
+}
+
+// compileSplit compiles a Split regex that has no hand-written scanner. Go's
+// regexp runs it when it can and means the same as Oniguruma (Rust
+// tokenizers): not with look-around, and not with \s, \d, \w or \b, which
+// are ASCII in Go and Unicode there. Everything else runs on regexp2, a
+// backtracking engine with .NET semantics (Unicode classes, look-ahead).
+func compileSplit(pattern string) (*regexp.Regexp, *regexp2.Regexp, error) {
+	perlClass := false
+	for i := 0; i+1 < len(pattern); i++ {
+		if pattern[i] == '\\' {
+			if strings.IndexByte("sSdDwWbB", pattern[i+1]) >= 0 {
+				perlClass = true
+			}
+			i++
+		}
+	}
+	if !perlClass {
+		if re, err := regexp.Compile(pattern); err == nil {
+			return re, nil, nil
+		}
+	}
+	re2, err := regexp2.Compile(pattern, regexp2.None)
+	if err != nil {
+		return nil, nil, fmt.Errorf("pre_tokenizer Split regex %q cannot be compiled: %v", pattern, err)
+	}
+	return nil, re2, nil
 }
 
 // hasByteLevel reports whether a ByteLevel pre-tokenizer is in the chain.

@@ -131,9 +131,40 @@ func TestLoadErrors(t *testing.T) {
 	if _, err := Load(dir); err == nil || !strings.Contains(err.Error(), "Unigram") {
 		t.Errorf("unigram: %v", err)
 	}
-	write(`{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}, "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "\\s+(?!\\S)"}, "behavior": "Isolated"}}`)
-	if _, err := Load(dir); err == nil || !strings.Contains(err.Error(), "regex") {
-		t.Errorf("lookahead regex: %v", err)
+	write(`{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}, "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "(a"}, "behavior": "Isolated"}}`)
+	if _, err := Load(dir); err == nil || !strings.Contains(err.Error(), "cannot be compiled") {
+		t.Errorf("bad regex: %v", err)
+	}
+	// Files that cannot encode are refused at load, not encoded to nothing.
+	write(`{"model": {"type": "BPE", "vocab": {}, "merges": []}}`)
+	if _, err := Load(dir); err == nil || !strings.Contains(err.Error(), "model.vocab is empty") {
+		t.Errorf("empty vocabulary: %v", err)
+	}
+	write(`{"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": ["a b"]}}`)
+	if _, err := Load(dir); err == nil || !strings.Contains(err.Error(), `needs "ab", which is not in model.vocab`) {
+		t.Errorf("merge to an unknown token: %v", err)
+	}
+	write(`{"model": {"type": "BPE", "vocab": {"a": 0, "ab": 1}, "merges": [["a", "b"]]}}`)
+	if _, err := Load(dir); err == nil || !strings.Contains(err.Error(), `needs "b"`) {
+		t.Errorf("merge of an unknown token: %v", err)
+	}
+}
+
+// TestLookaheadSplit: a Split regex with look-ahead, which Go's regexp
+// cannot compile, runs on regexp2 with the backtracking semantics: `\s+(?!\S)`
+// leaves the last space of a run to the next word; \s is Unicode (U+3000).
+func TestLookaheadSplit(t *testing.T) {
+	p, err := buildPreTokenizer([]byte(`{"type": "Split", "pattern": {"Regex": " ?\\p{L}+|\\s+(?!\\S)|\\s+"}, "behavior": "Isolated"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.(*preSplit).re2 == nil {
+		t.Fatal("not on regexp2")
+	}
+	got := p.split([]string{"a   b\u3000\u3000c  "}, 0)
+	want := []string{"a", "  ", " b", "\u3000", "\u3000", "c", "  "}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("got %q, want %q", got, want)
 	}
 }
 
