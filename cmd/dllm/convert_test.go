@@ -199,3 +199,28 @@ func TestDeviceFallback(t *testing.T) {
 		t.Fatalf("cuda without a driver: %v", err)
 	}
 }
+
+// TestQuickstartModel: the committed stories260K is the real model: greedy
+// AR decoding from BOS gives the first 40 ids llama2.c's run.c prints
+// ("Once upon a time, there was a little girl named Lily. She loved to play
+// outside in the park. One day, she saw a big, r").
+func TestQuickstartModel(t *testing.T) {
+	dir := filepath.Join(moduleRoot(t), "testdata/stories260K")
+	if _, stderr, err := dllm(t, "inspect", dir); err != nil {
+		t.Fatalf("inspect: %v\n%s", err, stderr)
+	}
+	out, stderr, err := dllm(t, "generate", dir, "--ar", "--ids", "1", "--gen-len", "40", "--threads", "1", "--json")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, stderr)
+	}
+	var res struct {
+		Samples []struct{ IDs []int32 }
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil || len(res.Samples) != 1 {
+		t.Fatalf("%v: %s", err, out)
+	}
+	want := "403 407 261 378 432 383 286 261 376 298 315 421 395 317 426 338 401 396 267 337 410 408 419 292 411 322 265 282 295 433 426 385 328 432 358 394 261 370 432 352"
+	if got := strings.Trim(fmt.Sprint(res.Samples[0].IDs), "[]"); got != want {
+		t.Fatalf("greedy ids\n got  %s\n want %s", got, want)
+	}
+}
