@@ -185,3 +185,13 @@ type Backend interface {
 	// dw[a] = dout[r] . y[slotOf[a]] for every assignment a of row r.
 	MoECombineBackward(dy, dw, dout, y, w Buf, slotOf IBuf, rows, kOut, dim int)
 }
+
+// HeadLoss is an optional op of a Backend (kernels/cuda has it): the LM head
+// fused with CrossEntropy, so that the logits x W^T (rows x vocab; x is
+// rows x hidden, W vocab x hidden) are never all in memory at once. loss
+// and correct are CrossEntropy's; with grad, dx = dlogits W (overwritten)
+// and, when dW.N > 0, dW += dlogits^T x, dlogits being CrossEntropy's
+// gradient. Rows with target -1 add nothing.
+type HeadLoss interface {
+	HeadLoss(loss, correct, dx, dW, x, W Buf, targets IBuf, weights Buf, rows, hidden, vocab int, gradScale float32, grad bool)
+}

@@ -48,10 +48,13 @@ type Activations struct {
 	weights                       kernels.Buf
 	// res are the layer inputs: with Training one per layer plus the final
 	// hidden state, else two used in turn.
-	res           []kernels.Buf
-	xf, rstdF     kernels.Buf
-	xg            kernels.Buf // gathered rows of xf
-	Logits        kernels.Buf // NRows x V (gradient after Loss with grad)
+	res       []kernels.Buf
+	xf, rstdF kernels.Buf
+	xg        kernels.Buf // gathered rows of xf
+	Logits    kernels.Buf // NRows x V (gradient after Loss with grad); empty when fused
+	// fused: training on a backend with kernels.HeadLoss, the LM head runs
+	// inside Loss in vocabulary chunks and Logits is not kept.
+	fused         bool
 	loss, correct kernels.Buf
 	lossH, corrH  []float32
 	dh, dx, dxg   kernels.Buf
@@ -147,8 +150,12 @@ func sizeOf(rows []Act) int { return actRegion{Rows: rows, Copies: 1}.size() }
 // topActs are the model-level float buffers of a.
 func (a *Activations) topActs(c *Config) []Act {
 	T, H := a.T, c.Hidden
+	logits := T * c.Vocab
+	if a.fused {
+		logits = 0
+	}
 	top := []Act{{"weights", T, &a.weights}, {"final_norm", T * H, &a.xf}, {"final_rstd", T, &a.rstdF},
-		{"rows", T * H, &a.xg}, {"logits", T * c.Vocab, &a.Logits}, {"loss", T, &a.loss}, {"correct", T, &a.correct}}
+		{"rows", T * H, &a.xg}, {"logits", logits, &a.Logits}, {"loss", T, &a.loss}, {"correct", T, &a.correct}}
 	if a.Opt.Training {
 		top = append(top, Act{"dh", T * H, &a.dh}, Act{"dx", T * H, &a.dx}, Act{"drows", T * H, &a.dxg})
 	}
@@ -174,6 +181,8 @@ func (m *Model) NewActivationsWith(B, L int, o ActOptions) *Activations {
 		rowStore: make([]int32, T), tgtStore: make([]int32, T), wStore: make([]float32, T)}
 	a.IDs, a.Pos, a.Docs = make([]int32, T), make([]int32, T), make([]int32, T)
 	a.ScoreAll()
+	_, hl := be.(kernels.HeadLoss)
+	a.fused = hl && o.Training && !m.Head.Bias && m.Head.Adapter == nil
 	for i := range a.Pos {
 		a.Pos[i] = int32(i % L)
 	}
@@ -392,17 +401,32 @@ func (m *Model) forward(a *Activations, vis kernels.Visibility, cache *KVCache, 
 		be.Embedding(a.xg, a.xf, a.rows, a.NRows(), H)
 		xs = a.xg
 	}
-	m.Head.Forward(be, a.Logits, xs, a.NRows())
+	if !a.fused {
+		m.Head.Forward(be, a.Logits, xs, a.NRows())
+	}
 }
 
 // Loss is the weighted cross-entropy of the selected rows against Targets
 // (-1 ignored) with Weights: it returns sum(w*CE) and the number of rows
 // whose argmax is the target. With grad the logits become
-// d(sum(w*CE)/norm)/dlogits, ready for Backward.
+// d(sum(w*CE)/norm)/dlogits, ready for Backward (fused: the head's forward
+// and backward run here, chunk by chunk, and Backward goes on from dx).
 func (m *Model) Loss(a *Activations, norm float64, grad bool) (sum float64, correct int) {
 	be := m.BE
 	n := a.NRows()
-	be.CrossEntropy(a.loss, a.correct, a.Logits, a.targets, a.weights, n, m.Cfg.Vocab, float32(1/norm), grad)
+	if hl, ok := be.(kernels.HeadLoss); ok && a.fused {
+		xs, dxs, dW := a.xf, a.dx, kernels.Buf{}
+		if a.Rows != nil {
+			xs, dxs = a.xg, a.dxg
+		}
+		if grad && !m.Head.Frozen {
+			m.EnableGrads()
+			dW = m.Head.DW
+		}
+		hl.HeadLoss(a.loss, a.correct, dxs, dW, xs, m.Head.W, a.targets, a.weights, n, m.Cfg.Hidden, m.Cfg.Vocab, float32(1/norm), grad)
+	} else {
+		be.CrossEntropy(a.loss, a.correct, a.Logits, a.targets, a.weights, n, m.Cfg.Vocab, float32(1/norm), grad)
+	}
 	be.Download(a.lossH[:n], a.loss.Slice(0, n))
 	be.Download(a.corrH[:n], a.correct.Slice(0, n))
 	for i := 0; i < n; i++ {
@@ -432,7 +456,9 @@ func (m *Model) Backward(a *Activations, vis kernels.Visibility) error {
 	if a.Rows != nil {
 		xs, dxs = a.xg, a.dxg
 	}
-	m.Head.Backward(be, dxs, a.Logits, xs, a.NRows(), false)
+	if !a.fused { // else Loss left dxs and the head's gradient
+		m.Head.Backward(be, dxs, a.Logits, xs, a.NRows(), false)
+	}
 	if a.Rows != nil {
 		be.Zero(a.dx)
 		be.EmbeddingBackward(a.dx, a.dxg, a.rows, a.NRows(), H)

@@ -78,8 +78,8 @@ func newGPUCheckCmd() *cobra.Command {
 			}
 			bf16 := func(c kernelcheck.Case) { c.Op += " (bf16)"; report(c) }
 			// bf16 mode: the matmuls, and attention on the tensor cores (head_dim 64, 128).
-			if only == "" || strings.Contains("MatMul BF16 Attention", only) {
-				if _, err := kernelcheck.Run(ref, dev, kernelcheck.Config{Small: small, Seed: seed + 1, Matmul: "bf16", Only: "^(MatMul|BF16|Attention)$"}, bf16); err != nil {
+			if only == "" || strings.Contains("MatMul BF16 Attention HeadLoss", only) {
+				if _, err := kernelcheck.Run(ref, dev, kernelcheck.Config{Small: small, Seed: seed + 1, Matmul: "bf16", Only: "^(MatMul|BF16|Attention|HeadLoss)$"}, bf16); err != nil {
 					return err
 				}
 			}

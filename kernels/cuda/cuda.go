@@ -59,6 +59,9 @@ type Backend struct {
 	mu     sync.Mutex
 	err    error
 	pool   *pool
+	// headChunk overrides headChunkFloats (tests: several chunks on small
+	// shapes).
+	headChunk int
 }
 
 var _ kernels.Backend = (*Backend)(nil)

@@ -32,7 +32,7 @@ func TestFakeDriver(t *testing.T) {
 		if err := be.SetMatmul(mm); err != nil {
 			t.Fatal(err)
 		}
-		only := "^(Upload/Copy/Zero|MatMul|Attention|CrossEntropy|RMSNorm|Sum|BF16)$"
+		only := "^(Upload/Copy/Zero|MatMul|Attention|CrossEntropy|HeadLoss|RMSNorm|Sum|BF16)$"
 		cases, err := kernelcheck.Run(cpu.New(2), be, kernelcheck.Config{Small: true, Seed: 11, Matmul: mm, Only: only}, nil)
 		if err != nil {
 			t.Fatal(err)

@@ -47,6 +47,12 @@ func columnMajor(m, n, k int, transA, transB bool) gemmCall {
 // kernels.Backend). With bf16 matmuls (the default) A and B are first cast
 // to bfloat16 in pooled scratch; C and the accumulation stay float32.
 func (be *Backend) MatMul(c, a, b kernels.Buf, m, n, k int, transA, transB bool, beta float32) {
+	be.matmul(c, a, b, m, n, k, transA, transB, beta, 0, 0)
+}
+
+// matmul is MatMul with, in bf16 mode, optional bf16 copies of A and B
+// made beforehand (a16, b16; 0: cast here).
+func (be *Backend) matmul(c, a, b kernels.Buf, m, n, k int, transA, transB bool, beta float32, a16, b16 uintptr) {
 	if be.failed.Load() || m == 0 || n == 0 {
 		return
 	}
@@ -67,15 +73,22 @@ func (be *Backend) MatMul(c, a, b kernels.Buf, m, n, k int, transA, transB bool,
 	g := columnMajor(m, n, k, transA, transB)
 	g.a, g.b, g.c, g.beta, g.inType = b.Dev, a.Dev, c.Dev, beta, cudaR32F
 	if !be.fp32 {
-		sa, sb := be.scratch(k*n*2), be.scratch(m*k*2)
-		if sa == 0 || sb == 0 {
-			return
+		sa, sb := b16, a16
+		if sa == 0 {
+			if sa = be.scratch(k * n * 2); sa == 0 {
+				return
+			}
+			be.cast(kCastBF16, sa, b.Dev, k*n)
+			defer be.release(sa)
 		}
-		be.cast(kCastBF16, sa, b.Dev, k*n)
-		be.cast(kCastBF16, sb, a.Dev, m*k)
+		if sb == 0 {
+			if sb = be.scratch(m * k * 2); sb == 0 {
+				return
+			}
+			be.cast(kCastBF16, sb, a.Dev, m*k)
+			defer be.release(sb)
+		}
 		g.a, g.b, g.inType = sa, sb, cudaR16BF
-		defer be.release(sa)
-		defer be.release(sb)
 	}
 	be.async(func() error { return be.drv.gemm(&g) })
 }

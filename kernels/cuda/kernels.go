@@ -48,6 +48,9 @@ const (
 	kMoECombine
 	kMoECombineBwdDY
 	kMoECombineBwdDW
+	kCEChunkStats
+	kCEFinish
+	kCEChunkGrad
 	numKernels
 )
 
@@ -99,6 +102,9 @@ var kernelInfo = [numKernels]struct{ name, sig string }{
 	kMoECombine:      {"moe_combine", "ppppqiii"},
 	kMoECombineBwdDY: {"moe_combine_bwd_dy", "ppppqii"},
 	kMoECombineBwdDW: {"moe_combine_bwd_dw", "ppppqii"},
+	kCEChunkStats:    {"ce_chunk_stats", "ppppppiii"},
+	kCEFinish:        {"ce_finish", "pppppppppq"},
+	kCEChunkGrad:     {"ce_chunk_grad", "ppppiif"},
 }
 
 const (

@@ -395,3 +395,93 @@ func checkBF16(h *harness) {
 	h.dut.Free(dst)
 	h.record("bf16 round trip (RNE)", fmt.Sprint(len(x)), TolExact, RelErr(want, got))
 }
+
+// checkHeadLoss compares a dut's fused LM head + cross-entropy
+// (kernels.HeadLoss) with the reference's MatMul, CrossEntropy and the two
+// backward products. In bf16 mode x and W are bf16 values already, so the
+// logits differ only by the order of the sums; dx and dW also see the
+// gradient rounded to bf16.
+func checkHeadLoss(h *harness) {
+	hl, ok := h.dut.(kernels.HeadLoss)
+	if !ok {
+		return
+	}
+	type hs struct{ rows, hidden, vocab int }
+	shapes := []hs{{37, 64, 1000}, {8, 64, 151936}}
+	if !h.cfg.Small {
+		shapes = append(shapes, hs{512, 896, 151936}, hs{300, 128, 32000})
+	}
+	tol := TolMatmulFP32
+	if h.cfg.Matmul == "bf16" {
+		tol = TolMatmulBF16
+	}
+	for _, s := range shapes {
+		for _, grad := range []bool{false, true} {
+			shape := fmt.Sprintf("%d rows x %d, vocab %d", s.rows, s.hidden, s.vocab)
+			xv, wv := h.randn(s.rows*s.hidden, 1), h.randn(s.vocab*s.hidden, 0.2)
+			if h.cfg.Matmul == "bf16" {
+				for i := range xv {
+					xv[i] = bf16RNE(xv[i])
+				}
+				for i := range wv {
+					wv[i] = bf16RNE(wv[i])
+				}
+			}
+			rx, dx := h.pair(xv)
+			rW, dW := h.pair(wv)
+			rlog, _ := h.pair(nans(s.rows * s.vocab))
+			h.ref.MatMul(rlog, rx, rW, s.rows, s.vocab, s.hidden, false, true, 0)
+			logits := make([]float32, s.rows*s.vocab)
+			h.ref.Download(logits, rlog)
+			targets, weights := make([]int32, s.rows), make([]float32, s.rows)
+			for r := range targets {
+				row := logits[r*s.vocab : (r+1)*s.vocab]
+				switch r % 4 {
+				case 0:
+					arg := 0
+					for j, v := range row {
+						if v > row[arg] {
+							arg = j
+						}
+					}
+					targets[r] = int32(arg)
+				case 3:
+					targets[r] = -1
+				default:
+					targets[r] = int32(h.rng.IntN(s.vocab))
+				}
+				weights[r] = float32(0.5 + h.rng.Float64())
+			}
+			rt, dt := h.pairInt(targets)
+			rw, dw := h.pair(weights)
+			rloss, dloss := h.pair(nans(s.rows))
+			rc, dc := h.pair(nans(s.rows))
+			rdx, ddx := h.pair(nans(s.rows * s.hidden))
+			dW0 := h.randn(s.vocab*s.hidden, 1)
+			rdW, ddW := h.pair(dW0)
+			h.ref.CrossEntropy(rloss, rc, rlog, rt, rw, s.rows, s.vocab, 1.0/37, grad)
+			if grad {
+				h.ref.MatMul(rdx, rlog, rW, s.rows, s.hidden, s.vocab, false, false, 0)
+				h.ref.MatMul(rdW, rlog, rx, s.vocab, s.hidden, s.rows, true, false, 1)
+			}
+			hl.HeadLoss(dloss, dc, ddx, ddW, dx, dW, dt, dw, s.rows, s.hidden, s.vocab, 1.0/37, grad)
+			name := "HeadLoss"
+			if grad {
+				name += " grad"
+			}
+			h.compare(name+" loss", shape, TolLongSum, rloss, dloss)
+			h.compare(name+" correct", shape, TolExact, rc, dc)
+			if grad {
+				h.compare(name+" dx", shape, tol, rdx, ddx)
+				// The product, not the sum: dW's random start can cancel it.
+				rv, dv := h.fetch(rdW, ddW)
+				for i, c := range dW0 {
+					rv[i] -= c
+					dv[i] -= c
+				}
+				h.record(name+" dW (+=)", shape, tol, RelErr(rv, dv))
+			}
+			h.done()
+		}
+	}
+}

@@ -247,6 +247,7 @@ var suites = []suite{
 	{"MoE", checkMoE},
 	{"Add/Scale", checkAddScale},
 	{"CrossEntropy", checkCrossEntropy},
+	{"HeadLoss", checkHeadLoss},
 	{"AdamW", checkAdamW},
 	{"Sum", checkSums},
 	{"BF16", checkBF16},

@@ -48,7 +48,8 @@ static const struct {
     REG(attn_fwd_mma64),   REG(attn_fwd_mma128),  REG(attn_bwd_dq_mma64), REG(attn_bwd_dq_mma128),
     REG(attn_bwd_dkv_mma64), REG(attn_bwd_dkv_mma128),
     REG(router_topk),      REG(router_bwd),       REG(moe_dispatch),     REG(moe_combine),
-    REG(moe_combine_bwd_dy), REG(moe_combine_bwd_dw),
+    REG(moe_combine_bwd_dy), REG(moe_combine_bwd_dw), REG(ce_chunk_stats), REG(ce_finish),
+    REG(ce_chunk_grad),
 };
 
 static EmuFiber fibers[1024];
