@@ -152,6 +152,10 @@ func writeCache(path, key string, s *stream) error {
 		os.Remove(tmp)
 		return fmt.Errorf("corpus: writing cache %s: %v", path, err)
 	}
+	if err := os.Chmod(tmp, 0o644); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("corpus: writing cache %s: %v", path, err)
+	}
 	if err := os.Rename(tmp, path); err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("corpus: writing cache %s: %v", path, err)

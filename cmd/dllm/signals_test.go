@@ -106,6 +106,22 @@ func TestSignals(t *testing.T) {
 			}
 		})
 	}
+	t.Run("two runs at once", func(t *testing.T) {
+		out := filepath.Join(t.TempDir(), "run")
+		cmd, lines, all := startConvert(t, bin, data, out)
+		waitFor(t, lines, all, "eval before:")
+		for _, extra := range [][]string{nil, {"--force"}, {"--resume"}} {
+			args := append([]string{"convert", filepath.Join(moduleRoot(t), "testdata/tiny/llama"), "--data", data, "--out", out, "--steps", "2"}, extra...)
+			b, err := exec.Command(bin, args...).CombinedOutput()
+			want := fmt.Sprintf("used by another dllm run (process %d)", cmd.Process.Pid)
+			if err == nil || !strings.Contains(string(b), want) {
+				t.Errorf("second run %v: %v\n%s", extra, err, b)
+			}
+		}
+		if code, _ := finish(t, cmd, lines, all, syscall.SIGINT); code != 130 {
+			t.Fatalf("exit %d:\n%s", code, all)
+		}
+	})
 	t.Run("twice", func(t *testing.T) {
 		cmd, lines, all := startConvert(t, bin, data, filepath.Join(t.TempDir(), "run"))
 		waitFor(t, lines, all, "eval before:")
@@ -132,7 +148,7 @@ func TestSignals(t *testing.T) {
 		waitFor(t, lines, all, "eval before training")
 		time.Sleep(500 * time.Millisecond)
 		code, secs := finish(t, cmd, lines, all, syscall.SIGTERM)
-		if code != 143 || secs > 1.5 || !strings.Contains(all.String(), "before the first step") {
+		if code != 143 || secs > 2 || !strings.Contains(all.String(), "before the first step") {
 			t.Fatalf("exit %d after %.2fs:\n%s", code, secs, all)
 		}
 		t.Logf("SIGTERM during evaluation: exit after %.2fs", secs)
@@ -142,7 +158,7 @@ func TestSignals(t *testing.T) {
 		waitFor(t, lines, all, "data: reading")
 		time.Sleep(300 * time.Millisecond)
 		code, secs := finish(t, cmd, lines, all, syscall.SIGINT)
-		if code != 130 || secs > 1.5 || strings.Contains(all.String(), "eval before") {
+		if code != 130 || secs > 2 || strings.Contains(all.String(), "eval before") {
 			t.Fatalf("exit %d after %.2fs (the load must not finish):\n%s", code, secs, all)
 		}
 		t.Logf("SIGINT during data loading: exit after %.2fs", secs)
