@@ -786,3 +786,45 @@ func TestShutdown(t *testing.T) {
 		s.Close()
 	}
 }
+
+// TestHangUpWhileQueued: a request whose client leaves while it waits in
+// the queue is dropped from it and frees its slot; it never reaches the
+// model.
+func TestHangUpWhileQueued(t *testing.T) {
+	h := newHold()
+	ts := newTestServer(t, tinyDiffusion(t, 0, false), Config{MaxQueue: 2}, h.hook)
+	defer h.open()
+	first := make(chan int, 1)
+	go func() {
+		code, _, _ := post(t, ts.url+"/v1/completions", `{"prompt": "hi", "max_tokens": 4}`)
+		first <- code
+	}()
+	waitFor(t, "the first request running", func() bool { _, r := ts.q.stats(); return r == 1 })
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, "POST", ts.url+"/v1/completions", strings.NewReader(`{"prompt": "hello", "max_tokens": 4}`))
+	errc := make(chan error, 1)
+	go func() {
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		errc <- err
+	}()
+	waitFor(t, "the second request queued", func() bool { w, _ := ts.q.stats(); return w == 1 })
+	cancel()
+	<-errc
+	waitFor(t, "the queue to drop it", func() bool {
+		ts.q.mu.Lock()
+		defer ts.q.mu.Unlock()
+		return len(ts.q.waiting) == 0 && ts.q.admitted == 1
+	})
+	h.open()
+	if code := <-first; code != 200 {
+		t.Fatalf("the running request: %d", code)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.rows) != 1 {
+		t.Fatalf("%d batches ran, want only the first's", len(h.rows))
+	}
+}
