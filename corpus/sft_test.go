@@ -2,6 +2,7 @@ package corpus
 
 import (
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -247,4 +248,69 @@ func writeTemp(t *testing.T, dir, name, s string) string {
 	p := filepath.Join(dir, name)
 	writeFile(t, p, s)
 	return p
+}
+
+// TestLoadSFTRealTemplates: with the Qwen3 and Llama-3 templates the
+// special tokens of the rendered text are single added-token ids, the
+// response ends with the end-of-turn id, and Llama-3's trailing assistant
+// header (its template always adds one) is not part of the turn.
+func TestLoadSFTRealTemplates(t *testing.T) {
+	shared := filepath.Join("..", "..", "shared", "tokenizers")
+	if _, err := os.Stat(shared); err != nil {
+		t.Skipf("reference material %s is absent (a plain clone): skipping", shared)
+	}
+	path := filepath.Join(t.TempDir(), "chat.jsonl")
+	writeFile(t, path, `{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Bye now."}]}`+"\n")
+	for _, c := range []struct{ name, eot, wantResp2 string }{
+		{"qwen3", "<|im_end|>", "<think>\n\n</think>\n\nBye now.<|im_end|>"},
+		{"llama3", "<|eot_id|>", "Bye now.<|eot_id|>"},
+	} {
+		dir := filepath.Join(shared, c.name)
+		tok, err := tokenizer.Load(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ct, err := tokenizer.LoadChatTemplate(dir, "")
+		if err != nil || ct == nil {
+			t.Fatal(ct, err)
+		}
+		const L = 96
+		co, err := LoadSFT(tok, SFTOptions{Paths: []string{path}, SeqLen: L, Template: ct})
+		if err != nil {
+			t.Fatal(err)
+		}
+		eotID, ok := tok.ID(c.eot)
+		if !ok || co.Train.Rows() != 2 {
+			t.Fatalf("%s: eot %v, rows %d", c.name, ok, co.Train.Rows())
+		}
+		ids, fixed := make([]int32, L), make([]bool, L)
+		for r := 0; r < 2; r++ {
+			co.Train.Row(r, ids, nil)
+			co.Train.Fixed(r, fixed)
+			var prompt, resp []int
+			for i := 0; i < L; i++ {
+				if fixed[i] {
+					prompt = append(prompt, int(ids[i]))
+				} else if int(ids[i]) != tok.EOS() || len(resp) == 0 || resp[len(resp)-1] != eotID {
+					resp = append(resp, int(ids[i]))
+				}
+			}
+			if resp[len(resp)-1] != eotID {
+				t.Fatalf("%s row %d: response %q does not end with %s", c.name, r, tok.Decode(resp, false), c.eot)
+			}
+			// Every special token of the prompt is one id.
+			n := 0
+			for _, id := range prompt {
+				if tok.IsSpecial(id) {
+					n++
+				}
+			}
+			if want := strings.Count(tok.Decode(prompt, false), "<|"); n != want || n == 0 {
+				t.Fatalf("%s row %d: %d special ids for %d special tokens in %q", c.name, r, n, want, tok.Decode(prompt, false))
+			}
+			if r == 1 && tok.Decode(resp, false) != c.wantResp2 {
+				t.Fatalf("%s: second response %q, want %q", c.name, tok.Decode(resp, false), c.wantResp2)
+			}
+		}
+	}
 }
