@@ -102,7 +102,20 @@ func (a *answer) wait(j *job, cancel context.CancelFunc) (res result, stoppedEar
 				cancel()
 				return result{tokens: a.cut(rows, j.opt.StopAtEOS)}, true
 			}
+		case <-j.stepsNotify:
+			j.mu.Lock()
+			rows := j.steps
+			j.mu.Unlock()
+			a.sendPartial(rows)
 		case res := <-j.done:
+			select {
+			case <-j.stepsNotify: // the last step's view, set before done
+				j.mu.Lock()
+				rows := j.steps
+				j.mu.Unlock()
+				a.sendPartial(rows)
+			default:
+			}
 			return res, false
 		case <-j.ctx.Done():
 			select {
@@ -331,4 +344,38 @@ func (s *sse) done() {
 			s.err = s.rc.Flush()
 		}
 	}
+}
+
+// maskGlyph stands for a position still masked in a dllm_partial view.
+const maskGlyph = "\u2591"
+
+// sendPartial streams every row's whole sequence after a step, masked
+// positions as maskGlyph, in a chunk's dllm_partial field; its text is
+// empty, so the text chunks still join into the answer.
+func (a *answer) sendPartial(rows [][]int32) {
+	var cs []choice
+	for i, row := range rows {
+		var b strings.Builder
+		run := []int32{}
+		flush := func() {
+			if len(run) > 0 {
+				b.WriteString(a.s.decode(run))
+				run = run[:0]
+			}
+		}
+		for _, t := range row {
+			if t == a.s.info.MaskID {
+				flush()
+				b.WriteString(maskGlyph)
+			} else {
+				run = append(run, t)
+			}
+		}
+		flush()
+		c := a.piece(i, "", nil)
+		p := b.String()
+		c.Partial = &p
+		cs = append(cs, c)
+	}
+	a.stream.send(a.chunk(cs))
 }

@@ -44,6 +44,7 @@ type request struct {
 	Threshold      *float64 `json:"threshold"`
 	StopAtEOS      *bool    `json:"stop_at_eos"`
 	ReturnTokenIDs bool     `json:"return_token_ids"`
+	Partial        bool     `json:"dllm_partial"`
 }
 
 // apiError is an OpenAI-style error: {"error": {"message", "type", "param",
@@ -301,6 +302,8 @@ type choice struct {
 	Logprobs     any          `json:"logprobs"`
 	FinishReason *string      `json:"finish_reason"`
 	TokenIDs     any          `json:"token_ids,omitempty"`
+	// Partial is the whole sequence after a step (dllm_partial streams).
+	Partial *string `json:"dllm_partial,omitempty"`
 }
 
 type chatMessage struct {

@@ -23,7 +23,12 @@ type job struct {
 	mu     sync.Mutex
 	latest [][]int32     // the rows' generated tokens up to the last finished block
 	notify chan struct{} // a new latest (capacity 1)
-	done   chan result   // the outcome (capacity 1)
+
+	// partial: the rows after every step, masks included (dllm_partial).
+	partial     bool
+	steps       [][]int32
+	stepsNotify chan struct{}
+	done        chan result // the outcome (capacity 1)
 }
 
 type result struct {
@@ -191,6 +196,29 @@ func (q *queue) decode(batch []*job) {
 			case j.notify <- struct{}{}:
 			default:
 			}
+		}
+	}
+	for _, j := range batch {
+		if j.partial {
+			opt.Observe = func(_ int, x [][]int32) {
+				for i, j := range batch {
+					if !j.partial {
+						continue
+					}
+					rows := make([][]int32, j.group.Rows)
+					for r := range rows {
+						rows[r] = slices.Clone(x[first[i]+r][P:])
+					}
+					j.mu.Lock()
+					j.steps = rows
+					j.mu.Unlock()
+					select {
+					case j.stepsNotify <- struct{}{}:
+					default:
+					}
+				}
+			}
+			break
 		}
 	}
 	res, err := q.generate(opt, groups)

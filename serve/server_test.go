@@ -828,3 +828,36 @@ func TestHangUpWhileQueued(t *testing.T) {
 		t.Fatalf("%d batches ran, want only the first's", len(h.rows))
 	}
 }
+
+// TestPartialStream: with dllm_partial a one-block stream also sends the
+// whole sequence after steps (masked positions as a glyph, fewer each
+// time, none at the end); its text chunks still join into the answer.
+func TestPartialStream(t *testing.T) {
+	ts := newTestServer(t, tinyDiffusion(t, 0, false), Config{})
+	body := `{"prompt": "Once upon a time", "max_tokens": 12, "steps": 12, "block_length": 12, "temperature": 0.7, "seed": 3, "stop_at_eos": false}`
+	_, plain, _ := post(t, ts.url+"/v1/completions", body)
+	chunks := stream(t, ts.url+"/v1/completions", strings.Replace(body, "{", `{"stream": true, "dllm_partial": true, `, 1))
+	var partials []string
+	for _, c := range chunks {
+		for _, ch := range c["choices"].([]any) {
+			if p, ok := ch.(map[string]any)["dllm_partial"].(string); ok {
+				partials = append(partials, p)
+			}
+		}
+	}
+	if len(partials) < 2 {
+		t.Fatalf("%d partial views for 12 steps", len(partials))
+	}
+	for i := 1; i < len(partials); i++ {
+		if strings.Count(partials[i], maskGlyph) > strings.Count(partials[i-1], maskGlyph) {
+			t.Fatalf("masks grew: %q then %q", partials[i-1], partials[i])
+		}
+	}
+	if strings.Count(partials[0], maskGlyph) == 0 || strings.Contains(partials[len(partials)-1], maskGlyph) {
+		t.Fatalf("partial views %q", partials)
+	}
+	text, _, _ := concat(chunks)
+	if text[0] != completionText(t, plain, 0) {
+		t.Fatalf("stream %q, answer %q", text[0], completionText(t, plain, 0))
+	}
+}
