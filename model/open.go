@@ -1,6 +1,7 @@
 package model
 
 import (
+	"fmt"
 	"github.com/dllm-dev/dllm/kernels"
 	"github.com/dllm-dev/dllm/tokenizer"
 )
@@ -68,6 +69,10 @@ func (c *Checkpoint) LoadModel(be kernels.Backend) error {
 	m, err := Load(c.Dir, be)
 	if err != nil {
 		return err
+	}
+	if HasNonFinite(be, m.Params) {
+		be.Free(m.Params)
+		return fmt.Errorf("the weights of %s hold NaN or infinite values: the checkpoint cannot be used (take an earlier checkpoint, or download or export it again)", c.Dir)
 	}
 	c.Model = m
 	return nil
