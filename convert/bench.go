@@ -31,6 +31,12 @@ type BenchResult struct {
 // weighted loss, backward, global norm, AdamW) on random tokens with
 // bidirectional attention, after warm-up steps.
 func BenchStep(m *model.Model, B, L, warmup, steps int, seed uint64) (BenchResult, error) {
+	return BenchStepVis(m, B, L, warmup, steps, seed, kernels.Visibility{Mode: kernels.Bidirectional})
+}
+
+// BenchStepVis is BenchStep under vis; an annealed rule gets a new seed
+// every step, as in a conversion.
+func BenchStepVis(m *model.Model, B, L, warmup, steps int, seed uint64, vis kernels.Visibility) (BenchResult, error) {
 	be, c := m.BE, m.Cfg
 	st := NewStepper(m, B, L)
 	st.LR = 1e-4
@@ -38,7 +44,6 @@ func BenchStep(m *model.Model, B, L, warmup, steps int, seed uint64) (BenchResul
 	obj := diffusion.Objective{MaskID: int32(c.Vocab - 1), Shift: true, Weighting: diffusion.ELBO, Norm: diffusion.NormMasked, TMin: 1e-3}
 	batch := diffusion.NewBatch(B, L)
 	rng := rand.New(rand.NewPCG(seed, 1))
-	vis := kernels.Visibility{Mode: kernels.Bidirectional}
 	docs := make([]int32, B*L)
 	var loss float64
 	step := func(i int) error {
@@ -49,6 +54,9 @@ func BenchStep(m *model.Model, B, L, warmup, steps int, seed uint64) (BenchResul
 		obj.Mask(rng, batch)
 		obj.Score(batch)
 		k := batch.NMasked
+		if vis.Mode == kernels.Annealed {
+			vis.Seed = rng.Uint64()
+		}
 		var err error
 		loss, err = st.Step(StepBatch{IDs: batch.XT, Docs: docs, Rows: batch.Rows[:k], Targets: batch.Targets[:k], Weights: batch.Weights[:k]}, vis, i+1)
 		return err

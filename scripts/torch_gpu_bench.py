@@ -64,7 +64,7 @@ def attention_is_bidirectional(model, vocab):
     return not torch.equal(a, b)
 
 
-def run(config, model, B, L, steps, warmup, peak, seed):
+def run(config, model, B, L, steps, warmup, peak, seed, mask="bidirectional", ratio=0.5):
     V = config.vocab_size
     mask_id = V - 1
     params = sum(p.numel() for p in model.parameters())
@@ -73,8 +73,12 @@ def run(config, model, B, L, steps, warmup, peak, seed):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, fused=True)
     g = torch.Generator(device="cuda").manual_seed(seed)
     attn = full_mask(B, L)
+    causal = torch.tril(torch.ones(L, L, dtype=torch.bool, device="cuda"))
 
     def step():
+        nonlocal attn
+        if mask == "annealed":  # dllm's annealed rule: causal, plus each future key with probability ratio
+            attn = (causal | (torch.rand(B, 1, L, L, device="cuda", generator=g) < ratio))
         x0 = torch.randint(0, V - 1, (B, L), device="cuda", generator=g)
         u0 = torch.rand(1, device="cuda", generator=g)
         t = 1e-3 + (1 - 1e-3) * torch.remainder(u0 + torch.arange(B, device="cuda") / B, 1.0)
@@ -114,7 +118,7 @@ def run(config, model, B, L, steps, warmup, peak, seed):
         "device": torch.cuda.get_device_name(), "batch": B, "seq_len": L, "params": params,
         "steps": steps, "warmup": warmup, "ms_per_step": ms, "tokens_per_second": tokens / (ms / 1e3),
         "flops_per_step": flops, "tflops": tflops, "peak_tflops": peak, "mfu": tflops / peak,
-        "loss": float(loss), "precision": "fp32 master weights, bf16 autocast",
+        "loss": float(loss), "precision": "fp32 master weights, bf16 autocast", "mask": mask,
         "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30,
     }
 
@@ -128,17 +132,22 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--peak-tflops", type=float, default=989.0)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--shapes", nargs="+", help="BxL shapes (e.g. 4x512 1x2048), instead of --batch and --seq-len")
+    ap.add_argument("--mask", nargs="+", default=["bidirectional"], choices=["bidirectional", "annealed"])
+    ap.add_argument("--ratio", type=float, default=0.5, help="the annealed mask's ratio of visible future keys")
     args = ap.parse_args()
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes] if args.shapes else [(B, args.seq_len) for B in args.batch]
     if not torch.cuda.is_available():
         sys.exit("torch_gpu_bench: no CUDA device")
     config, model = build(args.config, args.seed)
     bidir = attention_is_bidirectional(model, config.vocab_size)
     print(f"attention: {'bidirectional (checked)' if bidir else 'CAUSAL: the 4-D mask was not honoured'}", file=sys.stderr)
-    for B in args.batch:
-        r = run(config, model, B, args.seq_len, args.steps, args.warmup, args.peak_tflops, args.seed)
-        r["attention"] = "bidirectional" if bidir else "causal"
-        print(json.dumps(r), flush=True)
-        torch.cuda.empty_cache()
+    for B, L in shapes:
+        for mask in args.mask:
+            r = run(config, model, B, L, args.steps, args.warmup, args.peak_tflops, args.seed, mask, args.ratio)
+            r["attention"] = "bidirectional" if bidir else "causal"
+            print(json.dumps(r), flush=True)
+            torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

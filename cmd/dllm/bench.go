@@ -17,6 +17,8 @@ import (
 func newBenchCmd() *cobra.Command {
 	var (
 		modelDir, arch, device string
+		mask                   string
+		ratio                  float64
 		batch, seqLen, steps   int
 		warmup, threads        int
 		matmul, asJSON         bool
@@ -58,7 +60,15 @@ random weights (--arch, e.g. testdata/configs/llama-42m.json), or, with
 			if err != nil {
 				return err
 			}
-			r, err := convert.BenchStep(m, batch, seqLen, warmup, steps, seed)
+			vis := kernels.Visibility{Mode: kernels.Bidirectional}
+			switch mask {
+			case "bidirectional":
+			case "annealed":
+				vis = kernels.Visibility{Mode: kernels.Annealed, Ratio: float32(ratio)}
+			default:
+				return &exitError{2, fmt.Errorf("--mask %q: use bidirectional or annealed", mask)}
+			}
+			r, err := convert.BenchStepVis(m, batch, seqLen, warmup, steps, seed, vis)
 			if err != nil {
 				return err
 			}
@@ -66,9 +76,10 @@ random weights (--arch, e.g. testdata/configs/llama-42m.json), or, with
 			if asJSON {
 				return json.NewEncoder(out).Encode(struct {
 					convert.BenchResult
+					Mask       string  `json:"mask"`
 					PeakTFLOPS float64 `json:"peak_tflops"`
 					MFU        float64 `json:"mfu"`
-				}{r, peak, mfu})
+				}{r, mask, peak, mfu})
 			}
 			fmt.Fprintf(out, "%s: %s parameters, batch %d x %d tokens, %d steps after %d warm-up\n",
 				r.Backend, commas(r.Params), r.Batch, r.SeqLen, r.Steps, warmup)
@@ -85,6 +96,8 @@ random weights (--arch, e.g. testdata/configs/llama-42m.json), or, with
 	f.StringVar(&arch, "arch", "", "config.json of an architecture to time with random weights")
 	f.StringVar(&device, "device", "auto", "auto, cpu or cuda")
 	f.IntVar(&threads, "threads", 0, "CPU threads (0: all)")
+	f.StringVar(&mask, "mask", "bidirectional", "attention of the timed step: bidirectional or annealed")
+	f.Float64Var(&ratio, "ratio", 0.5, "the annealed mask's ratio of visible future keys")
 	f.IntVar(&batch, "batch", 8, "rows per step")
 	f.IntVar(&seqLen, "seq-len", 256, "tokens per row")
 	f.IntVar(&steps, "steps", 10, "timed steps")

@@ -186,3 +186,65 @@ func TestDeviceCUDAOnFakeDriver(t *testing.T) {
 		}
 	}
 }
+
+// dllm logits writes L x vocab float32 logits: bidirectional by default, so
+// the first position sees the last token (it does not under --mask causal).
+func TestLogitsCommand(t *testing.T) {
+	dir := t.TempDir()
+	read := func(mask, ids string) []float32 {
+		out := filepath.Join(dir, mask+ids+".f32")
+		root := newRoot()
+		root.SetArgs([]string{"logits", "--model", "../../testdata/tiny/llama", "--ids", ids, "--out", out, "--device", "cpu", "--mask", mask})
+		var buf bytes.Buffer
+		root.SetOut(&buf)
+		if err := root.Execute(); err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v := make([]float32, len(b)/4)
+		for i := range v {
+			v[i] = math.Float32frombits(uint32(b[4*i]) | uint32(b[4*i+1])<<8 | uint32(b[4*i+2])<<16 | uint32(b[4*i+3])<<24)
+		}
+		return v
+	}
+	a, b := read("bidirectional", "5,6,7,8"), read("bidirectional", "5,6,7,9")
+	if len(a)%4 != 0 || len(a) < 4*100 {
+		t.Fatalf("%d values", len(a))
+	}
+	V := len(a) / 4
+	if a[0] == b[0] && a[1] == b[1] && a[V-1] == b[V-1] {
+		t.Error("bidirectional: position 0 does not see the last token")
+	}
+	c, d := read("causal", "5,6,7,8"), read("causal", "5,6,7,9")
+	for j := 0; j < V; j++ {
+		if c[j] != d[j] {
+			t.Fatalf("causal: position 0 sees the last token (logit %d)", j)
+		}
+	}
+	root := newRoot()
+	root.SetArgs([]string{"logits", "--model", "../../testdata/tiny/llama", "--ids", "5,x", "--out", filepath.Join(dir, "bad"), "--device", "cpu"})
+	root.SetOut(&bytes.Buffer{})
+	if err := root.Execute(); err == nil || !strings.Contains(err.Error(), "not an integer") {
+		t.Errorf("bad ids: %v", err)
+	}
+}
+
+func TestBenchMask(t *testing.T) {
+	root := newRoot()
+	root.SetArgs([]string{"bench", "--arch", "../../testdata/tiny/qwen2/config.json", "--device", "cpu", "--batch", "2",
+		"--seq-len", "16", "--steps", "1", "--warmup", "0", "--mask", "annealed", "--json"})
+	var buf bytes.Buffer
+	root.SetOut(&buf)
+	if err := root.Execute(); err != nil || !strings.Contains(buf.String(), `"mask":"annealed"`) {
+		t.Errorf("%v: %s", err, buf.String())
+	}
+	root = newRoot()
+	root.SetArgs([]string{"bench", "--arch", "../../testdata/tiny/qwen2/config.json", "--device", "cpu", "--mask", "causal"})
+	root.SetOut(&bytes.Buffer{})
+	if err := root.Execute(); err == nil || !strings.Contains(err.Error(), "bidirectional or annealed") {
+		t.Errorf("--mask causal: %v", err)
+	}
+}
