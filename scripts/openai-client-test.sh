@@ -22,7 +22,7 @@ if ! (cd "$tmp" && npm init -y >/dev/null && timeout 120 npm install --no-audit 
 fi
 go build -o "$tmp/dllm" ./cmd/dllm
 "$tmp/dllm" convert testdata/tiny/llama --data testdata/text/stories.txt --out "$tmp/run" --steps 4 --seq-len 32 \
-  --batch-size 4 --eval-rows 4 --eval-mc 1 --seed 1 --threads 2 --quiet >/dev/null
+  --batch-size 4 --eval-rows 4 --eval-mc 1 --seed 1 --threads 2 --quiet >"$tmp/convert.log" 2>&1 || { cat "$tmp/convert.log"; exit 1; }
 printf '%s' '{% for m in messages %}<s>{{ m.role }}: {{ m.content }}</s>{% endfor %}{% if add_generation_prompt %}<s>assistant:{% endif %}' > "$tmp/chat.jinja"
 "$tmp/dllm" serve "$tmp/run/final" --port 0 --device cpu --threads 2 --api-key test-key --name tiny \
   --chat-template "$tmp/chat.jinja" 2> "$tmp/serve.log" &
