@@ -13,14 +13,17 @@ import (
 
 // BenchResult is the speed of the training step.
 type BenchResult struct {
-	Backend      string  `json:"backend"`
-	Batch        int     `json:"batch"`
-	SeqLen       int     `json:"seq_len"`
-	Params       int64   `json:"params"`
+	Backend string `json:"backend"`
+	Batch   int    `json:"batch"`
+	SeqLen  int    `json:"seq_len"`
+	Params  int64  `json:"params"`
+	// ActiveParams are the parameters one token uses (MoE: the routed
+	// experts only); the FLOPs count these.
+	ActiveParams int64   `json:"active_params"`
 	Steps        int     `json:"steps"`
 	MsPerStep    float64 `json:"ms_per_step"`
 	TokensPerSec float64 `json:"tokens_per_second"`
-	// FLOPs of one step by the 6*N*tokens rule plus attention
+	// FLOPs of one step by the 6*N*tokens rule (N active) plus attention
 	// (12*layers*L*hidden per token), and the rate achieved.
 	FlopsPerStep float64 `json:"flops_per_step"`
 	TFLOPS       float64 `json:"tflops"`
@@ -76,9 +79,9 @@ func BenchStepVis(m *model.Model, B, L, warmup, steps int, seed uint64, vis kern
 	if math.IsNaN(loss) {
 		return BenchResult{}, fmt.Errorf("bench: loss is NaN")
 	}
-	n := m.Layout.Total
+	n, active := m.Layout.Total, c.ActiveParamCount()
 	tokens := float64(B * L)
-	flops := 6*float64(n)*tokens + 12*float64(c.Layers*L*c.QDim())*tokens
-	return BenchResult{Backend: be.Name(), Batch: B, SeqLen: L, Params: int64(n), Steps: steps, MsPerStep: dt * 1e3,
+	flops := 6*float64(active)*tokens + 12*float64(c.Layers*L*c.QDim())*tokens
+	return BenchResult{Backend: be.Name(), Batch: B, SeqLen: L, Params: int64(n), ActiveParams: active, Steps: steps, MsPerStep: dt * 1e3,
 		TokensPerSec: tokens / dt, FlopsPerStep: flops, TFLOPS: flops / dt / 1e12, Loss: loss}, nil
 }

@@ -7,6 +7,7 @@ package convert
 
 import (
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 
@@ -65,8 +66,11 @@ type Options struct {
 	Beta2       float64 `json:"beta2"`
 	Eps         float64 `json:"adam-eps"`
 	Clip        float64 `json:"clip"`
-	Seed        uint64  `json:"seed"`
-	Init        string  `json:"init"`
+	// RouterAuxCoef scales the MoE load-balancing loss; -1: the config's
+	// router_aux_loss_coef.
+	RouterAuxCoef float64 `json:"router-aux-coef"`
+	Seed          uint64  `json:"seed"`
+	Init          string  `json:"init"`
 
 	// System.
 	Device  string `json:"device"`
@@ -99,7 +103,7 @@ func Defaults() Options {
 		Shift: true, Weighting: "elbo", CartP: 0.1, LossNorm: "masked", TMin: 1e-3,
 		AnnealSteps: -1, TPer: "row", EmbedNoise: -1,
 		Steps: 1000, SeqLen: 512, BatchSize: 8, GradAccum: 1, LR: 1e-4, MinLR: -1, Warmup: -1,
-		LRSchedule: "cosine", DecayFrac: 0.2, WeightDecay: 0.1, Beta1: 0.9, Beta2: 0.95, Eps: 1e-8, Clip: 1, Seed: 42,
+		LRSchedule: "cosine", DecayFrac: 0.2, WeightDecay: 0.1, Beta1: 0.9, Beta2: 0.95, Eps: 1e-8, Clip: 1, RouterAuxCoef: -1, Seed: 42,
 		Init: "pretrained", Device: "auto", EvalEvery: -1, EvalRows: 32, EvalMC: 8, SaveEvery: -1, Keep: 2,
 	}
 }
@@ -126,6 +130,8 @@ func (o *Options) Resolve() error {
 		return fmt.Errorf("--lr must be positive, got %g", o.LR)
 	case o.Clip < 0:
 		return fmt.Errorf("--clip must be >= 0 (0 disables clipping), got %g", o.Clip)
+	case o.RouterAuxCoef < 0 && o.RouterAuxCoef != -1 || math.IsNaN(o.RouterAuxCoef) || math.IsInf(o.RouterAuxCoef, 0):
+		return fmt.Errorf("--router-aux-coef must be >= 0 (0 turns the MoE load-balancing loss off; -1 takes router_aux_loss_coef from config.json), got %g", o.RouterAuxCoef)
 	case o.Beta1 < 0 || o.Beta1 >= 1 || o.Beta2 < 0 || o.Beta2 >= 1:
 		return fmt.Errorf("--beta1 and --beta2 must be in [0, 1)")
 	case o.EvalFraction < 0 || o.EvalFraction >= 1:

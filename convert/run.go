@@ -66,7 +66,12 @@ type run struct {
 	noiseStd   float64                    // its standard deviation
 	noise      []float32                  // this step's noise (T x hidden)
 
-	adam    *AdamW
+	adam *AdamW
+	// MoE: the load-balancing loss's coefficient, and this step's aux loss
+	// and tokens per expert (sparse layer x expert) over its micro-batches.
+	auxCoef float64
+	auxLoss float64
+	counts  [][]int
 	pcg     *rand.PCG
 	rng     *rand.Rand
 	state   trainerState
@@ -288,6 +293,14 @@ func (r *run) prepare() error {
 		r.logf("mask token: %s = %d (%s)", r.plan.Token, r.plan.ID, r.plan.Kind)
 	}
 	r.m.EnableGrads()
+	if me := r.m.Cfg.MoE; me != nil {
+		r.auxCoef = me.AuxCoef
+		if o.RouterAuxCoef >= 0 {
+			r.auxCoef = o.RouterAuxCoef
+		}
+		r.logf("mixture of experts: %d experts, top-%d, %d sparse layers; router load-balancing loss coefficient %g", me.Experts, me.TopK,
+			len(r.m.Cfg.SparseLayers()), r.auxCoef)
+	}
 	r.obj = o.TrainObjective(int32(r.plan.ID))
 	r.eobj = o.Objective(int32(r.plan.ID))
 	if resumeDir == "" {
@@ -502,12 +515,36 @@ func (r *run) micro(step int, vis kernels.Visibility, block int) (float64, int, 
 	copy(a.Weights, b.Weights[:k])
 	r.embedNoise(step, a, block)
 	a.Upload(r.be)
+	a.AuxCoef = r.auxCoef / float64(o.GradAccum)
 	r.m.Forward(a, vis)
 	s, c := r.m.Loss(a, norm*float64(o.GradAccum), true)
 	if err := r.m.Backward(a, vis); err != nil {
 		return 0, 0, 0, err
 	}
-	return s / norm / float64(o.GradAccum), c, k, nil
+	aux := r.addRouting(a) / float64(o.GradAccum)
+	return s/norm/float64(o.GradAccum) + r.auxCoef*aux, c, k, nil
+}
+
+// addRouting adds a micro-batch's tokens per expert to the step's and
+// returns its load-balancing loss (0 for a dense model).
+func (r *run) addRouting(a *model.Activations) float64 {
+	counts := a.ExpertCounts()
+	if counts == nil {
+		return 0
+	}
+	if r.counts == nil {
+		for _, c := range counts {
+			r.counts = append(r.counts, make([]int, len(c)))
+		}
+	}
+	for l, c := range counts {
+		for e, n := range c {
+			r.counts[l][e] += n
+		}
+	}
+	aux := a.AuxLoss()
+	r.auxLoss += aux / float64(r.opt.GradAccum)
+	return aux
 }
 
 func (r *run) evaluate() (*diffusion.EvalResult, error) {
@@ -566,6 +603,10 @@ func (r *run) train(ctx context.Context) error {
 		lr := o.LearningRate(step)
 		t0 := time.Now()
 		r.be.Zero(r.m.Grads)
+		r.auxLoss = 0
+		for _, c := range r.counts {
+			clear(c)
+		}
 		var loss float64
 		var correct, masked int
 		for micro := 0; micro < o.GradAccum; micro++ {
@@ -615,6 +656,9 @@ func (r *run) train(ctx context.Context) error {
 			"ratio": ratio, "tokens_per_s": tps, "tokens_seen": st.TokensSeen, "seconds": st.Seconds}
 		if r.sched != nil {
 			rec["block"] = blockOrFull(block, L)
+		}
+		if r.counts != nil {
+			rec["aux_loss"], rec["expert_counts"] = r.auxLoss, r.counts
 		}
 		if err := r.writeMetric(rec); err != nil {
 			return err

@@ -33,7 +33,8 @@ func RandomStepBatch(rng *rand.Rand, B, L, vocab, docLen int) StepBatch {
 }
 
 // Stepper is the bare optimizer step of a run: forward, weighted loss over
-// the scored rows (normalised by their number), backward, global-norm clip
+// the scored rows (normalised by their number; MoE: plus the config's
+// router_aux_loss_coef times the load-balancing loss), backward, global-norm clip
 // at 1 and AdamW (LR, default 1e-3; betas 0.9/0.95; weight decay 0.1 on
 // everything).
 // Benchmarks and backend comparisons use it; a conversion adds noising,
@@ -48,7 +49,11 @@ type Stepper struct {
 // NewStepper allocates gradients, activations for B x L and AdamW moments.
 func NewStepper(m *model.Model, B, L int) *Stepper {
 	m.EnableGrads()
-	return &Stepper{LR: 1e-3, m: m, acts: m.NewActivations(B, L, true), opt: NewAdamW(m, 0.9, 0.95, 1e-8, 0.1, true)}
+	s := &Stepper{LR: 1e-3, m: m, acts: m.NewActivations(B, L, true), opt: NewAdamW(m, 0.9, 0.95, 1e-8, 0.1, true)}
+	if me := m.Cfg.MoE; me != nil {
+		s.acts.AuxCoef = me.AuxCoef // the config's router_aux_loss_coef
+	}
+	return s
 }
 
 // Free returns the buffers.
@@ -75,5 +80,5 @@ func (s *Stepper) Step(b StepBatch, vis kernels.Visibility, step int) (float64, 
 	}
 	gn := math.Sqrt(be.SumSquares(s.m.Grads))
 	s.opt.Step(float64(s.LR), step, float32(min(1, 1/gn)))
-	return loss / norm, be.Sync()
+	return loss/norm + a.AuxCoef*a.AuxLoss(), be.Sync()
 }

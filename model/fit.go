@@ -21,9 +21,18 @@ func (c *Config) ActivationBytes(B, L int, training bool) float64 {
 	if c.QKNorm {
 		layer += T * (Q + KV + float64(c.Heads+c.KVHeads))
 	}
-	n := layer + 2*T*H
+	// A sparse layer keeps its SparseFFN rows (routing, gathered inputs,
+	// every expert's rows, outputs) in place of the dense 3*I per token.
+	sparse, sparseLayer := float64(len(c.SparseLayers())), layer
+	if sparse > 0 {
+		sparseLayer -= 3 * T * I
+		for _, a := range newSparseFFN(c, 0).Acts(B * L) {
+			sparseLayer += float64(a.N)
+		}
+	}
+	n := max(layer, sparseLayer) + 2*T*H
 	if training {
-		n = float64(c.Layers)*(layer+T*H) + T*H
+		n = (float64(c.Layers)-sparse)*(layer+T*H) + sparse*(sparseLayer+T*H) + T*H
 	}
 	n += T*(3*H+1) + T*float64(c.Vocab) + 10*T
 	return 4 * n

@@ -81,8 +81,12 @@ random weights (--arch, e.g. testdata/configs/llama-42m.json), or, with
 					MFU        float64 `json:"mfu"`
 				}{r, mask, peak, mfu})
 			}
+			params := commas(r.Params)
+			if r.ActiveParams != r.Params {
+				params += " (" + commas(r.ActiveParams) + " active per token)"
+			}
 			fmt.Fprintf(out, "%s: %s parameters, batch %d x %d tokens, %d steps after %d warm-up\n",
-				r.Backend, commas(r.Params), r.Batch, r.SeqLen, r.Steps, warmup)
+				r.Backend, params, r.Batch, r.SeqLen, r.Steps, warmup)
 			fmt.Fprintf(out, "%.1f ms/step, %.0f tokens/s, %.3f TFLOP/s (6N + attention FLOPs per token)\n",
 				r.MsPerStep, r.TokensPerSec, r.TFLOPS)
 			if strings.HasPrefix(r.Backend, "cuda") || cmd.Flags().Changed("peak-tflops") {

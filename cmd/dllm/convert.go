@@ -47,6 +47,7 @@ var convertUsage = map[string]string{
 	"beta2":           "AdamW beta2",
 	"adam-eps":        "AdamW epsilon",
 	"clip":            "global gradient-norm clip (0: off)",
+	"router-aux-coef": "MoE models: coefficient of the router load-balancing loss (-1: the config's router_aux_loss_coef; 0: off)",
 	"seed":            "seed of data order, noise and attention masks",
 	"init":            "pretrained (convert the source) or random (same architecture, fresh weights: the baseline)",
 	"device":          "auto, cpu or cuda",
