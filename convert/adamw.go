@@ -12,7 +12,8 @@ import (
 )
 
 // AdamW is the optimizer of a run and of the bare Stepper: first and second
-// moments (fp32, in the model's parameter layout) and the parameter groups,
+// moments (fp32, in the trained values' layout: the model's parameters, or a
+// LoRA adapter's) and the parameter groups,
 // with weight decay on matrices only (norms and biases none, as HF Trainer
 // does) unless DecayAll. It is saved in a checkpoint's
 // optimizer.safetensors as "m.NAME" and "v.NAME".
@@ -20,8 +21,24 @@ type AdamW struct {
 	Beta1, Beta2, Eps, WeightDecay float64
 
 	M, V   kernels.Buf
-	m      *model.Model
+	set    trainSet
 	groups []paramGroup
+}
+
+// trainSet is what an optimizer updates: values and gradients laid out as
+// layout, named (in checkpoints) by specs and read by fetch.
+type trainSet struct {
+	be            kernels.Backend
+	layout        *model.Layout
+	params, grads func() kernels.Buf
+	specs         []safetensors.Spec
+	fetch         func(kernels.Buf) safetensors.Fetch
+}
+
+// modelSet is every parameter of m (full fine-tuning).
+func modelSet(m *model.Model) trainSet {
+	return trainSet{be: m.BE, layout: m.Layout, params: func() kernels.Buf { return m.Params }, grads: func() kernels.Buf { return m.Grads },
+		specs: m.ExportSpecs(), fetch: m.FetchFrom}
 }
 
 type paramGroup struct {
@@ -31,13 +48,17 @@ type paramGroup struct {
 
 // NewAdamW allocates zero moments for m's parameters.
 func NewAdamW(m *model.Model, beta1, beta2, eps, weightDecay float64, decayAll bool) *AdamW {
-	be, n := m.BE, m.Layout.Total
-	a := &AdamW{Beta1: beta1, Beta2: beta2, Eps: eps, WeightDecay: weightDecay, m: m, M: be.Alloc(n), V: be.Alloc(n)}
+	return newAdamW(modelSet(m), beta1, beta2, eps, weightDecay, decayAll)
+}
+
+func newAdamW(set trainSet, beta1, beta2, eps, weightDecay float64, decayAll bool) *AdamW {
+	be, n := set.be, set.layout.Total
+	a := &AdamW{Beta1: beta1, Beta2: beta2, Eps: eps, WeightDecay: weightDecay, set: set, M: be.Alloc(n), V: be.Alloc(n)}
 	be.Zero(a.M)
 	be.Zero(a.V)
-	for i, s := range m.Layout.Specs {
+	for i, s := range set.layout.Specs {
 		d := decayAll || model.Decays(s.Name)
-		off := m.Layout.Offsets[i]
+		off := set.layout.Offsets[i]
 		if k := len(a.groups) - 1; k >= 0 && a.groups[k].decay == d && a.groups[k].off+a.groups[k].n == off {
 			a.groups[k].n += s.Elements()
 			continue
@@ -50,32 +71,31 @@ func NewAdamW(m *model.Model, beta1, beta2, eps, weightDecay float64, decayAll b
 // Step applies update number step (from 1) at learning rate lr, the
 // gradients first multiplied by gradScale (global-norm clipping).
 func (a *AdamW) Step(lr float64, step int, gradScale float32) {
-	m := a.m
+	be, p, g := a.set.be, a.set.params(), a.set.grads()
 	h := kernels.AdamW{LR: float32(lr), Beta1: float32(a.Beta1), Beta2: float32(a.Beta2), Eps: float32(a.Eps),
 		BC1: float32(1 - math.Pow(a.Beta1, float64(step))), BC2: float32(1 - math.Pow(a.Beta2, float64(step))), GradScale: gradScale}
-	for _, g := range a.groups {
+	for _, gr := range a.groups {
 		h.WeightDecay = 0
-		if g.decay {
+		if gr.decay {
 			h.WeightDecay = float32(a.WeightDecay)
 		}
-		m.BE.AdamWStep(m.Params.Slice(g.off, g.n), m.Grads.Slice(g.off, g.n), a.M.Slice(g.off, g.n), a.V.Slice(g.off, g.n), g.n, h)
+		be.AdamWStep(p.Slice(gr.off, gr.n), g.Slice(gr.off, gr.n), a.M.Slice(gr.off, gr.n), a.V.Slice(gr.off, gr.n), gr.n, h)
 	}
 }
 
 // Free returns the moments to the backend.
 func (a *AdamW) Free() {
-	a.m.BE.Free(a.M)
-	a.m.BE.Free(a.V)
+	a.set.be.Free(a.M)
+	a.set.be.Free(a.V)
 }
 
 // Save writes the moments as optimizer*.safetensors into dir.
 func (a *AdamW) Save(dir string) error {
-	m := a.m
 	var specs []safetensors.Spec
-	for _, s := range m.ExportSpecs() {
+	for _, s := range a.set.specs {
 		specs = append(specs, safetensors.Spec{Name: "m." + s.Name, Shape: s.Shape}, safetensors.Spec{Name: "v." + s.Name, Shape: s.Shape})
 	}
-	fm, fv := m.FetchFrom(a.M), m.FetchFrom(a.V)
+	fm, fv := a.set.fetch(a.M), a.set.fetch(a.V)
 	fetch := func(name string, dst []float32) error {
 		if n, ok := strings.CutPrefix(name, "m."); ok {
 			return fm(n, dst)
@@ -90,25 +110,25 @@ func (a *AdamW) Save(dir string) error {
 
 // Load reads the moments that Save wrote into dir.
 func (a *AdamW) Load(dir string) error {
-	m := a.m
+	be, l := a.set.be, a.set.layout
 	f, err := safetensors.Open(filepath.Join(dir, "optimizer.safetensors"))
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	host := make([]float32, m.Layout.Total)
+	host := make([]float32, l.Total)
 	for _, which := range []string{"m.", "v."} {
-		for i, s := range m.ExportSpecs() {
-			off, n := m.Layout.Offsets[i], m.Layout.Specs[i].Elements()
+		for i, s := range a.set.specs {
+			off, n := l.Offsets[i], l.Specs[i].Elements()
 			if err := f.ReadFloat32Into(which+s.Name, host[off:off+n]); err != nil {
 				return err
 			}
 		}
 		if which == "m." {
-			m.BE.Upload(a.M, host)
+			be.Upload(a.M, host)
 		} else {
-			m.BE.Upload(a.V, host)
+			be.Upload(a.V, host)
 		}
 	}
-	return m.BE.Err()
+	return be.Err()
 }

@@ -143,7 +143,12 @@ func (r *run) saveCheckpoint() (string, error) {
 	}
 	defer os.RemoveAll(tmp)
 	m := r.m
-	if _, err := safetensors.Write(tmp, m.ExportSpecs(), m.FetchFrom(m.Params), safetensors.WriteOptions{DType: safetensors.F32}); err != nil {
+	if r.lora() {
+		// Only what trains: the adapter, as a PEFT folder.
+		if err := r.ad.WritePEFT(tmp, r.opt.Source, m); err != nil {
+			return "", fmt.Errorf("checkpoint adapter: %w", err)
+		}
+	} else if _, err := safetensors.Write(tmp, m.ExportSpecs(), m.FetchFrom(m.Params), safetensors.WriteOptions{DType: safetensors.F32}); err != nil {
 		return "", fmt.Errorf("checkpoint weights: %w", err)
 	}
 	if err := r.adam.Save(tmp); err != nil {

@@ -79,9 +79,47 @@ func (r *run) export() error {
 		return err
 	}
 	defer os.RemoveAll(tmp)
+	if r.lora() && r.opt.Export != "merged" {
+		if err := r.writeAdapter(filepath.Join(tmp, "adapter")); err != nil {
+			return fmt.Errorf("export adapter: %w", err)
+		}
+	}
+	if err := r.exportMerged(tmp); err != nil {
+		return err
+	}
+	if err := writeFileAtomic(filepath.Join(tmp, "README.md"), []byte(r.modelCard())); err != nil {
+		return err
+	}
+	syncPath(tmp)
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		return err
+	}
+	if err := replaceDir(tmp, final); err != nil {
+		return err
+	}
+	r.summary.Export = final
+	if err := r.plotLoss(filepath.Join(r.opt.Out, "loss.png")); err != nil {
+		r.logf("loss plot not written: %v", err)
+	}
+	if err := writeJSON(filepath.Join(r.opt.Out, "summary.json"), r.summary); err != nil {
+		return err
+	}
+	return nil
+}
+
+// exportMerged writes the model in HF layout into dir (with a LoRA run: W +
+// (alpha/r) B A, unless --export adapter).
+func (r *run) exportMerged(tmp string) error {
+	if r.lora() && r.opt.Export == "adapter" {
+		return nil
+	}
 	m := r.m
 	dt := r.exportDType()
-	if _, err := safetensors.Write(tmp, m.ExportSpecs(), m.FetchFrom(m.Params), safetensors.WriteOptions{DType: dt}); err != nil {
+	fetch := m.FetchFrom(m.Params)
+	if r.lora() {
+		fetch = r.ad.MergedFetch(m)
+	}
+	if _, err := safetensors.Write(tmp, m.ExportSpecs(), fetch, safetensors.WriteOptions{DType: dt}); err != nil {
 		return fmt.Errorf("export weights: %w", err)
 	}
 	cfg := map[string]any{}
@@ -105,27 +143,7 @@ func (r *run) export() error {
 			return err
 		}
 	}
-	if err := writeJSON(filepath.Join(tmp, "generation_config.json"), r.generationConfig()); err != nil {
-		return err
-	}
-	if err := writeFileAtomic(filepath.Join(tmp, "README.md"), []byte(r.modelCard())); err != nil {
-		return err
-	}
-	syncPath(tmp)
-	if err := os.Chmod(tmp, 0o755); err != nil {
-		return err
-	}
-	if err := replaceDir(tmp, final); err != nil {
-		return err
-	}
-	r.summary.Export = final
-	if err := r.plotLoss(filepath.Join(r.opt.Out, "loss.png")); err != nil {
-		r.logf("loss plot not written: %v", err)
-	}
-	if err := writeJSON(filepath.Join(r.opt.Out, "summary.json"), r.summary); err != nil {
-		return err
-	}
-	return nil
+	return writeJSON(filepath.Join(tmp, "generation_config.json"), r.generationConfig())
 }
 
 // generationConfig keeps the source's generation_config.json and adds the
@@ -168,6 +186,10 @@ func (r *run) modelCard() string {
 		o.LR, o.LRSchedule, o.Warmup, o.MinLR, o.Beta1, o.Beta2, o.WeightDecay, o.Clip)
 	fmt.Fprintf(&b, "| batch | %d x %d tokens x %d accumulation |\n", o.BatchSize, o.SeqLen, o.GradAccum)
 	fmt.Fprintf(&b, "| mask token | `%s` = %d (%s) |\n", r.plan.Token, r.plan.ID, r.plan.Kind)
+	if r.lora() {
+		fmt.Fprintf(&b, "| LoRA | rank %d, alpha %g, dropout %g, targets %s%s; %s trainable values; base frozen |\n", o.LoRARank, o.LoRAAlpha,
+			o.LoRADropout, strings.Join(o.LoRATargets, ","), map[bool]string{true: ", norms trained", false: ""}[o.LoRATrainNorms], fmtCount(int64(r.ad.Trainable())))
+	}
 	fmt.Fprintf(&b, "| init | %s |\n", o.Init)
 	fmt.Fprintf(&b, "| data | %s |\n\n", strings.Join(o.Data, ", "))
 	if st.Before != nil || st.LastEval != nil {

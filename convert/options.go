@@ -13,6 +13,7 @@ import (
 
 	"github.com/dllm-dev/dllm/anneal"
 	"github.com/dllm-dev/dllm/diffusion"
+	"github.com/dllm-dev/dllm/model"
 	"github.com/dllm-dev/dllm/safetensors"
 )
 
@@ -72,6 +73,14 @@ type Options struct {
 	Seed          uint64  `json:"seed"`
 	Init          string  `json:"init"`
 
+	// LoRA (rank 0: full fine-tuning).
+	LoRARank       int      `json:"lora-rank"`
+	LoRAAlpha      float64  `json:"lora-alpha"` // 0: the rank (scale 1)
+	LoRADropout    float64  `json:"lora-dropout"`
+	LoRATargets    []string `json:"lora-targets"`
+	LoRATrainNorms bool     `json:"lora-train-norms"`
+	Export         string   `json:"export"` // merged, adapter or both (LoRA only)
+
 	// System.
 	Device  string `json:"device"`
 	Threads int    `json:"threads"`
@@ -104,7 +113,7 @@ func Defaults() Options {
 		AnnealSteps: -1, TPer: "row", EmbedNoise: -1,
 		Steps: 1000, SeqLen: 512, BatchSize: 8, GradAccum: 1, LR: 1e-4, MinLR: -1, Warmup: -1,
 		LRSchedule: "cosine", DecayFrac: 0.2, WeightDecay: 0.1, Beta1: 0.9, Beta2: 0.95, Eps: 1e-8, Clip: 1, RouterAuxCoef: -1, Seed: 42,
-		Init: "pretrained", Device: "auto", EvalEvery: -1, EvalRows: 32, EvalMC: 8, SaveEvery: -1, Keep: 2,
+		Init: "pretrained", LoRATargets: append([]string(nil), model.LoRATargets...), Export: "both", Device: "auto", EvalEvery: -1, EvalRows: 32, EvalMC: 8, SaveEvery: -1, Keep: 2,
 	}
 }
 
@@ -158,6 +167,9 @@ func (o *Options) Resolve() error {
 	case "row", "block":
 	default:
 		return fmt.Errorf("--t-per must be row or block, got %q", o.TPer)
+	}
+	if err := o.resolveLoRA(); err != nil {
+		return err
 	}
 	if o.DType != "" {
 		if _, err := safetensors.ParseDType(o.DType); err != nil {
@@ -245,4 +257,39 @@ func (o *Options) TimeRange() (lo, hi float64, err error) {
 		return 0, 0, bad
 	}
 	return lo, hi, nil
+}
+
+func (o *Options) resolveLoRA() error {
+	switch o.Export {
+	case "merged", "adapter", "both":
+	default:
+		return fmt.Errorf("--export must be merged, adapter or both, got %q", o.Export)
+	}
+	if o.LoRARank < 0 {
+		return fmt.Errorf("--lora-rank must be >= 0 (0: full fine-tuning), got %d", o.LoRARank)
+	}
+	if o.LoRARank == 0 {
+		if o.Export == "adapter" {
+			return fmt.Errorf("--export adapter needs LoRA: set --lora-rank (full fine-tuning exports the merged model only)")
+		}
+		return nil
+	}
+	if o.Init == "random" {
+		return fmt.Errorf("--lora-rank with --init random: LoRA adapts pretrained weights; drop one of them")
+	}
+	if o.LoRAAlpha == 0 {
+		o.LoRAAlpha = float64(o.LoRARank)
+	}
+	lc := o.LoRA(nil)
+	if err := lc.Validate(); err != nil {
+		return err
+	}
+	o.LoRATargets = lc.Targets
+	return nil
+}
+
+// LoRA is the adapter configuration of the options, training rows.
+func (o *Options) LoRA(rows []int) model.LoRAConfig {
+	return model.LoRAConfig{Rank: o.LoRARank, Alpha: o.LoRAAlpha, Dropout: o.LoRADropout,
+		Targets: append([]string(nil), o.LoRATargets...), TrainRows: rows, TrainNorms: o.LoRATrainNorms}
 }

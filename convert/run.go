@@ -66,6 +66,7 @@ type run struct {
 	noiseStd   float64                    // its standard deviation
 	noise      []float32                  // this step's noise (T x hidden)
 
+	ad   *model.LoRA // LoRA; nil for full fine-tuning
 	adam *AdamW
 	// MoE: the load-balancing loss's coefficient, and this step's aux loss
 	// and tokens per expert (sparse layer x expert) over its micro-batches.
@@ -96,6 +97,9 @@ type trainerState struct {
 	NoiseStd   float64               `json:"embed_noise_std"`
 	DataCache  []string              `json:"data_cache,omitempty"` // names of the tokenized data, by content hash
 	Options    Options               `json:"options"`
+	// Source is the fingerprint of the base a LoRA run adapts (its
+	// checkpoints hold only what trains).
+	Source string `json:"source_fingerprint,omitempty"`
 }
 
 // Run converts opt.Source on backend be, logging progress to log. When ctx
@@ -253,6 +257,17 @@ func (r *run) prepare() error {
 	r.summary.MaskToken = r.plan
 
 	switch {
+	case resumeDir != "" && o.LoRARank > 0:
+		if r.state.MaskID != r.plan.ID {
+			return fmt.Errorf("resume: the checkpoint used mask id %d but the source now gives %d", r.state.MaskID, r.plan.ID)
+		}
+		if fp, err := sourceFingerprint(o.Source); err != nil || fp != r.state.Source {
+			return fmt.Errorf("resume: %s is not the base this LoRA run started from (fingerprint %s, the run's %s): resume with the same source weights", o.Source, fp, r.state.Source)
+		}
+		r.m, err = model.Load(o.Source, r.be)
+		if err != nil {
+			return err
+		}
 	case resumeDir != "":
 		r.m, err = model.Load(resumeDir, r.be)
 		if err != nil {
@@ -281,7 +296,7 @@ func (r *run) prepare() error {
 		return fmt.Errorf("the weights of %s hold NaN or infinite values: it cannot be converted (download or export it again)", o.Source)
 	}
 	r.warnings(cfg, tok)
-	if resumeDir == "" && r.plan.Kind == tokenizer.MaskNewRow {
+	if (resumeDir == "" || o.LoRARank > 0) && r.plan.Kind == tokenizer.MaskNewRow {
 		g, err := r.m.GrowVocab(1)
 		if err != nil {
 			return err
@@ -292,7 +307,18 @@ func (r *run) prepare() error {
 	} else {
 		r.logf("mask token: %s = %d (%s)", r.plan.Token, r.plan.ID, r.plan.Kind)
 	}
-	r.m.EnableGrads()
+	if o.LoRARank > 0 {
+		if err := r.setupLoRA(); err != nil {
+			return err
+		}
+		if resumeDir != "" {
+			if err := r.loadAdapterCheckpoint(resumeDir); err != nil {
+				return err
+			}
+		}
+	} else {
+		r.m.EnableGrads()
+	}
 	if me := r.m.Cfg.MoE; me != nil {
 		r.auxCoef = me.AuxCoef
 		if o.RouterAuxCoef >= 0 {
@@ -340,7 +366,7 @@ func (r *run) prepare() error {
 		return fmt.Errorf("the training data gives no full row of %d tokens: add data or lower --seq-len", o.SeqLen)
 	}
 
-	r.adam = NewAdamW(r.m, o.Beta1, o.Beta2, o.Eps, o.WeightDecay, false)
+	r.adam = r.newOptimizer()
 	r.pcg = rand.NewPCG(o.Seed, 0x636f6e76)
 	if resumeDir != "" {
 		if err := r.pcg.UnmarshalBinary(r.state.RNG); err != nil {
@@ -355,6 +381,11 @@ func (r *run) prepare() error {
 		r.logf("resuming from %s (step %d)", resumeDir, r.state.Step)
 	} else {
 		r.state = trainerState{MaskID: r.plan.ID, Options: *o, NoiseSteps: r.noiseSteps, NoiseStd: r.noiseStd, DataCache: r.dataNames()}
+		if r.lora() {
+			if r.state.Source, err = sourceFingerprint(o.Source); err != nil {
+				return err
+			}
+		}
 	}
 	r.rng = rand.New(r.pcg)
 
@@ -602,7 +633,7 @@ func (r *run) train(ctx context.Context) error {
 		vis, block := r.stepRule(step)
 		lr := o.LearningRate(step)
 		t0 := time.Now()
-		r.be.Zero(r.m.Grads)
+		r.be.Zero(r.trainGrads())
 		r.auxLoss = 0
 		for _, c := range r.counts {
 			clear(c)
@@ -610,6 +641,7 @@ func (r *run) train(ctx context.Context) error {
 		var loss float64
 		var correct, masked int
 		for micro := 0; micro < o.GradAccum; micro++ {
+			r.loraDropout(step, micro)
 			s, c, k, err := r.micro(step, vis, block)
 			if err != nil {
 				return err
@@ -618,7 +650,8 @@ func (r *run) train(ctx context.Context) error {
 			correct += c
 			masked += k
 		}
-		gnorm := math.Sqrt(r.be.SumSquares(r.m.Grads))
+		r.loraDropout(-1, 0)
+		gnorm := math.Sqrt(r.be.SumSquares(r.trainGrads()))
 		if err := r.be.Err(); err != nil {
 			return err
 		}
@@ -634,6 +667,7 @@ func (r *run) train(ctx context.Context) error {
 			scale = float32(o.Clip / gnorm)
 		}
 		r.adam.Step(lr, step+1, scale)
+		r.afterUpdate()
 		if err := r.be.Sync(); err != nil {
 			return err
 		}

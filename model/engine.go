@@ -477,6 +477,10 @@ func (m *Model) Backward(a *Activations, vis kernels.Visibility) error {
 		}
 		ly.Backward(p, a.dh, a.dx, a.resAt(l))
 	}
-	be.EmbeddingBackward(m.Embed.DW, a.dh, a.ids, T, H)
+	if m.lora != nil {
+		m.lora.backwardRows(m, a, xs)
+	} else {
+		be.EmbeddingBackward(m.Embed.DW, a.dh, a.ids, T, H)
+	}
 	return be.Err()
 }

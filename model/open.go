@@ -23,6 +23,8 @@ type Checkpoint struct {
 	EOS []int32
 	// Model is nil when OpenOptions.Backend is nil (see LoadModel).
 	Model *Model
+
+	adapter *PEFTAdapter
 }
 
 // OpenOptions choose what Open reads.
@@ -31,6 +33,9 @@ type OpenOptions struct {
 	Backend kernels.Backend
 	// NoTokenizer skips tokenizer.json (token ids in and out).
 	NoTokenizer bool
+	// Adapter is a PEFT LoRA adapter folder merged into the weights on
+	// load; its tokenizer (with the mask token) and "dllm" block are used.
+	Adapter string
 }
 
 // Open reads the checkpoint in dir.
@@ -40,9 +45,17 @@ func Open(dir string, o OpenOptions) (*Checkpoint, error) {
 		return nil, err
 	}
 	c := &Checkpoint{Dir: dir, Cfg: cfg}
+	tokDir := dir
+	if o.Adapter != "" {
+		if c.adapter, err = LoadPEFT(o.Adapter); err != nil {
+			return nil, err
+		}
+		c.adapter.Describe(cfg)
+		tokDir = c.adapter.TokenizerDir(dir)
+	}
 	tokEOS := -1
 	if !o.NoTokenizer {
-		tok, err := tokenizer.Load(dir)
+		tok, err := tokenizer.Load(tokDir)
 		if err != nil {
 			return nil, err
 		}
@@ -73,6 +86,11 @@ func (c *Checkpoint) LoadModel(be kernels.Backend) error {
 	if HasNonFinite(be, m.Params) {
 		be.Free(m.Params)
 		return fmt.Errorf("the weights of %s hold NaN or infinite values: the checkpoint cannot be used (take an earlier checkpoint, or download or export it again)", c.Dir)
+	}
+	if c.adapter != nil {
+		if m, err = c.adapter.Merge(m); err != nil {
+			return err
+		}
 	}
 	c.Model = m
 	return nil

@@ -76,6 +76,7 @@ type Model struct {
 	TiedAs string
 
 	table            []Param // paramTable of the blocks above
+	lora             *LoRA   // SetAdapter: the base is frozen
 	ropeCos, ropeSin kernels.Buf
 	ropeLen          int
 }
@@ -220,7 +221,7 @@ func (m *Model) InitRandom(seed uint64) {
 
 // EnableGrads allocates the gradient buffer (zeroed).
 func (m *Model) EnableGrads() {
-	if m.Grads.N == 0 {
+	if m.Grads.N == 0 && m.lora == nil {
 		m.Grads = m.BE.Alloc(m.Layout.Total)
 		m.BE.Zero(m.Grads)
 		m.bind(m.Grads, true)

@@ -16,7 +16,7 @@ import (
 type evalFlags struct {
 	data                        []string
 	mode, separator, textField  string
-	device                      string
+	device, adapter             string
 	seqLen, maxTokens, rows, mc int
 	batch, threads              int
 	evalFraction                float64
@@ -80,6 +80,7 @@ runs the AR source as well and prints both in one table.`,
 	addTaskFlags(f, &e.task)
 	f.BoolVar(&e.sft, "sft", false, "diffusion: --data is SFT JSONL (messages or prompt+completion), one example per row; prompts are never masked or scored")
 	f.StringVar(&e.sftPad, "sft-pad", "none", "--sft: none scores response tokens only (padding unscored and hidden); eos also scores the EOS padding, as SFT training does")
+	adapterFlag(f, &e.adapter)
 	return cmd
 }
 
@@ -88,12 +89,15 @@ func runEval(cmd *cobra.Command, dir string, e *evalFlags) error {
 		if len(e.data) > 0 {
 			return &exitError{2, fmt.Errorf("give either --data (text) or --task (a benchmark), not both")}
 		}
+		if e.adapter != "" {
+			return &exitError{2, fmt.Errorf("--adapter works with --data; for --task, evaluate the merged model (a LoRA conversion's final/)")}
+		}
 		return runTask(cmd, dir, e)
 	}
 	if len(e.data) == 0 {
 		return &exitError{2, fmt.Errorf("eval needs --data FILE (text or JSONL) or --task FILE.jsonl")}
 	}
-	ck, err := model.Open(dir, model.OpenOptions{})
+	ck, err := model.Open(dir, model.OpenOptions{Adapter: e.adapter})
 	if err != nil {
 		return err
 	}

@@ -26,7 +26,7 @@ type generateFlags struct {
 	topK, batch, threads    int
 	temperature, topP       float64
 	algTemp, threshold      float64
-	alg, device             string
+	alg, device, adapter    string
 	seed                    uint64
 	// --chat (chat.go)
 	chat                 bool
@@ -74,6 +74,7 @@ Defaults come from the model's generation_config.json.
 	f.BoolVar(&g.chat, "chat", false, "render the prompt as a user message with the chat template and its generation prompt; print only the answer, cut at the end of the turn")
 	f.StringVar(&g.system, "system", "", "--chat: system message before the prompt")
 	f.StringVar(&g.chatTemplate, "chat-template", "", "--chat: Jinja chat template file (default: DIR's tokenizer_config.json)")
+	adapterFlag(f, &g.adapter)
 	return cmd
 }
 
@@ -149,10 +150,17 @@ func parseIDList(s string) ([]int32, error) {
 
 func runGenerate(cmd *cobra.Command, dir string, g *generateFlags) error {
 	if g.chat {
+		if g.adapter != "" {
+			return &exitError{2, fmt.Errorf("--adapter with --chat: generate from the merged model (a LoRA conversion's final/)")}
+		}
 		return runChatGenerate(cmd, dir, g)
 	}
-	genDefaults(cmd, dir, g)
-	ck, err := model.Open(dir, model.OpenOptions{NoTokenizer: g.ids != ""})
+	if g.adapter != "" {
+		genDefaults(cmd, g.adapter, g)
+	} else {
+		genDefaults(cmd, dir, g)
+	}
+	ck, err := model.Open(dir, model.OpenOptions{NoTokenizer: g.ids != "", Adapter: g.adapter})
 	if err != nil {
 		if g.ids == "" {
 			return fmt.Errorf("%v (or give the prompt as --ids)", err)
