@@ -519,3 +519,33 @@ func (a *LoRA) backwardRows(m *Model, act *Activations, xs kernels.Buf) {
 		}
 	}
 }
+
+// TrainableCount is the number of values an adapter of lc trains on cfg
+// (rows: how many embedding rows).
+func (lc *LoRAConfig) TrainableCount(c *Config, rows int) int64 {
+	l := *lc
+	l.TrainRows = make([]int, rows)
+	var n int64
+	for _, s := range AdapterSpecs(c, &l) {
+		n += int64(s.Elements())
+	}
+	return n
+}
+
+// Bytes estimates what an adapter of lc adds in training on T tokens per
+// micro-batch (float32): its values, gradients and two AdamW moments, the
+// kept h = scale A x of every adapted linear (rows x r), the backward
+// scratch, and with dropout four buffers of the widest adapted input.
+func (lc *LoRAConfig) Bytes(c *Config, T int) float64 {
+	n := 4 * float64(lc.TrainableCount(c, 1))
+	n += float64(c.Layers*len(lc.Targets)+1) * float64(T) * float64(lc.Rank)
+	if lc.Dropout > 0 {
+		widest := 0
+		for _, t := range lc.Targets {
+			_, in := c.targetDims(t)
+			widest = max(widest, in)
+		}
+		n += 4 * float64(T) * float64(widest)
+	}
+	return 4 * n
+}

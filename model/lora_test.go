@@ -574,3 +574,19 @@ func compareWithFull(t *testing.T, arch string, ad *LoRA, host []float32, a *Act
 		}
 	}
 }
+
+func TestLoRABytesCountsTheAdapter(t *testing.T) {
+	be := cpu.New(1)
+	m := loadTinyOn(t, be, "qwen2")
+	lc := LoRAConfig{Rank: 4, Alpha: 4, Targets: LoRATargets, TrainRows: []int{3}, TrainNorms: true}
+	a, err := NewLoRA(m, lc, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := lc.TrainableCount(m.Cfg, 1); got != int64(a.Trainable()) {
+		t.Fatalf("TrainableCount %d, the adapter has %d", got, a.Trainable())
+	}
+	if b := lc.Bytes(m.Cfg, 64); b < 16*float64(a.Trainable()) {
+		t.Fatalf("Bytes %v below the values, gradients and moments (%d)", b, 16*a.Trainable())
+	}
+}
