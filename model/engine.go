@@ -182,7 +182,7 @@ func (m *Model) NewActivationsWith(B, L int, o ActOptions) *Activations {
 	a.IDs, a.Pos, a.Docs = make([]int32, T), make([]int32, T), make([]int32, T)
 	a.ScoreAll()
 	_, hl := be.(kernels.HeadLoss)
-	a.fused = hl && o.Training && !m.Head.Bias && m.Head.Adapter == nil
+	a.fused = hl && o.Training && !m.Head.Bias && m.Head.Adapter == nil && !m.lora.needsLogits(m)
 	for i := range a.Pos {
 		a.Pos[i] = int32(i % L)
 	}

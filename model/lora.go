@@ -478,6 +478,12 @@ func (m *Model) SetAdapter(a *LoRA) {
 	m.Head.Frozen = true
 }
 
+// needsLogits: trained rows of a tied matrix take the LM head's gradient
+// from the logits, so the fused head-and-loss kernel cannot be used.
+func (a *LoRA) needsLogits(m *Model) bool {
+	return a != nil && m.Cfg.TieEmbeddings && len(a.Cfg.TrainRows) > 0
+}
+
 // backwardRows accumulates the trained embedding rows' gradient: the
 // embedding's share (the positions holding the row's id, from a.dh) and,
 // with tied embeddings, the LM head's (the row's logit column against the
