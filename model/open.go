@@ -91,6 +91,10 @@ func (c *Checkpoint) LoadModel(be kernels.Backend) error {
 		if m, err = c.adapter.Merge(m); err != nil {
 			return err
 		}
+		if HasNonFinite(be, m.Params) {
+			be.Free(m.Params)
+			return fmt.Errorf("the adapter %s holds NaN or infinite values: it cannot be used", c.adapter.Dir)
+		}
 	}
 	c.Model = m
 	return nil
