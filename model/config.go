@@ -1,5 +1,6 @@
 // Package model describes the decoder architectures dllm converts (llama,
-// qwen2, qwen3, mistral): config.json, the checkpoint's tensor names and
+// qwen2, qwen3, mistral; the mixture-of-experts qwen2_moe, qwen3_moe and
+// mixtral, whose sparse FFN is SparseFFN in moe_engine.go): config.json, the checkpoint's tensor names and
 // shapes, and the forward and backward passes written as kernel calls.
 //
 // The decoder is made of blocks (blocks.go): Embedding, Layer = Norm,
