@@ -94,10 +94,7 @@ func (a *answer) start() {
 func (a *answer) wait(j *job, cancel context.CancelFunc) (res result, stoppedEarly bool) {
 	for {
 		select {
-		case <-j.notify:
-			j.mu.Lock()
-			rows := j.latest
-			j.mu.Unlock()
+		case rows := <-j.blocks:
 			if a.update(rows, j.opt.StopAtEOS, false) {
 				cancel()
 				return result{tokens: a.cut(rows, j.opt.StopAtEOS)}, true
@@ -108,6 +105,13 @@ func (a *answer) wait(j *job, cancel context.CancelFunc) (res result, stoppedEar
 			j.mu.Unlock()
 			a.sendPartial(rows)
 		case res := <-j.done:
+			// Blocks sent before done still go out one by one.
+			for len(j.blocks) > 0 {
+				rows := <-j.blocks
+				if a.update(rows, j.opt.StopAtEOS, false) {
+					return result{tokens: a.cut(rows, j.opt.StopAtEOS)}, true
+				}
+			}
 			select {
 			case <-j.stepsNotify: // the last step's view, set before done
 				j.mu.Lock()

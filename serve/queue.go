@@ -20,9 +20,11 @@ type job struct {
 	opt   diffusion.GenOptions
 	group diffusion.Group
 
-	mu     sync.Mutex
-	latest [][]int32     // the rows' generated tokens up to the last finished block
-	notify chan struct{} // a new latest (capacity 1)
+	mu sync.Mutex
+	// blocks carries the rows' generated tokens at each finished block, in
+	// order; its capacity (GenLen+2) holds every block, so the sampler never
+	// waits for a slow client and no block is skipped.
+	blocks chan [][]int32
 
 	// partial: the rows after every step, masks included (dllm_partial).
 	partial     bool
@@ -189,12 +191,9 @@ func (q *queue) decode(batch []*job) {
 			for r := range rows {
 				rows[r] = slices.Clone(x[first[i]+r][P:hi])
 			}
-			j.mu.Lock()
-			j.latest = rows
-			j.mu.Unlock()
 			select {
-			case j.notify <- struct{}{}:
-			default:
+			case j.blocks <- rows:
+			default: // cannot happen: there are at most GenLen blocks
 			}
 		}
 	}

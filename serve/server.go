@@ -358,7 +358,7 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request, chat bool) {
 	defer cancel()
 	j := &job{ctx: ctx, enq: time.Now(), key: keyOf(opt, len(ids)), opt: opt,
 		group:  diffusion.Group{Prompt: ids, Rows: n, Seed: seed, Done: ctx.Done()},
-		notify: make(chan struct{}, 1), done: make(chan result, 1),
+		blocks: make(chan [][]int32, opt.GenLen+2), done: make(chan result, 1),
 		partial: req.Partial && req.Stream, stepsNotify: make(chan struct{}, 1)}
 	if err := s.q.submit(j); err != nil {
 		writeError(w, errorWith(http.StatusServiceUnavailable, "server_error", "queue_full",
