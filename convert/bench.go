@@ -28,20 +28,22 @@ type BenchResult struct {
 	FlopsPerStep float64 `json:"flops_per_step"`
 	TFLOPS       float64 `json:"tflops"`
 	Loss         float64 `json:"loss"`
+	Recompute    bool    `json:"recompute"`
 }
 
 // BenchStep times the whole training step of a conversion (masking, forward,
 // weighted loss, backward, global norm, AdamW) on random tokens with
 // bidirectional attention, after warm-up steps.
 func BenchStep(m *model.Model, B, L, warmup, steps int, seed uint64) (BenchResult, error) {
-	return BenchStepVis(m, B, L, warmup, steps, seed, kernels.Visibility{Mode: kernels.Bidirectional})
+	return BenchStepVis(m, B, L, warmup, steps, seed, kernels.Visibility{Mode: kernels.Bidirectional}, false)
 }
 
 // BenchStepVis is BenchStep under vis; an annealed rule gets a new seed
-// every step, as in a conversion.
-func BenchStepVis(m *model.Model, B, L, warmup, steps int, seed uint64, vis kernels.Visibility) (BenchResult, error) {
+// every step, as in a conversion. recompute recomputes each layer before
+// its backward.
+func BenchStepVis(m *model.Model, B, L, warmup, steps int, seed uint64, vis kernels.Visibility, recompute bool) (BenchResult, error) {
 	be, c := m.BE, m.Cfg
-	st := NewStepper(m, B, L)
+	st := NewStepperWith(m, B, L, model.ActOptions{Training: true, Recompute: recompute})
 	st.LR = 1e-4
 	defer st.Free()
 	obj := diffusion.Objective{MaskID: int32(c.Vocab - 1), Shift: true, Weighting: diffusion.ELBO, Norm: diffusion.NormMasked, TMin: 1e-3}
@@ -83,5 +85,5 @@ func BenchStepVis(m *model.Model, B, L, warmup, steps int, seed uint64, vis kern
 	tokens := float64(B * L)
 	flops := 6*float64(active)*tokens + 12*float64(c.Layers*L*c.QDim())*tokens
 	return BenchResult{Backend: be.Name(), Batch: B, SeqLen: L, Params: int64(n), ActiveParams: active, Steps: steps, MsPerStep: dt * 1e3,
-		TokensPerSec: tokens / dt, FlopsPerStep: flops, TFLOPS: flops / dt / 1e12, Loss: loss}, nil
+		TokensPerSec: tokens / dt, FlopsPerStep: flops, TFLOPS: flops / dt / 1e12, Loss: loss, Recompute: recompute}, nil
 }

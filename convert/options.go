@@ -57,6 +57,7 @@ type Options struct {
 	SeqLen      int     `json:"seq-len"`
 	BatchSize   int     `json:"batch-size"`
 	GradAccum   int     `json:"grad-accum"`
+	Recompute   bool    `json:"recompute"` // keep only layer inputs; recompute each layer before its backward
 	LR          float64 `json:"lr"`
 	MinLR       float64 `json:"min-lr"` // -1: LR/10
 	Warmup      int     `json:"warmup"`
@@ -103,7 +104,7 @@ type Options struct {
 
 // Resumable are the settings a resumed run may change: its length and how
 // it runs, never what it computes.
-var Resumable = []string{"steps", "device", "threads", "eval-every", "save-every", "keep", "quiet", "resume", "out", "config"}
+var Resumable = []string{"steps", "device", "threads", "eval-every", "save-every", "keep", "quiet", "resume", "out", "config", "recompute"}
 
 // Defaults are the settings a plain `dllm convert SRC --data D --out O` uses.
 func Defaults() Options {

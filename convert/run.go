@@ -505,7 +505,7 @@ func (r *run) actsFor(block int) *model.Activations {
 	}
 	a, ok := r.acts[L]
 	if !ok {
-		a = r.m.NewActivations(r.opt.BatchSize, L, true)
+		a = r.m.NewActivationsWith(r.opt.BatchSize, L, model.ActOptions{Training: true, Recompute: r.opt.Recompute})
 		r.acts[L] = a
 	}
 	return a

@@ -48,8 +48,14 @@ type Stepper struct {
 
 // NewStepper allocates gradients, activations for B x L and AdamW moments.
 func NewStepper(m *model.Model, B, L int) *Stepper {
+	return NewStepperWith(m, B, L, model.ActOptions{Training: true})
+}
+
+// NewStepperWith is NewStepper with activations kept as o says (recompute).
+func NewStepperWith(m *model.Model, B, L int, o model.ActOptions) *Stepper {
 	m.EnableGrads()
-	s := &Stepper{LR: 1e-3, m: m, acts: m.NewActivations(B, L, true), opt: NewAdamW(m, 0.9, 0.95, 1e-8, 0.1, true)}
+	o.Training = true
+	s := &Stepper{LR: 1e-3, m: m, acts: m.NewActivationsWith(B, L, o), opt: NewAdamW(m, 0.9, 0.95, 1e-8, 0.1, true)}
 	if me := m.Cfg.MoE; me != nil {
 		s.acts.AuxCoef = me.AuxCoef // the config's router_aux_loss_coef
 	}

@@ -22,6 +22,7 @@ func newBenchCmd() *cobra.Command {
 		batch, seqLen, steps   int
 		warmup, threads        int
 		matmul, asJSON         bool
+		recompute              bool
 		seed                   uint64
 		peak                   float64
 	)
@@ -68,7 +69,7 @@ random weights (--arch, e.g. testdata/configs/llama-42m.json), or, with
 			default:
 				return &exitError{2, fmt.Errorf("--mask %q: use bidirectional or annealed", mask)}
 			}
-			r, err := convert.BenchStepVis(m, batch, seqLen, warmup, steps, seed, vis)
+			r, err := convert.BenchStepVis(m, batch, seqLen, warmup, steps, seed, vis, recompute)
 			if err != nil {
 				return err
 			}
@@ -107,6 +108,7 @@ random weights (--arch, e.g. testdata/configs/llama-42m.json), or, with
 	f.IntVar(&steps, "steps", 10, "timed steps")
 	f.IntVar(&warmup, "warmup", 2, "untimed steps first")
 	f.BoolVar(&matmul, "matmul", false, "time matrix products instead")
+	f.BoolVar(&recompute, "recompute", false, "recompute each layer before its backward (keep only layer inputs)")
 	f.BoolVar(&asJSON, "json", false, "print JSON")
 	f.Uint64Var(&seed, "seed", 1, "seed of the random weights and tokens")
 	f.Float64Var(&peak, "peak-tflops", 989, "the device's peak TFLOP/s for the MFU (989: H100/H200 dense bf16)")

@@ -37,6 +37,7 @@ var convertUsage = map[string]string{
 	"seq-len":         "tokens per row",
 	"batch-size":      "rows per micro-batch",
 	"grad-accum":      "micro-batches per optimizer step",
+	"recompute":       "keep only each layer's input in the forward and recompute the layer before its backward: less memory, about a third more compute, same results",
 	"lr":              "peak learning rate",
 	"min-lr":          "final learning rate of cosine / wsd (default lr/10)",
 	"warmup":          "linear warm-up steps (default 1% of --steps)",
