@@ -445,28 +445,6 @@ func (r *run) sameData(dir string) error {
 	return nil
 }
 
-// checkFits refuses a run whose weights, optimizer and activations the
-// machine cannot hold, before anything is allocated.
-func (r *run) checkFits(cfg *model.Config) error {
-	o := &r.opt
-	L := o.SeqLen
-	if o.BlockSchedule != "" {
-		L *= 2 // rows [xt ; x0]
-	}
-	params, fix := cfg.ParamBytes(true), "lower --batch-size or --seq-len (use --grad-accum for the same batch), train LoRA adapters (--lora-rank 16), or use a smaller model"
-	if o.LoRARank > 0 {
-		// A frozen base: its weights only, plus what the adapter trains.
-		lc := o.LoRA(nil)
-		params = cfg.ParamBytes(false) + lc.Bytes(cfg, o.BatchSize*L)
-		fix = "lower --batch-size or --seq-len (use --grad-accum for the same batch), or use a smaller model"
-	}
-	need := params + cfg.ActivationBytes(o.BatchSize, L, true) + cfg.ActivationBytes(o.BatchSize, L, false)
-	if !strings.HasPrefix(r.be.Name(), "cpu") {
-		need = cfg.ParamBytes(false) // host copy of the weights; the device checks the rest
-	}
-	return model.CheckFits(need, fmt.Sprintf("the weights, optimizer state and activations of %s parameters at --batch-size %d x --seq-len %d", fmtCount(cfg.ParamCount()), o.BatchSize, o.SeqLen), fix)
-}
-
 // stepRule is the attention rule of an optimizer step and its block size:
 // > 0 for a block-diffusion stage (rows [xt ; x0] of 2L tokens), 0 for plain
 // masked diffusion, annealed from causal when asked.

@@ -13,29 +13,14 @@ import (
 	"github.com/dllm-dev/dllm/internal/regfile"
 )
 
-// ActivationBytes estimates the buffers NewActivations allocates for B rows
-// of L tokens (float32), from the same formula.
+// ActivationBytes is what NewActivations allocates for B rows of L tokens,
+// summed from the same activation tables (+Inf when it cannot be counted).
 func (c *Config) ActivationBytes(B, L int, training bool) float64 {
-	T, H, I, Q, KV := float64(B)*float64(L), float64(c.Hidden), float64(c.Intermediate), float64(c.QDim()), float64(c.KVDim())
-	layer := T * (3*H + Q + 2*KV + Q + float64(c.Heads) + 3*I + 2)
-	if c.QKNorm {
-		layer += T * (Q + KV + float64(c.Heads+c.KVHeads))
+	p, err := ComputePlan(c, PlanOptions{SeqLen: L, BatchSize: B, Inference: !training, Threads: 1})
+	if err != nil {
+		return math.Inf(1)
 	}
-	// A sparse layer keeps its SparseFFN rows (routing, gathered inputs,
-	// every expert's rows, outputs) in place of the dense 3*I per token.
-	sparse, sparseLayer := float64(len(c.SparseLayers())), layer
-	if sparse > 0 {
-		sparseLayer -= 3 * T * I
-		for _, a := range newSparseFFN(c, 0).Acts(B * L) {
-			sparseLayer += float64(a.N)
-		}
-	}
-	n := max(layer, sparseLayer) + 2*T*H
-	if training {
-		n = (float64(c.Layers)-sparse)*(layer+T*H) + sparse*(sparseLayer+T*H) + T*H
-	}
-	n += T*(3*H+1) + T*float64(c.Vocab) + 10*T
-	return 4 * n
+	return float64(p.ActivationBytes)
 }
 
 // KVCacheBytes is the float32 key/value cache of B rows of L tokens.

@@ -29,7 +29,7 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newInspectCmd(), newConvertCmd(), newGenerateCmd(), newEvalCmd(), newBenchCmd(), newTokenizeCmd(), newTemplateCmd(), newChatCmd(), newGPUCheckCmd(), newServeCmd(), newLogitsCmd())
+	root.AddCommand(newInspectCmd(), newConvertCmd(), newGenerateCmd(), newEvalCmd(), newBenchCmd(), newTokenizeCmd(), newTemplateCmd(), newChatCmd(), newGPUCheckCmd(), newServeCmd(), newLogitsCmd(), newPlanCmd())
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return &exitError{2, fmt.Errorf("%v (see '%s --help')", err, c.CommandPath())}
 	})

@@ -271,6 +271,23 @@ func (be *Backend) SetMatmul(precision string) error {
 // MemStats reports the device memory pool.
 func (be *Backend) MemStats() MemStats { return be.pool.stats() }
 
+// MemInfo is the device's free and total memory (cuMemGetInfo); the pool's
+// cached blocks count as used.
+func (be *Backend) MemInfo() (free, total uint64, err error) {
+	mi, ok := be.drv.(interface {
+		memInfo() (uint64, uint64, error)
+	})
+	if !ok {
+		return 0, 0, errorf("MemInfo: the %s driver does not report memory", be.name)
+	}
+	err = be.call(func() error {
+		var e error
+		free, total, e = mi.memInfo()
+		return e
+	})
+	return free, total, err
+}
+
 // Time returns the device time, in milliseconds, of the ops fn enqueues,
 // measured with CUDA events on the backend's stream.
 func (be *Backend) Time(fn func()) (float64, error) {

@@ -27,7 +27,7 @@ type libcuda struct {
 		memAlloc, memFree, memcpyHtoDAsync, memcpyDtoHAsync, memcpyDtoDAsync, memsetD32    uintptr
 		moduleLoadDataEx, moduleUnload, moduleGetFunction, launchKernel                    uintptr
 		eventCreate, eventRecord, eventSynchronize, eventElapsedTime, eventDestroy         uintptr
-		getErrorName                                                                       uintptr
+		getErrorName, memGetInfo                                                           uintptr
 	}
 }
 
@@ -76,6 +76,7 @@ func openLibcuda(path string) (*libcuda, error) {
 			{"cuEventCreate", &f.eventCreate, true}, {"cuEventRecord", &f.eventRecord, true},
 			{"cuEventSynchronize", &f.eventSynchronize, true}, {"cuEventElapsedTime", &f.eventElapsedTime, true},
 			{"cuEventDestroy_v2", &f.eventDestroy, true}, {"cuGetErrorName", &f.getErrorName, true},
+			{"cuMemGetInfo_v2", &f.memGetInfo, true},
 		} {
 			a, err := purego.Dlsym(h, s.name)
 			if err != nil && !s.optional {
@@ -285,6 +286,15 @@ func (c *cudaDevice) malloc(n uintptr) (uintptr, error) {
 	var a uintptr
 	err := c.l.call("cuMemAlloc_v2", c.l.fn.memAlloc, uintptr(unsafe.Pointer(&a)), n)
 	return a, err
+}
+
+// memInfo is cuMemGetInfo: the device's free and total bytes.
+func (c *cudaDevice) memInfo() (free, total uint64, err error) {
+	if c.l.fn.memGetInfo == 0 {
+		return 0, 0, fmt.Errorf("cuMemGetInfo_v2 is missing from %s", c.l.path)
+	}
+	err = c.l.call("cuMemGetInfo_v2", c.l.fn.memGetInfo, uintptr(unsafe.Pointer(&free)), uintptr(unsafe.Pointer(&total)))
+	return free, total, err
 }
 
 func (c *cudaDevice) free(a uintptr) error { return c.l.call("cuMemFree_v2", c.l.fn.memFree, a) }

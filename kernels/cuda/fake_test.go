@@ -24,6 +24,15 @@ func TestFakeDriver(t *testing.T) {
 	if n := be.Name(); !strings.Contains(n, "Fake GPU") || !strings.Contains(n, "sm_90") || !strings.Contains(n, "cuBLAS 13.1.0") {
 		t.Errorf("Name() = %q", n)
 	}
+	free, total, err := be.MemInfo()
+	if err != nil || total != 1<<34 || free > total || free < total-1<<30 {
+		t.Errorf("MemInfo: free %d, total %d, %v", free, total, err)
+	}
+	buf := be.Alloc(1 << 28)
+	if f2, _, _ := be.MemInfo(); f2 > free-1<<28 {
+		t.Errorf("MemInfo: %d free before a 256 MiB allocation, %d after", free, f2)
+	}
+	be.Free(buf)
 	ms, err := be.Time(func() {})
 	if err != nil || ms != 1.5 {
 		t.Errorf("Time: %v %v", ms, err)

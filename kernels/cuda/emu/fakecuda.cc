@@ -109,6 +109,12 @@ CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t n) {
   *p = (CUdeviceptr)a + 16;
   return 0;
 }
+CUresult cuMemGetInfo_v2(size_t* free_bytes, size_t* total) {
+  CHECK(current_ctx == fake_ctx);
+  *free_bytes = mem_limit - mem_used;
+  *total = mem_limit;
+  return 0;
+}
 CUresult cuMemFree_v2(CUdeviceptr p) {
   CHECK(p != 0);
   void* a = (void*)(p - 16);

@@ -1,0 +1,84 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/dllm-dev/dllm/convert"
+	"github.com/dllm-dev/dllm/model"
+)
+
+func newPlanCmd() *cobra.Command {
+	o := convert.Defaults()
+	var device string
+	var bench, asJSON bool
+	cmd := &cobra.Command{
+		Use:   "plan SRC",
+		Short: "Memory a conversion needs: parameters, gradients, optimizer, activations, workspace",
+		Long: `plan computes, from SRC's config.json alone (a model folder or the file
+itself), the memory 'dllm convert' with the same flags allocates: fp32
+parameters, gradients and AdamW moments, the peak activations of a training
+step (every layer's, or with --recompute only the layer inputs), the
+evaluation's, and the backend's workspace. --device cuda plans the GPU
+layout (fp32 master weights, bf16 copies of matmul operands, the pool's
+size classes). convert runs the same plan before it allocates anything.
+--bench plans 'dllm bench' (no evaluation buffers).`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			path := args[0]
+			if st, err := os.Stat(path); err == nil && st.IsDir() {
+				path = filepath.Join(path, "config.json")
+			}
+			cfg, err := model.LoadConfig(path)
+			if err != nil {
+				return err
+			}
+			if o.BatchSize <= 0 || o.SeqLen <= 0 || o.GradAccum <= 0 {
+				return &exitError{2, fmt.Errorf("--seq-len, --batch-size and --grad-accum must be positive")}
+			}
+			var p *model.Plan
+			if bench {
+				p, err = model.ComputePlan(cfg, model.PlanOptions{SeqLen: o.SeqLen, BatchSize: o.BatchSize, GradAccum: o.GradAccum,
+					Recompute: o.Recompute, Device: device, Threads: o.Threads})
+			} else {
+				p, err = convert.PlanOf(cfg, &o, device)
+			}
+			if err != nil {
+				return &exitError{2, err}
+			}
+			out := cmd.OutOrStdout()
+			if asJSON {
+				return json.NewEncoder(out).Encode(p)
+			}
+			fmt.Fprintf(out, "%s, %s parameters (%s trained), batch %d x %d tokens, grad-accum %d, %s%s\n",
+				cfg.ModelType, commas(p.Params), commas(p.Trainable), o.BatchSize, o.SeqLen, o.GradAccum, device, map[bool]string{true: ", recompute"}[o.Recompute])
+			for _, r := range p.Rows {
+				fmt.Fprintf(out, "  %-12s %12s  %s\n", r.Name, mib(r.Bytes), r.Detail)
+			}
+			fmt.Fprintf(out, "  %-12s %12s\n", "total", mib(p.TotalBytes))
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&o.SeqLen, "seq-len", o.SeqLen, "tokens per row")
+	f.IntVar(&o.BatchSize, "batch-size", o.BatchSize, "rows per micro-batch")
+	f.IntVar(&o.GradAccum, "grad-accum", o.GradAccum, "micro-batches per optimizer step (no memory of its own)")
+	f.BoolVar(&o.Recompute, "recompute", false, "keep only layer inputs, recompute each layer before its backward")
+	f.StringVar(&o.BlockSchedule, "block-schedule", "", "block diffusion schedule, as for convert (rows [xt ; x0] of 2 x --seq-len)")
+	f.StringVar(&device, "device", "cpu", "cpu or cuda")
+	f.IntVar(&o.Threads, "threads", 0, "CPU threads (0: all)")
+	f.BoolVar(&bench, "bench", false, "plan 'dllm bench' instead (no evaluation buffers)")
+	f.BoolVar(&asJSON, "json", false, "print JSON (total_bytes and each row)")
+	return cmd
+}
+
+func mib(n int64) string {
+	if n >= 1<<30 {
+		return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30))
+	}
+	return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+}

@@ -1,0 +1,154 @@
+package convert
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/dllm-dev/dllm/anneal"
+	"github.com/dllm-dev/dllm/kernels"
+	"github.com/dllm-dev/dllm/model"
+)
+
+// PlanOf is the memory plan of a conversion with options o on device ("cpu"
+// or "cuda"): the training rows of every stage (L, or [xt ; x0] of 2L under
+// a block schedule), the evaluation's rows, parameters, gradients, AdamW.
+// LoRA extends it through PlanOptions.Trainable and ExtraTrainable.
+func PlanOf(cfg *model.Config, o *Options, device string) (*model.Plan, error) {
+	po := model.PlanOptions{SeqLen: o.SeqLen, BatchSize: o.BatchSize, GradAccum: o.GradAccum, Recompute: o.Recompute,
+		Device: device, Threads: o.Threads}
+	final := 0
+	if o.BlockSchedule != "" {
+		stages, err := anneal.ParseSchedule(o.BlockSchedule, o.SeqLen)
+		if err != nil {
+			return nil, err
+		}
+		seen := map[int]bool{}
+		for _, st := range stages {
+			L := o.SeqLen
+			if st.Block > 0 {
+				L *= 2
+			}
+			if !seen[L] {
+				seen[L] = true
+				po.RowLengths = append(po.RowLengths, L)
+			}
+		}
+		final = stages[len(stages)-1].Block
+	}
+	if o.LoRARank > 0 {
+		// A frozen base: the adapters train, with their kept activations.
+		lc := o.LoRA(nil)
+		po.Trainable = func(string) bool { return false }
+		po.ExtraTrainable = lc.TrainableCount(cfg, 1)
+		L := o.SeqLen
+		for _, rl := range po.RowLengths {
+			L = max(L, rl)
+		}
+		po.ExtraActivationBytes = int64(lc.Bytes(cfg, o.BatchSize*L)) - 16*po.ExtraTrainable
+	}
+	po.EvalRowLength = o.SeqLen
+	if final > 0 {
+		po.EvalRowLength = 2 * o.SeqLen
+	}
+	return model.ComputePlan(cfg, po)
+}
+
+// availableFor is Available; tests replace it.
+var availableFor = Available
+
+// memInfo is what a GPU backend tells of its memory (cuMemGetInfo).
+type memInfo interface {
+	MemInfo() (free, total uint64, err error)
+}
+
+// Available is the memory a run on be may take: the device's free memory
+// on a GPU, MemAvailable on the CPU; 0 and "" when unknown.
+func Available(be kernels.Backend) (float64, string) {
+	if mi, ok := be.(memInfo); ok {
+		if free, _, err := mi.MemInfo(); err == nil {
+			return float64(free), "free on the GPU"
+		}
+		return 0, ""
+	}
+	if n := model.AvailableBytes(); n > 0 {
+		return n, "MemAvailable"
+	}
+	return 0, ""
+}
+
+func planDevice(be kernels.Backend) string {
+	if strings.HasPrefix(be.Name(), "cpu") {
+		return "cpu"
+	}
+	return "cuda"
+}
+
+// checkFits runs the plan before anything is allocated and refuses, in one
+// line, a run that does not fit, naming the options that would.
+func (r *run) checkFits(cfg *model.Config) error {
+	dev := planDevice(r.be)
+	p, err := PlanOf(cfg, &r.opt, dev)
+	if err != nil {
+		return err
+	}
+	avail, source := availableFor(r.be)
+	if avail <= 0 || float64(p.TotalBytes) <= avail {
+		return nil
+	}
+	return fmt.Errorf("%s", refusal(cfg, &r.opt, dev, p, avail, source))
+}
+
+// refusal says what a run needs, what there is, and what would fit.
+func refusal(cfg *model.Config, o *Options, dev string, p *model.Plan, avail float64, source string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "not enough memory: the run needs %s (parameters %s, gradients %s, optimizer %s, activations %s, workspace %s; see 'dllm plan') but %s is available (%s)",
+		gib(p.TotalBytes), gib(p.ParamBytes), gib(p.GradBytes), gib(p.OptimizerBytes), gib(p.ActivationBytes), gib(p.WorkspaceBytes), gib(int64(avail)), source)
+	var fits, not []string
+	try := func(name string, q Options) {
+		if qp, err := PlanOf(cfg, &q, dev); err == nil {
+			s := fmt.Sprintf("%s (%s)", name, gib(qp.TotalBytes))
+			if float64(qp.TotalBytes) <= avail {
+				fits = append(fits, s)
+			} else {
+				not = append(not, s)
+			}
+		}
+	}
+	if !o.Recompute {
+		q := *o
+		q.Recompute = true
+		try("--recompute", q)
+	}
+	for bs := o.BatchSize / 2; bs >= 1; bs /= 2 {
+		q := *o
+		q.BatchSize, q.GradAccum = bs, o.GradAccum*o.BatchSize/bs
+		try(fmt.Sprintf("--batch-size %d --grad-accum %d", bs, q.GradAccum), q)
+		if len(fits) > 0 || bs == 1 {
+			if !o.Recompute {
+				q.Recompute = true
+				try(fmt.Sprintf("--recompute --batch-size %d --grad-accum %d", bs, q.GradAccum), q)
+			}
+			break
+		}
+	}
+	if len(fits) > 0 {
+		fmt.Fprintf(&b, ": it fits with %s", strings.Join(fits, ", or "))
+	} else {
+		if len(not) > 0 {
+			fmt.Fprintf(&b, "; still too large with %s", strings.Join(not, " or "))
+		}
+		b.WriteString(": the parameters, gradients and optimizer state alone need " +
+			gib(p.ParamBytes+p.GradBytes+p.OptimizerBytes) + "; train fewer parameters (LoRA, --lora-rank) or use a smaller model or a larger machine")
+	}
+	return b.String()
+}
+
+func gib(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.0f MiB", float64(n)/(1<<20))
+	}
+	return fmt.Sprintf("%.0f KiB", float64(n)/(1<<10))
+}

@@ -1,0 +1,254 @@
+package model
+
+import (
+	"fmt"
+	"math"
+	"math/bits"
+	"runtime"
+)
+
+// PlanOptions describe the run a memory plan is for: a training step of
+// BatchSize rows of SeqLen tokens (a conversion, bench) or, with Inference,
+// forward passes only.
+type PlanOptions struct {
+	SeqLen, BatchSize int
+	// GradAccum does not change the memory: micro-batches run one after the
+	// other into the same gradient buffer. It is kept for the table.
+	GradAccum int
+	Recompute bool
+	Inference bool
+	// Device is "cpu" (the default) or "cuda".
+	Device string
+	// Threads are the CPU workers (each has its own packing and attention
+	// scratch); 0: every core.
+	Threads int
+	// RowLengths are the row lengths a run trains on, each with its own
+	// activations (a block-diffusion schedule trains on [xt ; x0] rows of
+	// 2*SeqLen and, in its "full" stages, on rows of SeqLen); nil: SeqLen.
+	RowLengths []int
+	// EvalRowLength, when > 0, adds the inference activations of the
+	// run's evaluation (BatchSize rows of that length).
+	EvalRowLength int
+	// Trainable says whether a tensor is trained (has a gradient and AdamW
+	// moments); nil: every tensor. A frozen base (LoRA) answers false.
+	Trainable func(name string) bool
+	// ExtraTrainable counts trained parameters outside the model's buffer
+	// (adapters), with gradients and moments; ExtraActivationBytes what
+	// they keep for the backward.
+	ExtraTrainable       int64
+	ExtraActivationBytes int64
+}
+
+// PlanRow is one line of the plan's table.
+type PlanRow struct {
+	Name   string `json:"name"`
+	Bytes  int64  `json:"bytes"`
+	Detail string `json:"detail,omitempty"`
+}
+
+// Plan is the memory a run needs, computed from the same tables that size
+// the buffers (Config.Tensors, the blocks' activation tables).
+type Plan struct {
+	Device          string    `json:"device"`
+	Params          int64     `json:"params"`
+	Trainable       int64     `json:"trainable_params"`
+	ParamBytes      int64     `json:"param_bytes"`
+	GradBytes       int64     `json:"grad_bytes"`
+	OptimizerBytes  int64     `json:"optimizer_bytes"`
+	ActivationBytes int64     `json:"activation_bytes"`
+	WorkspaceBytes  int64     `json:"workspace_bytes"`
+	TotalBytes      int64     `json:"total_bytes"`
+	Rows            []PlanRow `json:"rows"`
+}
+
+// maxPlanBytes bounds what a plan counts: beyond it sizes overflow.
+const maxPlanBytes = 1 << 60
+
+// ComputePlan plans a run of cfg.
+func ComputePlan(cfg *Config, o PlanOptions) (*Plan, error) {
+	if o.SeqLen <= 0 || o.BatchSize <= 0 {
+		return nil, fmt.Errorf("plan: --seq-len and --batch-size must be positive (got %d and %d)", o.SeqLen, o.BatchSize)
+	}
+	if o.Device == "" {
+		o.Device = "cpu"
+	}
+	if o.Device != "cpu" && o.Device != "cuda" {
+		return nil, fmt.Errorf("plan: unknown device %q: use cpu or cuda", o.Device)
+	}
+	lens := o.RowLengths
+	if len(lens) == 0 {
+		lens = []int{o.SeqLen}
+	}
+	// Bound the products first: the tables count in int.
+	longest := max(o.EvalRowLength, o.SeqLen)
+	for _, L := range lens {
+		longest = max(longest, L)
+	}
+	T := float64(o.BatchSize) * float64(longest)
+	rough := 4 * (float64(cfg.ParamCount())*4 + T*float64(cfg.Layers+2)*float64(cfg.Vocab+12*cfg.Hidden+4*cfg.Intermediate+2*cfg.QDim()))
+	if math.IsNaN(rough) || rough > maxPlanBytes || cfg.ParamCount() < 0 {
+		return nil, fmt.Errorf("plan: %d x %d tokens of this model (%d layers, vocab %d) cannot be counted, let alone allocated", o.BatchSize, longest, cfg.Layers, cfg.Vocab)
+	}
+
+	p := &Plan{Device: o.Device}
+	b := newBlocks(cfg)
+	for _, t := range paramTable(cfg, &b.Embed, b.Layers, &b.Norm, &b.Head) {
+		n := int64(TensorSpec{t.Suffix, t.Shape}.Elements())
+		p.Params += n
+		if o.Trainable == nil || o.Trainable(t.Suffix) {
+			p.Trainable += n
+		}
+	}
+	p.Trainable += o.ExtraTrainable
+	// One buffer each, rounded on the GPU to the pool's size class.
+	buf := func(n int64) int64 {
+		if o.Device == "cuda" {
+			return int64(poolClass(uint64(n)))
+		}
+		return n
+	}
+	p.ParamBytes = buf(4*p.Params) + 4*o.ExtraTrainable
+	p.add("parameters", p.ParamBytes, fmt.Sprintf("%s fp32 (master weights)", fmtCount(p.Params)))
+	if !o.Inference {
+		// Today every tensor of the buffer has a gradient; a frozen one
+		// would not.
+		p.GradBytes = buf(4 * p.Trainable)
+		p.OptimizerBytes = 2 * buf(4*p.Trainable)
+		p.add("gradients", p.GradBytes, fmt.Sprintf("%s trainable fp32", fmtCount(p.Trainable)))
+		p.add("optimizer", p.OptimizerBytes, "AdamW first and second moments, fp32")
+	}
+
+	ao := ActOptions{Training: !o.Inference, Recompute: o.Recompute && !o.Inference}
+	pool := o.Device == "cuda"
+	for _, L := range lens {
+		n := activationBytes(cfg, b.Layers, o.BatchSize, L, ao, pool)
+		p.ActivationBytes += n
+		what := "training"
+		if o.Inference {
+			what = "forward"
+		}
+		detail := fmt.Sprintf("%s, %d x %d tokens", what, o.BatchSize, L)
+		if ao.Recompute {
+			detail += ", layer inputs only (recompute)"
+		}
+		p.add("activations", n, detail)
+	}
+	if o.EvalRowLength > 0 && !o.Inference {
+		n := activationBytes(cfg, b.Layers, o.BatchSize, o.EvalRowLength, ActOptions{}, pool)
+		p.ActivationBytes += n
+		p.add("activations", n, fmt.Sprintf("evaluation, %d x %d tokens", o.BatchSize, o.EvalRowLength))
+	}
+	if o.ExtraActivationBytes > 0 {
+		p.ActivationBytes += o.ExtraActivationBytes
+		p.add("activations", o.ExtraActivationBytes, "adapters")
+	}
+
+	if o.Device == "cpu" {
+		threads := o.Threads
+		if threads <= 0 {
+			threads = runtime.NumCPU()
+		}
+		p.WorkspaceBytes = cpuWorkspaceBytes(threads, longest)
+		p.add("workspace", p.WorkspaceBytes, fmt.Sprintf("GEMM packing and attention scores of %d workers, visibility mask", threads))
+	} else {
+		copies, cached := bf16CopyBytes(cfg, b, o.BatchSize*longest, !o.Inference)
+		p.WorkspaceBytes = cached
+		p.add("workspace", cached, fmt.Sprintf("bf16 copies of matmul operands (largest pair %s), cached by the pool per size class", fmtBytes(float64(copies))))
+	}
+	p.TotalBytes = p.ParamBytes + p.GradBytes + p.OptimizerBytes + p.ActivationBytes + p.WorkspaceBytes
+	return p, nil
+}
+
+func (p *Plan) add(name string, n int64, detail string) {
+	p.Rows = append(p.Rows, PlanRow{name, n, detail})
+}
+
+// activationBytes is what NewActivationsWith allocates for B rows of L
+// tokens: the float arena of actTable, the int arena and the host staging.
+// With pool, every buffer is rounded up to the CUDA pool's size class.
+func activationBytes(c *Config, layers []*Layer, B, L int, o ActOptions, pool bool) int64 {
+	T := B * L
+	var top []Act
+	a := &Activations{T: T, Opt: o}
+	top = a.topActs(c)
+	var floats int64
+	for _, r := range actTable(c, layers, T, o, top) {
+		floats += int64(r.size())
+	}
+	dev := 4*floats + 4*5*int64(T) // the float and the int arena
+	if pool {
+		dev = int64(poolClass(uint64(4*floats))) + int64(poolClass(uint64(4*5*T)))
+	}
+	host := 4 * 8 * int64(T) // IDs, Pos, Docs, Rows, Targets, Weights, row losses and hits
+	return dev + host
+}
+
+// poolClass mirrors the CUDA pool's size classes (kernels/cuda/pool.go):
+// multiples of 256 bytes up to 1 MiB, then four classes per power of two.
+func poolClass(n uint64) uint64 {
+	const small = 1 << 20
+	if n <= 256 {
+		return 256
+	}
+	if n <= small {
+		return (n + 255) &^ 255
+	}
+	e := bits.Len64(n - 1)
+	step := uint64(1) << (e - 3)
+	return (n + step - 1) &^ (step - 1)
+}
+
+// cpuWorkspaceBytes mirrors kernels/cpu's per-worker buffers: an A panel
+// (96 x 256), a B panel (1024 x 256) and, for attention over rows of L
+// positions, two L x L score matrices and a row of scales; one shared B
+// panel; the cached visibility mask (L x L bools).
+func cpuWorkspaceBytes(threads, L int) int64 {
+	perWorker := int64(96*256+1024*256) + 2*int64(L)*int64(L) + int64(L)
+	return 4*(int64(threads)*perWorker+1024*256) + int64(L)*int64(L)
+}
+
+// bf16CopyBytes lists the matrix products of one step (every linear
+// block's forward and, training, its two backward products) and returns the
+// largest pair of bf16 operand copies and what the pool keeps cached: one
+// block per size class, two where one product needs two of a class.
+func bf16CopyBytes(c *Config, b *blocks, T int, training bool) (largest, cached int64) {
+	need := map[uint64]int{}
+	product := func(m, n, k int) {
+		sa, sb := poolClass(uint64(k*n*2)), poolClass(uint64(m*k*2))
+		largest = max(largest, int64(sa+sb))
+		count := map[uint64]int{sa: 1}
+		count[sb]++
+		for cl, k := range count {
+			need[cl] = max(need[cl], k)
+		}
+	}
+	lin := func(l *Linear, rows int) {
+		product(rows, l.Out, l.In)
+		if training {
+			product(rows, l.In, l.Out)
+			product(l.Out, l.In, rows)
+		}
+	}
+	for _, ly := range b.Layers {
+		for _, l := range ly.Linears() {
+			lin(l, T)
+		}
+	}
+	lin(&b.Head, T)
+	for cl, k := range need {
+		cached += int64(cl) * int64(k)
+	}
+	return largest, cached
+}
+
+func fmtCount(n int64) string {
+	switch {
+	case n >= 1e9:
+		return fmt.Sprintf("%.2fB", float64(n)/1e9)
+	case n >= 1e6:
+		return fmt.Sprintf("%.1fM", float64(n)/1e6)
+	case n >= 1e3:
+		return fmt.Sprintf("%.1fK", float64(n)/1e3)
+	}
+	return fmt.Sprint(n)
+}

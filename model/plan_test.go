@@ -1,0 +1,72 @@
+package model
+
+import (
+	"testing"
+)
+
+// TestPlanIsTheArena: the plan's activations are exactly what
+// NewActivationsWith allocates (the float and int arenas plus the host
+// staging), for every architecture, training or not, with and without
+// recompute; recompute keeps less.
+func TestPlanIsTheArena(t *testing.T) {
+	for _, arch := range tinyArchs {
+		m := loadTiny(t, arch)
+		for _, o := range []ActOptions{{}, {Training: true}, {Training: true, Recompute: true}} {
+			B, L := 3, 20
+			a := m.NewActivationsWith(B, L, o)
+			got := int64(4*a.arena.N+4*a.iarena.N) + 4*int64(len(a.IDs)+len(a.Pos)+len(a.Docs)+len(a.rowStore)+len(a.tgtStore)+len(a.wStore)+len(a.lossH)+len(a.corrH))
+			p, err := ComputePlan(m.Cfg, PlanOptions{SeqLen: L, BatchSize: B, Inference: !o.Training, Recompute: o.Recompute, Threads: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p.ActivationBytes != got {
+				t.Errorf("%s %+v: plan %d activation bytes, NewActivations %d", arch, o, p.ActivationBytes, got)
+			}
+			if p.ParamBytes != int64(4*m.Layout.Total) || p.Params != int64(m.Layout.Total) {
+				t.Errorf("%s: plan %d parameters, layout %d", arch, p.Params, m.Layout.Total)
+			}
+			want := p.ParamBytes + p.GradBytes + p.OptimizerBytes + p.ActivationBytes + p.WorkspaceBytes
+			if p.TotalBytes != want || (o.Training && p.OptimizerBytes != 2*p.GradBytes) {
+				t.Errorf("%s %+v: total %d, parts sum to %d", arch, o, p.TotalBytes, want)
+			}
+		}
+		full, _ := ComputePlan(m.Cfg, PlanOptions{SeqLen: 64, BatchSize: 4})
+		rc, _ := ComputePlan(m.Cfg, PlanOptions{SeqLen: 64, BatchSize: 4, Recompute: true})
+		if rc.ActivationBytes >= full.ActivationBytes {
+			t.Errorf("%s: recompute plans %d activation bytes, without %d", arch, rc.ActivationBytes, full.ActivationBytes)
+		}
+	}
+}
+
+// TestPlanTrainableHook: frozen tensors get no gradient or moments (LoRA's
+// hook), adapters' parameters are counted.
+func TestPlanTrainableHook(t *testing.T) {
+	m := loadTiny(t, "llama")
+	p, _ := ComputePlan(m.Cfg, PlanOptions{SeqLen: 8, BatchSize: 1, Trainable: func(name string) bool { return name == EmbedName }, ExtraTrainable: 100})
+	emb := int64(m.Cfg.Vocab * m.Cfg.Hidden)
+	if p.Trainable != emb+100 || p.GradBytes != 4*(emb+100) || p.ParamBytes != 4*(p.Params+100) {
+		t.Errorf("trainable %d (want %d), gradient bytes %d", p.Trainable, emb+100, p.GradBytes)
+	}
+	if _, err := ComputePlan(m.Cfg, PlanOptions{SeqLen: 0, BatchSize: 1}); err == nil {
+		t.Error("a plan of 0 tokens")
+	}
+	if _, err := ComputePlan(m.Cfg, PlanOptions{SeqLen: 8, BatchSize: 1, Device: "tpu"}); err == nil {
+		t.Error("a plan for an unknown device")
+	}
+}
+
+// TestPlanCUDA: on the GPU every buffer is rounded to the pool's classes
+// and the workspace holds the bf16 copies of matmul operands.
+func TestPlanCUDA(t *testing.T) {
+	m := loadTiny(t, "qwen2")
+	c, _ := ComputePlan(m.Cfg, PlanOptions{SeqLen: 32, BatchSize: 2, Device: "cuda"})
+	h, _ := ComputePlan(m.Cfg, PlanOptions{SeqLen: 32, BatchSize: 2, Threads: 1})
+	if c.ParamBytes%256 != 0 || c.ParamBytes < h.ParamBytes || c.WorkspaceBytes <= 0 {
+		t.Errorf("cuda plan: parameters %d (cpu %d), workspace %d", c.ParamBytes, h.ParamBytes, c.WorkspaceBytes)
+	}
+	for _, n := range []uint64{1, 256, 257, 1 << 20, 1<<20 + 1, 3 << 20} {
+		if cl := poolClass(n); cl < n || cl > n+n/4+256 {
+			t.Errorf("poolClass(%d) = %d", n, cl)
+		}
+	}
+}
