@@ -153,7 +153,11 @@ func ComputePlan(cfg *Config, o PlanOptions) (*Plan, error) {
 	} else {
 		copies, cached := bf16CopyBytes(cfg, b, o.BatchSize*longest, !o.Inference)
 		p.WorkspaceBytes = cached
-		p.add("workspace", cached, fmt.Sprintf("bf16 copies of matmul operands (largest pair %s), cached by the pool per size class", fmtBytes(float64(copies))))
+		detail := fmt.Sprintf("bf16 copies of matmul operands (largest pair %s)", fmtBytes(float64(copies)))
+		if !o.Inference {
+			detail += ", the fused LM-head loss's logit chunk and bf16 copies"
+		}
+		p.add("workspace", cached, detail+"; cached by the pool per size class")
 	}
 	p.TotalBytes = p.ParamBytes + p.GradBytes + p.OptimizerBytes + p.ActivationBytes + p.WorkspaceBytes
 	return p, nil
@@ -168,9 +172,10 @@ func (p *Plan) add(name string, n int64, detail string) {
 // With pool, every buffer is rounded up to the CUDA pool's size class.
 func activationBytes(c *Config, layers []*Layer, B, L int, o ActOptions, pool bool) int64 {
 	T := B * L
-	var top []Act
-	a := &Activations{T: T, Opt: o}
-	top = a.topActs(c)
+	// On the GPU training fuses the LM head with the loss (kernels.HeadLoss):
+	// no logits buffer.
+	a := &Activations{T: T, Opt: o, fused: pool && o.Training}
+	top := a.topActs(c)
 	var floats int64
 	for _, r := range actTable(c, layers, T, o, top) {
 		floats += int64(r.size())
@@ -234,7 +239,20 @@ func bf16CopyBytes(c *Config, b *blocks, T int, training bool) (largest, cached 
 			lin(l, T)
 		}
 	}
-	lin(&b.Head, T)
+	if training {
+		// kernels/cuda HeadLoss: logits in chunks of at most 2^25 floats
+		// (whole multiples of 128 columns), per-row stats, bf16 x and W.
+		V, H := c.Vocab, c.Hidden
+		cols := min(V, ((1<<25)/T/128)*128)
+		if (1<<25)/T < 128 {
+			cols = min(V, 128)
+		}
+		for _, n := range []int{T * cols * 4, T * 5 * 4, T * H * 2, V * H * 2} {
+			need[poolClass(uint64(n))]++
+		}
+	} else {
+		lin(&b.Head, T)
+	}
 	for cl, k := range need {
 		cached += int64(cl) * int64(k)
 	}
