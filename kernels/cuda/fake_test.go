@@ -28,9 +28,9 @@ func TestFakeDriver(t *testing.T) {
 	if err != nil || total != 1<<34 || free > total || free < total-1<<30 {
 		t.Errorf("MemInfo: free %d, total %d, %v", free, total, err)
 	}
-	buf := be.Alloc(1 << 28)
-	if f2, _, _ := be.MemInfo(); f2 > free-1<<28 {
-		t.Errorf("MemInfo: %d free before a 256 MiB allocation, %d after", free, f2)
+	buf := be.Alloc(1 << 24)
+	if f2, _, _ := be.MemInfo(); f2 > free-1<<24 {
+		t.Errorf("MemInfo: %d free before a 16 MiB allocation, %d after", free, f2)
 	}
 	be.Free(buf)
 	ms, err := be.Time(func() {})
