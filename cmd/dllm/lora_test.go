@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"math"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -48,5 +49,31 @@ func TestAdapterFlag(t *testing.T) {
 	_, _, err := dllm(t, "eval", src, "--adapter", t.TempDir(), "--data", data)
 	if err == nil || !strings.Contains(err.Error(), "adapter_config.json") {
 		t.Fatalf("--adapter on an empty folder: %v", err)
+	}
+}
+
+// TestPlanLoRA: the plan of Qwen2.5-7B at 2048 tokens on CUDA with
+// --recompute is under 40 GiB with LoRA rank 16 (40,370,176 adapter values,
+// PEFT's count for this model, plus the mask row) and over 100 GB with full
+// fine-tuning.
+func TestPlanLoRA(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "config.json")
+	os.WriteFile(cfg, []byte(`{"model_type":"qwen2","hidden_size":3584,"num_hidden_layers":28,"num_attention_heads":28,"num_key_value_heads":4,"intermediate_size":18944,"vocab_size":152064,"rms_norm_eps":1e-6,"rope_theta":1000000,"tie_word_embeddings":false,"max_position_embeddings":32768}`), 0o644)
+	total := func(extra ...string) (float64, int64) {
+		stdout, stderr, err := dllm(t, append([]string{"plan", cfg, "--seq-len", "2048", "--batch-size", "1", "--device", "cuda", "--recompute", "--json"}, extra...)...)
+		if err != nil {
+			t.Fatalf("plan %v: %v\n%s", extra, err, stderr)
+		}
+		var p struct {
+			Total     float64 `json:"total_bytes"`
+			Trainable int64   `json:"trainable_params"`
+		}
+		json.Unmarshal([]byte(stdout), &p)
+		return p.Total, p.Trainable
+	}
+	lora, trained := total("--lora-rank", "16")
+	full, _ := total()
+	if !(lora < 40*(1<<30)) || !(full > 100e9) || trained != 40370176+3584 {
+		t.Fatalf("LoRA r16 %.2f GiB (%d trained), full fine-tuning %.2f GiB", lora/(1<<30), trained, full/(1<<30))
 	}
 }

@@ -37,6 +37,9 @@ size classes). convert runs the same plan before it allocates anything.
 			if err != nil {
 				return err
 			}
+			if o.LoRARank < 0 {
+				return &exitError{2, fmt.Errorf("--lora-rank must be >= 0 (0: full fine-tuning)")}
+			}
 			if o.BatchSize <= 0 || o.SeqLen <= 0 || o.GradAccum <= 0 {
 				return &exitError{2, fmt.Errorf("--seq-len, --batch-size and --grad-accum must be positive")}
 			}
@@ -69,6 +72,9 @@ size classes). convert runs the same plan before it allocates anything.
 	f.IntVar(&o.GradAccum, "grad-accum", o.GradAccum, "micro-batches per optimizer step (no memory of its own)")
 	f.BoolVar(&o.Recompute, "recompute", false, "keep only layer inputs, recompute each layer before its backward")
 	f.StringVar(&o.BlockSchedule, "block-schedule", "", "block diffusion schedule, as for convert (rows [xt ; x0] of 2 x --seq-len)")
+	f.IntVar(&o.LoRARank, "lora-rank", 0, "plan a LoRA run of this rank on a frozen base (0: full fine-tuning)")
+	f.Float64Var(&o.LoRADropout, "lora-dropout", 0, "LoRA dropout (its masks take memory)")
+	f.StringSliceVar(&o.LoRATargets, "lora-targets", o.LoRATargets, "LoRA: linears that get adapters")
 	f.StringVar(&device, "device", "cpu", "cpu or cuda")
 	f.IntVar(&o.Threads, "threads", 0, "CPU threads (0: all)")
 	f.BoolVar(&bench, "bench", false, "plan 'dllm bench' instead (no evaluation buffers)")
