@@ -143,12 +143,4 @@ func refusal(cfg *model.Config, o *Options, dev string, p *model.Plan, avail flo
 	return b.String()
 }
 
-func gib(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.0f MiB", float64(n)/(1<<20))
-	}
-	return fmt.Sprintf("%.0f KiB", float64(n)/(1<<10))
-}
+func gib(n int64) string { return model.FormatBytes(float64(n)) }

@@ -67,12 +67,13 @@ func CheckFits(need float64, what, fix string) error {
 		return fmt.Errorf("%s cannot be allocated: %s", what, fix)
 	}
 	if avail := AvailableBytes(); avail > 0 && need > avail {
-		return fmt.Errorf("%s need %s but %s of memory is available: %s", what, fmtBytes(need), fmtBytes(avail), fix)
+		return fmt.Errorf("%s need %s but %s of memory is available: %s", what, FormatBytes(need), FormatBytes(avail), fix)
 	}
 	return nil
 }
 
-func fmtBytes(n float64) string {
+// FormatBytes prints a size for a message: GiB or MiB to one decimal, else KiB.
+func FormatBytes(n float64) string {
 	switch {
 	case n >= 1<<30:
 		return fmt.Sprintf("%.1f GiB", n/(1<<30))

@@ -153,7 +153,7 @@ func ComputePlan(cfg *Config, o PlanOptions) (*Plan, error) {
 	} else {
 		copies, cached := bf16CopyBytes(cfg, b, o.BatchSize*longest, !o.Inference)
 		p.WorkspaceBytes = cached
-		detail := fmt.Sprintf("bf16 copies of matmul operands (largest pair %s)", fmtBytes(float64(copies)))
+		detail := fmt.Sprintf("bf16 copies of matmul operands (largest pair %s)", FormatBytes(float64(copies)))
 		if !o.Inference {
 			detail += ", the fused LM-head loss's logit chunk and bf16 copies"
 		}

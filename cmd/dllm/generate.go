@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"golang.org/x/term"
 
 	"github.com/dllm-dev/dllm/diffusion"
@@ -53,17 +54,7 @@ Defaults come from the model's generation_config.json.
 	f.StringVar(&g.prompt, "prompt", "", "prompt text")
 	f.StringVar(&g.promptFile, "prompt-file", "", "read the prompt from a file")
 	f.StringVar(&g.ids, "ids", "", "prompt as comma-separated token ids (prints ids)")
-	f.BoolVar(&g.ar, "ar", false, "autoregressive decoding with a KV cache (for AR source models)")
-	f.IntVar(&g.genLen, "gen-len", diffusion.DefaultGenLen, "tokens to generate")
-	f.IntVar(&g.steps, "steps", 0, "denoising steps (default: gen-len)")
-	f.IntVar(&g.blockLen, "block-len", 0, "semi-autoregressive block length (default: gen-len, or the model's block size)")
-	f.Float64Var(&g.temperature, "temperature", 0, "sampling temperature (0: greedy)")
-	f.Float64Var(&g.topP, "top-p", 0, "nucleus sampling: keep the smallest set of tokens with this much probability (0: off)")
-	f.IntVar(&g.topK, "top-k", 0, "keep the k most likely tokens (0: off)")
-	f.StringVar(&g.alg, "alg", "confidence", "reveal order: confidence, margin, entropy, or random (Dream's origin)")
-	f.Float64Var(&g.algTemp, "alg-temp", 0, "> 0: draw positions from softmax(confidence/alg-temp) instead of taking the top ones")
-	f.Float64Var(&g.threshold, "threshold", 0, "Fast-dLLM parallel decoding: reveal every position more confident than this (0: off)")
-	f.Uint64Var(&g.seed, "seed", 0, "random seed")
+	addSamplerFlags(f, &g)
 	f.IntVar(&g.batch, "batch", 1, "samples at once")
 	f.BoolVar(&g.stopAtEOS, "stop-at-eos", false, "cut each sample at its first end-of-sequence token")
 	f.BoolVar(&g.show, "show", false, "draw the denoising live in the terminal")
@@ -344,4 +335,19 @@ func showStep(w io.Writer, tok *tokenizer.Tokenizer, mask int32, promptLen int) 
 		}
 		fmt.Fprintf(w, "[step %d]\n%s\n", step, b.String())
 	}
+}
+
+// addSamplerFlags declares the decoding flags generate and chat share.
+func addSamplerFlags(f *pflag.FlagSet, g *generateFlags) {
+	f.BoolVar(&g.ar, "ar", false, "autoregressive decoding with a KV cache (for AR source models)")
+	f.IntVar(&g.genLen, "gen-len", diffusion.DefaultGenLen, "tokens to generate")
+	f.IntVar(&g.steps, "steps", 0, "denoising steps (default: gen-len)")
+	f.IntVar(&g.blockLen, "block-len", 0, "semi-autoregressive block length (default: gen-len, or the model's block size)")
+	f.Float64Var(&g.temperature, "temperature", 0, "sampling temperature (0: greedy)")
+	f.Float64Var(&g.topP, "top-p", 0, "nucleus sampling: keep the smallest set of tokens with this much probability (0: off)")
+	f.IntVar(&g.topK, "top-k", 0, "keep the k most likely tokens (0: off)")
+	f.StringVar(&g.alg, "alg", "confidence", "reveal order: confidence, margin, entropy, or random (Dream's origin)")
+	f.Float64Var(&g.algTemp, "alg-temp", 0, "> 0: draw positions from softmax(confidence/alg-temp) instead of taking the top ones")
+	f.Float64Var(&g.threshold, "threshold", 0, "Fast-dLLM parallel decoding: reveal every position more confident than this (0: off)")
+	f.Uint64Var(&g.seed, "seed", 0, "random seed")
 }
