@@ -381,6 +381,11 @@ func TestLoadPEFTRefuses(t *testing.T) {
 	if _, err := LoadPEFT(dir); err == nil || !strings.Contains(err.Error(), "adapter_config.json") {
 		t.Errorf("missing config: %v", err)
 	}
+	os.WriteFile(filepath.Join(dir, PEFTConfigName), []byte(`{"peft_type": "LORA", "r": 4, "lora_alpha": 16}`), 0o644)
+	if _, err := LoadPEFT(dir); err == nil || !strings.Contains(err.Error(), "no adapter_model.safetensors") {
+		t.Errorf("missing weights: %v", err)
+	}
+	os.WriteFile(filepath.Join(dir, "adapter_model.safetensors"), nil, 0o644)
 	for _, c := range []struct{ cfg, want string }{
 		{`{"peft_type": "IA3"}`, "only LORA"},
 		{`{"peft_type": "LORA", "r": 8, "lora_alpha": 16, "use_dora": true}`, "use_dora"},

@@ -2,6 +2,9 @@ package model
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
+
 	"github.com/dllm-dev/dllm/kernels"
 	"github.com/dllm-dev/dllm/tokenizer"
 )
@@ -51,7 +54,7 @@ func Open(dir string, o OpenOptions) (*Checkpoint, error) {
 			return nil, err
 		}
 		c.adapter.Describe(cfg)
-		tokDir = c.adapter.TokenizerDir(dir)
+		tokDir = c.Find("tokenizer.json")
 	}
 	tokEOS := -1
 	if !o.NoTokenizer {
@@ -98,6 +101,19 @@ func (c *Checkpoint) LoadModel(be kernels.Backend) error {
 	}
 	c.Model = m
 	return nil
+}
+
+// Find is the folder whose file describes the opened model: the adapter's
+// when it has that file (its tokenizer carries the mask token, its
+// tokenizer_config.json the chat template, its generation_config.json the
+// sampler defaults), else Dir.
+func (c *Checkpoint) Find(file string) string {
+	if c.adapter != nil {
+		if st, err := os.Stat(filepath.Join(c.adapter.Dir, file)); err == nil && st.Mode().IsRegular() {
+			return c.adapter.Dir
+		}
+	}
+	return c.Dir
 }
 
 // PlanMask settles the mask token of a conversion from this checkpoint

@@ -2,13 +2,17 @@ package model
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"math"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 
+	"github.com/dllm-dev/dllm/internal/regfile"
 	"github.com/dllm-dev/dllm/kernels"
 	"github.com/dllm-dev/dllm/safetensors"
 )
@@ -103,9 +107,11 @@ type PEFTAdapter struct {
 
 // LoadPEFT reads DIR/adapter_config.json and checks that dllm can apply it.
 func LoadPEFT(dir string) (*PEFTAdapter, error) {
-	b, err := os.ReadFile(filepath.Join(dir, PEFTConfigName))
-	if err != nil {
+	b, err := regfile.ReadFile(filepath.Join(dir, PEFTConfigName))
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
 		return nil, fmt.Errorf("--adapter %s: no %s (a PEFT LoRA adapter folder has adapter_config.json and adapter_model.safetensors)", dir, PEFTConfigName)
+	} else if err != nil {
+		return nil, fmt.Errorf("--adapter %s: %v", dir, err)
 	}
 	var raw map[string]any
 	if err := json.Unmarshal(b, &raw); err != nil {
@@ -152,7 +158,7 @@ func LoadPEFT(dir string) (*PEFTAdapter, error) {
 			}
 		}
 	}
-	if b, err := os.ReadFile(filepath.Join(dir, AdapterDLLMName)); err == nil {
+	if b, err := regfile.ReadFile(filepath.Join(dir, AdapterDLLMName)); err == nil {
 		var d struct {
 			DLLM  *DLLMInfo `json:"dllm"`
 			Vocab int       `json:"vocab_size"`
@@ -161,6 +167,12 @@ func LoadPEFT(dir string) (*PEFTAdapter, error) {
 			return nil, bad("%s is not valid JSON: %v", AdapterDLLMName, err)
 		}
 		p.DLLM, p.Vocab = d.DLLM, d.Vocab
+	}
+	if st, err := os.Stat(filepath.Join(dir, PEFTWeightsBase+".safetensors")); err != nil || !st.Mode().IsRegular() {
+		if _, err := os.Stat(filepath.Join(dir, PEFTWeightsBase+".bin")); err == nil {
+			return nil, bad("holds %s.bin (a PyTorch pickle), which dllm does not read: save the adapter with safe_serialization=True (adapter_model.safetensors)", PEFTWeightsBase)
+		}
+		return nil, bad("no %s.safetensors (a PEFT LoRA adapter folder has %s and %s.safetensors)", PEFTWeightsBase, PEFTConfigName, PEFTWeightsBase)
 	}
 	return p, nil
 }
@@ -230,7 +242,7 @@ func (p *PEFTAdapter) Merge(m *Model) (*Model, error) {
 				return nil, err
 			}
 			if len(vals) != len(p.TrainRows)*H {
-				return nil, fmt.Errorf("--adapter %s: %s holds %d values, trainable_token_indices %v needs %d x %d", p.Dir, full, len(vals), p.TrainRows, len(p.TrainRows), H)
+				return nil, fmt.Errorf("--adapter %s: %s holds %d values, trainable_token_indices %v needs %d x %d%s", p.Dir, full, len(vals), p.TrainRows, len(p.TrainRows), H, p.otherBase())
 			}
 			dst, _ := m.Layout.View(m.Params, target)
 			for k, row := range p.TrainRows {
@@ -239,14 +251,14 @@ func (p *PEFTAdapter) Merge(m *Model) (*Model, error) {
 		default:
 			dst, ok := m.Layout.View(m.Params, name)
 			if !ok {
-				return nil, fmt.Errorf("--adapter %s: tensor %q is not part of the base model", p.Dir, full)
+				return nil, fmt.Errorf("--adapter %s: tensor %q is not part of the base model%s", p.Dir, full, p.otherBase())
 			}
 			vals, err := r.Float32(full)
 			if err != nil {
 				return nil, err
 			}
 			if len(vals) != dst.N {
-				return nil, fmt.Errorf("--adapter %s: %s has %d values, the base's tensor %d", p.Dir, full, len(vals), dst.N)
+				return nil, fmt.Errorf("--adapter %s: %s has %d values, the base's tensor %d%s", p.Dir, full, len(vals), dst.N, p.otherBase())
 			}
 			be.Upload(dst, vals)
 		}
@@ -257,7 +269,7 @@ func (p *PEFTAdapter) Merge(m *Model) (*Model, error) {
 func (p *PEFTAdapter) mergeLinear(m *Model, r *safetensors.Reader, aName, bName, wName string) error {
 	W, ok := m.Layout.View(m.Params, wName)
 	if !ok {
-		return fmt.Errorf("--adapter %s: %s adapts %s, which the base model does not have", p.Dir, aName, wName)
+		return fmt.Errorf("--adapter %s: %s adapts %s, which the base model does not have%s", p.Dir, aName, wName, p.otherBase())
 	}
 	ai, ok1 := r.Info(aName)
 	bi, ok2 := r.Info(bName)
@@ -267,7 +279,7 @@ func (p *PEFTAdapter) mergeLinear(m *Model, r *safetensors.Reader, aName, bName,
 	spec := m.Layout.Specs[m.Layout.index[wName]]
 	out, in := spec.Shape[0], spec.Shape[1]
 	if !ok1 || len(ai.Shape) != 2 || len(bi.Shape) != 2 || int(ai.Shape[1]) != in || int(bi.Shape[0]) != out || ai.Shape[0] != bi.Shape[1] {
-		return fmt.Errorf("--adapter %s: %s %v and %s %v do not fit %s %v", p.Dir, aName, ai.Shape, bName, bi.Shape, wName, spec.Shape)
+		return fmt.Errorf("--adapter %s: %s %v and %s %v do not fit %s %v%s", p.Dir, aName, ai.Shape, bName, bi.Shape, wName, spec.Shape, p.otherBase())
 	}
 	rank := int(ai.Shape[0])
 	av, err := r.Float32(aName)
@@ -279,6 +291,14 @@ func (p *PEFTAdapter) mergeLinear(m *Model, r *safetensors.Reader, aName, bName,
 		return err
 	}
 	return MergeLoRA(m.BE, W, av, bv, out, in, rank, p.Scale)
+}
+
+// otherBase ends a mismatch message: the adapter is likely another model's.
+func (p *PEFTAdapter) otherBase() string {
+	if p.Base != "" {
+		return fmt.Sprintf(": the adapter was trained on another model (base_model_name_or_path %s)", p.Base)
+	}
+	return ": the adapter was trained on another model"
 }
 
 // MergeLoRA adds scale * B A (B out x r, A r x in) to W on the backend.
@@ -304,16 +324,4 @@ func (p *PEFTAdapter) Describe(c *Config) {
 		need = max(need, r+1)
 	}
 	c.Vocab = max(c.Vocab, need)
-}
-
-// TokenizerDir is where the adapted model's tokenizer is: the adapter
-// folder when it has one (it carries the mask token), else the base.
-func (p *PEFTAdapter) TokenizerDir(base string) string {
-	if p == nil {
-		return base
-	}
-	if _, err := os.Stat(filepath.Join(p.Dir, "tokenizer.json")); err == nil {
-		return p.Dir
-	}
-	return base
 }

@@ -60,18 +60,18 @@ type Server struct {
 	closing  atomic.Bool
 }
 
-// New opens the server for the diffusion checkpoint in dir, loaded as m. It
-// starts the decoding worker; Close stops it.
-func New(dir string, m *model.Model, cfg Config) (*Server, error) {
+// New opens the server for ck, opened by model.Open with its model
+// loaded. It starts the decoding worker; Close stops it.
+func New(ck *model.Checkpoint, cfg Config) (*Server, error) {
+	m, tok, dir := ck.Model, ck.Tok, ck.Dir
+	if m == nil || tok == nil {
+		return nil, fmt.Errorf("serve: %s is opened without its model or tokenizer", dir)
+	}
 	info, err := diffusion.InfoFrom(m.Cfg)
 	if err != nil {
 		return nil, err
 	}
-	tok, err := tokenizer.Load(dir)
-	if err != nil {
-		return nil, err
-	}
-	chat, err := tokenizer.LoadChatTemplate(dir, cfg.ChatTemplate)
+	chat, err := tokenizer.LoadChatTemplate(ck.Find("tokenizer_config.json"), cfg.ChatTemplate)
 	if err != nil {
 		return nil, err
 	}
@@ -88,8 +88,8 @@ func New(dir string, m *model.Model, cfg Config) (*Server, error) {
 	if cfg.MaxBody <= 0 {
 		cfg.MaxBody = 1 << 20
 	}
-	s := &Server{cfg: cfg, m: m, info: info, tok: tok, chat: chat, defaults: diffusion.GenDefaults(dir),
-		eos: diffusion.EOSSet(m.Cfg, tok.EOS()), created: time.Now().Unix(), stopped: make(chan struct{})}
+	s := &Server{cfg: cfg, m: m, info: info, tok: tok, chat: chat, defaults: diffusion.GenDefaults(ck.Find("generation_config.json")),
+		eos: ck.EOS, created: time.Now().Unix(), stopped: make(chan struct{})}
 	s.byteTok = make([]bool, m.Cfg.Vocab)
 	for id := range s.byteTok {
 		t := tok.Token(id)

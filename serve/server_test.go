@@ -101,13 +101,13 @@ func (s *syncBuffer) String() string {
 
 func newTestServer(t *testing.T, dir string, cfg Config, hooks ...func(*queue)) *testServer {
 	t.Helper()
-	m, err := model.Load(dir, cpu.New(2))
+	ck, err := model.Open(dir, model.OpenOptions{Backend: cpu.New(2)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	lb := &syncBuffer{}
 	cfg.Log = lb
-	s, err := New(dir, m, cfg)
+	s, err := New(ck, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -729,8 +729,11 @@ func TestShutdown(t *testing.T) {
 	dir := tinyDiffusion(t, 0, false)
 	for _, grace := range []time.Duration{10 * time.Second, 50 * time.Millisecond} {
 		h := newHold()
-		m, _ := model.Load(dir, cpu.New(2))
-		s, err := New(dir, m, Config{})
+		ck, err := model.Open(dir, model.OpenOptions{Backend: cpu.New(2)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := New(ck, Config{})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -30,39 +30,36 @@ type chatSession struct {
 }
 
 func openChat(cmd *cobra.Command, dir string, g *generateFlags) (*chatSession, error) {
-	genDefaults(cmd, dir, g)
-	cfg, err := model.LoadConfig(dir)
+	ck, err := model.Open(dir, model.OpenOptions{Adapter: g.adapter})
 	if err != nil {
 		return nil, err
 	}
-	tok, err := tokenizer.Load(dir)
-	if err != nil {
-		return nil, err
-	}
-	ct, err := tokenizer.LoadChatTemplate(dir, g.chatTemplate)
+	g.defaults(cmd, ck.Find("generation_config.json"))
+	ct, err := tokenizer.LoadChatTemplate(ck.Find("tokenizer_config.json"), g.chatTemplate)
 	if err != nil {
 		return nil, err
 	}
 	if ct == nil {
-		return nil, fmt.Errorf("%s has no chat_template in tokenizer_config.json: pass --chat-template FILE", dir)
+		return nil, fmt.Errorf("%s has no chat_template in tokenizer_config.json: pass --chat-template FILE", ck.Find("tokenizer_config.json"))
 	}
-	s := &chatSession{g: g, tok: tok, ct: ct, cfg: cfg}
+	s := &chatSession{g: g, tok: ck.Tok, ct: ct, cfg: ck.Cfg}
 	if !g.ar {
-		if s.info, err = diffusion.InfoFrom(cfg); err != nil {
+		if s.info, err = diffusion.InfoFrom(ck.Cfg); err != nil {
 			return nil, err
 		}
 	}
-	s.stop = diffusion.EOSSet(cfg, tok.EOS())
-	if id, ok := tok.ID(ct.EndOfTurn()); ok && ct.EndOfTurn() != "" {
+	s.stop = ck.EOS
+	if id, ok := s.tok.ID(ct.EndOfTurn()); ok && ct.EndOfTurn() != "" {
 		s.stop = append(s.stop, int32(id))
 	}
 	if s.be, err = openBackend(g.device, g.threads, cmd.ErrOrStderr()); err != nil {
 		return nil, err
 	}
-	if s.m, err = model.Load(dir, s.be); err != nil {
+	if err := ck.LoadModel(s.be); err != nil {
 		s.be.Close()
 		return nil, err
 	}
+	s.m = ck.Model
 	return s, nil
 }
 
@@ -82,15 +79,14 @@ func (s *chatSession) reply(msgs []tokenizer.Message) (string, error) {
 	var out []int32
 	if g.ar {
 		res, err := s.m.GenerateAR(prompt, model.AROptions{GenLen: g.genLen, Batch: 1, Seed: g.seed,
-			Sampling: model.Sampling{Temperature: g.temperature, TopK: g.topK, TopP: g.topP}, StopAtEOS: true, EOS: s.stop})
+			Sampling: g.sampling(), StopAtEOS: true, EOS: s.stop})
 		if err != nil {
 			return "", err
 		}
 		out = res.Tokens[0]
 	} else {
-		opt := diffusion.GenOptions{GenLen: g.genLen, Steps: g.steps, BlockLen: g.blockLen, Temperature: g.temperature,
-			TopP: g.topP, TopK: g.topK, Alg: diffusion.Alg(g.alg), AlgTemp: g.algTemp, Threshold: g.threshold,
-			Seed: g.seed, Batch: 1, EOS: s.stop, StopAtEOS: true, NoCache: g.noCache}
+		opt := g.options()
+		opt.Seed, opt.Batch, opt.EOS, opt.StopAtEOS, opt.NoCache = g.seed, 1, s.stop, true, g.noCache
 		smp, err := diffusion.NewSampler(s.m, s.info, opt)
 		if err != nil {
 			return "", err
@@ -173,10 +169,11 @@ too (one message per line, answers only on stdout).`,
 	f := cmd.Flags()
 	f.StringVar(&g.system, "system", "", "system message at the start of the conversation")
 	f.StringVar(&g.chatTemplate, "chat-template", "", "Jinja chat template file (default: DIR's tokenizer_config.json)")
-	addSamplerFlags(f, &g)
+	addDecodeFlags(f, &g)
 	f.BoolVar(&g.noCache, "no-cache", false, "block models: recompute finished blocks every step")
 	f.StringVar(&g.device, "device", "auto", "auto, cpu or cuda")
 	f.IntVar(&g.threads, "threads", 0, "CPU threads (0: all)")
+	adapterFlag(f, &g.adapter)
 	return cmd
 }
 

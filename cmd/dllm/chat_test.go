@@ -13,7 +13,7 @@ import (
 )
 
 // sftTiny converts the tiny llama on a few conversations with --sft.
-func sftTiny(t *testing.T) (final, data string) {
+func sftTiny(t *testing.T, extra ...string) (final, data string) {
 	t.Helper()
 	var b strings.Builder
 	for i := 0; i < 10; i++ {
@@ -23,9 +23,10 @@ func sftTiny(t *testing.T) (final, data string) {
 	os.WriteFile(data, []byte(b.String()), 0o644)
 	out := filepath.Join(t.TempDir(), "run")
 	root := moduleRoot(t)
-	if _, stderr, err := dllm(t, "convert", filepath.Join(root, "testdata/tiny/llama"), "--sft", "--chat-template",
+	args := append([]string{"convert", filepath.Join(root, "testdata/tiny/llama"), "--sft", "--chat-template",
 		filepath.Join(root, "testdata/chat/chatml.jinja"), "--data", data, "--out", out, "--steps", "2", "--seq-len", "64",
-		"--batch-size", "2", "--eval-fraction", "0.2", "--eval-rows", "2", "--eval-mc", "1", "--threads", "2", "--quiet"); err != nil {
+		"--batch-size", "2", "--eval-fraction", "0.2", "--eval-rows", "2", "--eval-mc", "1", "--threads", "2", "--quiet"}, extra...)
+	if _, stderr, err := dllm(t, args...); err != nil {
 		t.Fatalf("convert --sft: %v\n%s", err, stderr)
 	}
 	return filepath.Join(out, "final"), data

@@ -56,8 +56,14 @@ the choice given the clean context (LLaDA's estimator: --mc samples, 32 by
 default, LLaDA's stratified count unless --stratified=false; block models
 per-block t). Prints accuracy and acc_norm with standard errors. Generation
 tasks ({"prompt", "answer"}, GSM8K's shape) decode with the model's sampler
-(--mode ar: left to right) and score exact match of --extract. --compare SRC
-runs the AR source as well and prints both in one table.`,
+(generate's sampler flags; --mode diffusion takes the ones not given from
+generation_config.json; --mode ar: left to right) and score exact match
+of --extract. --compare SRC runs the AR source as well and prints both in
+one table.
+
+--adapter DIR merges a PEFT LoRA adapter into the model on load, for --data
+and --task alike; with --compare SRC it applies to the model only, not to
+SRC.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error { return runEval(cmd, args[0], &e) },
 	}
@@ -88,9 +94,6 @@ func runEval(cmd *cobra.Command, dir string, e *evalFlags) error {
 	if e.task.file != "" {
 		if len(e.data) > 0 {
 			return &exitError{2, fmt.Errorf("give either --data (text) or --task (a benchmark), not both")}
-		}
-		if e.adapter != "" {
-			return &exitError{2, fmt.Errorf("--adapter works with --data; for --task, evaluate the merged model (a LoRA conversion's final/)")}
 		}
 		return runTask(cmd, dir, e)
 	}
@@ -159,7 +162,7 @@ func runEval(cmd *cobra.Command, dir string, e *evalFlags) error {
 			return &exitError{2, fmt.Errorf("--sft-pad must be eos or none, got %q", e.sftPad)}
 		}
 		var ct *tokenizer.ChatTemplate
-		if ct, err = tokenizer.LoadChatTemplate(dir, e.task.chatTemplate); err != nil { // --chat-template is declared in evaltask.go
+		if ct, err = tokenizer.LoadChatTemplate(ck.Find("tokenizer_config.json"), e.task.chatTemplate); err != nil { // --chat-template is declared in evaltask.go
 			return err
 		}
 		c, err = corpus.LoadSFT(tok, corpus.SFTOptions{Paths: e.data, EvalFraction: e.evalFraction, SeqLen: e.seqLen,

@@ -25,11 +25,8 @@ type taskFlags struct {
 	chatTemplate                              string
 	until                                     []string
 	limit                                     int
-	// generation (defaults from the model's generation_config.json)
-	genLen, steps, blockLen, topK int
-	temperature, topP, threshold  float64
-	algTemp                       float64
-	alg                           string
+	// generation (diffusion: defaults from the model's generation_config.json)
+	samplerFlags
 }
 
 func addTaskFlags(f *pflag.FlagSet, t *taskFlags) {
@@ -42,15 +39,7 @@ func addTaskFlags(f *pflag.FlagSet, t *taskFlags) {
 	f.StringSliceVar(&t.until, "until", nil, "generation task: cut the generation at the first of these strings")
 	f.BoolVar(&t.chat, "chat", false, "generation task: wrap each prompt as a user turn in the model's chat template (with the assistant prompt)")
 	f.StringVar(&t.chatTemplate, "chat-template", "", "generation task: Jinja file (or JSON with chat_template) instead of the model's template (implies --chat)")
-	f.IntVar(&t.genLen, "gen-len", 256, "generation task: tokens to generate (diffusion: default from generation_config.json)")
-	f.IntVar(&t.steps, "steps", 0, "generation task, diffusion: denoising steps (default: gen-len)")
-	f.IntVar(&t.blockLen, "block-len", 0, "generation task, diffusion: semi-autoregressive block length")
-	f.Float64Var(&t.temperature, "temperature", 0, "generation task: sampling temperature (0: greedy)")
-	f.Float64Var(&t.topP, "top-p", 0, "generation task: nucleus sampling (0: off)")
-	f.IntVar(&t.topK, "top-k", 0, "generation task: keep the k most likely tokens (0: off)")
-	f.StringVar(&t.alg, "alg", "confidence", "generation task, diffusion: reveal order (confidence, margin, entropy, random)")
-	f.Float64Var(&t.algTemp, "alg-temp", 0, "generation task, diffusion: > 0 draws positions from softmax(confidence/alg-temp)")
-	f.Float64Var(&t.threshold, "threshold", 0, "generation task, diffusion: Fast-dLLM threshold (0: off)")
+	addSamplerFlags(f, &t.samplerFlags, "generation task: ", 256)
 }
 
 // taskRun is one model's result in the table.
@@ -85,14 +74,14 @@ func runTask(cmd *cobra.Command, dir string, e *evalFlags) error {
 		return err
 	}
 	defer be.Close()
-	type job struct{ dir, mode string }
-	jobs := []job{{dir, e.mode}}
+	type job struct{ dir, adapter, mode string }
+	jobs := []job{{dir, e.adapter, e.mode}}
 	if tf.compare != "" {
-		jobs = []job{{tf.compare, "ar"}, {dir, e.mode}}
+		jobs = []job{{tf.compare, "", "ar"}, {dir, e.adapter, e.mode}}
 	}
 	var runs []taskRun
 	for _, j := range jobs {
-		r, err := taskOne(cmd, be, tk, j.dir, j.mode, extract, e)
+		r, err := taskOne(cmd, be, tk, j.dir, j.adapter, j.mode, extract, e)
 		if err != nil {
 			return fmt.Errorf("%s: %v", j.dir, err)
 		}
@@ -134,10 +123,10 @@ func printTaskTable(w io.Writer, file, format string, runs []taskRun) {
 	}
 }
 
-// taskOne opens one model and runs the task on it in mode ("" picks the
-// model's own).
-func taskOne(cmd *cobra.Command, be kernels.Backend, tk *task.Task, dir, mode string, extract *regexp.Regexp, e *evalFlags) (taskRun, error) {
-	ck, err := model.Open(dir, model.OpenOptions{})
+// taskOne opens one model (with adapter merged, if any) and runs the task
+// on it in mode ("" picks the model's own).
+func taskOne(cmd *cobra.Command, be kernels.Backend, tk *task.Task, dir, adapter, mode string, extract *regexp.Regexp, e *evalFlags) (taskRun, error) {
+	ck, err := model.Open(dir, model.OpenOptions{Adapter: adapter})
 	if err != nil {
 		return taskRun{}, err
 	}
@@ -168,25 +157,23 @@ func taskOne(cmd *cobra.Command, be kernels.Backend, tk *task.Task, dir, mode st
 			L = min(L, cfg.MaxPositions)
 		}
 	}
-	label := fmt.Sprintf("%s (%s)", dir, mode)
-	run := taskRun{Model: dir, Mode: mode}
+	name := dir
+	if adapter != "" {
+		name = dir + " + " + adapter
+	}
+	label := fmt.Sprintf("%s (%s)", name, mode)
+	run := taskRun{Model: name, Mode: mode}
 	if tk.Format == task.Gen {
 		tf := &e.task
-		var eos []int32
-		for _, x := range cfg.EOS {
-			eos = append(eos, int32(x))
-		}
-		if tok.EOS() >= 0 {
-			eos = append(eos, int32(tok.EOS()))
-		}
+		eos := append([]int32(nil), ck.EOS...)
 		var prompt func(string) ([]int32, error)
 		if tf.chat || tf.chatTemplate != "" {
-			ct, err := tokenizer.LoadChatTemplate(dir, tf.chatTemplate)
+			ct, err := tokenizer.LoadChatTemplate(ck.Find("tokenizer_config.json"), tf.chatTemplate)
 			if err != nil {
 				return run, err
 			}
 			if ct == nil {
-				return run, &exitError{2, fmt.Errorf("%s has no chat_template in tokenizer_config.json: pass --chat-template FILE", dir)}
+				return run, &exitError{2, fmt.Errorf("%s has no chat_template in tokenizer_config.json: pass --chat-template FILE", ck.Find("tokenizer_config.json"))}
 			}
 			if id, ok := tok.ID(ct.EndOfTurn()); ok && ct.EndOfTurn() != "" {
 				eos = append(eos, int32(id))
@@ -204,34 +191,15 @@ func taskOne(cmd *cobra.Command, be kernels.Backend, tk *task.Task, dir, mode st
 				return out, nil
 			}
 		}
+		// AR decoding takes the flags as given, diffusion the model's
+		// generation_config.json for the flags not given.
+		sf := tf.samplerFlags
 		var gen task.Generator
 		if mode == "ar" {
-			gen = task.ARGenerator(m, tf.genLen, model.Sampling{Temperature: tf.temperature, TopK: tf.topK, TopP: tf.topP}, e.seed, eos)
+			gen = task.ARGenerator(m, sf.genLen, sf.sampling(), e.seed, eos)
 		} else {
-			// The model's generation_config.json, then the flags given.
-			o := diffusion.GenDefaults(dir)
-			ch := cmd.Flags().Changed
-			setI := func(flag string, dst *int, v int) {
-				if ch(flag) {
-					*dst = v
-				}
-			}
-			setF := func(flag string, dst *float64, v float64) {
-				if ch(flag) {
-					*dst = v
-				}
-			}
-			setI("gen-len", &o.GenLen, tf.genLen)
-			setI("steps", &o.Steps, tf.steps)
-			setI("block-len", &o.BlockLen, tf.blockLen)
-			setI("top-k", &o.TopK, tf.topK)
-			setF("temperature", &o.Temperature, tf.temperature)
-			setF("top-p", &o.TopP, tf.topP)
-			setF("alg-temp", &o.AlgTemp, tf.algTemp)
-			setF("threshold", &o.Threshold, tf.threshold)
-			if ch("alg") {
-				o.Alg = diffusion.Alg(tf.alg)
-			}
+			sf.defaults(cmd, ck.Find("generation_config.json"))
+			o := sf.options()
 			o.Seed, o.EOS = e.seed, eos
 			gen = task.DiffusionGenerator(m, info, o)
 		}

@@ -23,12 +23,10 @@ type generateFlags struct {
 	prompt, promptFile, ids string
 	ar, show, stopAtEOS     bool
 	noCache, asJSON         bool
-	genLen, steps, blockLen int
-	topK, batch, threads    int
-	temperature, topP       float64
-	algTemp, threshold      float64
-	alg, device, adapter    string
+	batch, threads          int
+	device, adapter         string
 	seed                    uint64
+	samplerFlags
 	// --chat (chat.go)
 	chat                 bool
 	system, chatTemplate string
@@ -54,7 +52,7 @@ Defaults come from the model's generation_config.json.
 	f.StringVar(&g.prompt, "prompt", "", "prompt text")
 	f.StringVar(&g.promptFile, "prompt-file", "", "read the prompt from a file")
 	f.StringVar(&g.ids, "ids", "", "prompt as comma-separated token ids (prints ids)")
-	addSamplerFlags(f, &g)
+	addDecodeFlags(f, &g)
 	f.IntVar(&g.batch, "batch", 1, "samples at once")
 	f.BoolVar(&g.stopAtEOS, "stop-at-eos", false, "cut each sample at its first end-of-sequence token")
 	f.BoolVar(&g.show, "show", false, "draw the denoising live in the terminal")
@@ -67,40 +65,6 @@ Defaults come from the model's generation_config.json.
 	f.StringVar(&g.chatTemplate, "chat-template", "", "--chat: Jinja chat template file (default: DIR's tokenizer_config.json)")
 	adapterFlag(f, &g.adapter)
 	return cmd
-}
-
-// genDefaults applies the model's sampler defaults (generation_config.json)
-// to flags the user did not set.
-func genDefaults(cmd *cobra.Command, dir string, g *generateFlags) {
-	d := diffusion.GenDefaults(dir)
-	changed := cmd.Flags().Changed
-	if !changed("gen-len") {
-		g.genLen = d.GenLen
-	}
-	if !changed("steps") {
-		g.steps = d.Steps
-	}
-	if !changed("block-len") {
-		g.blockLen = d.BlockLen
-	}
-	if !changed("alg") {
-		g.alg = string(d.Alg)
-	}
-	if !changed("alg-temp") {
-		g.algTemp = d.AlgTemp
-	}
-	if !changed("temperature") {
-		g.temperature = d.Temperature
-	}
-	if !changed("top-p") {
-		g.topP = d.TopP
-	}
-	if !changed("top-k") {
-		g.topK = d.TopK
-	}
-	if !changed("threshold") {
-		g.threshold = d.Threshold
-	}
 }
 
 func readPrompt(cmd *cobra.Command, g *generateFlags) (string, error) {
@@ -141,23 +105,16 @@ func parseIDList(s string) ([]int32, error) {
 
 func runGenerate(cmd *cobra.Command, dir string, g *generateFlags) error {
 	if g.chat {
-		if g.adapter != "" {
-			return &exitError{2, fmt.Errorf("--adapter with --chat: generate from the merged model (a LoRA conversion's final/)")}
-		}
 		return runChatGenerate(cmd, dir, g)
-	}
-	if g.adapter != "" {
-		genDefaults(cmd, g.adapter, g)
-	} else {
-		genDefaults(cmd, dir, g)
 	}
 	ck, err := model.Open(dir, model.OpenOptions{NoTokenizer: g.ids != "", Adapter: g.adapter})
 	if err != nil {
-		if g.ids == "" {
+		if g.ids == "" && !strings.HasPrefix(err.Error(), "--adapter") {
 			return fmt.Errorf("%v (or give the prompt as --ids)", err)
 		}
 		return err
 	}
+	g.defaults(cmd, ck.Find("generation_config.json"))
 	cfg, tok := ck.Cfg, ck.Tok
 	var prompt []int32
 	if g.ids != "" {
@@ -213,7 +170,7 @@ func runGenerate(cmd *cobra.Command, dir string, g *generateFlags) error {
 	if g.ar {
 		var res *model.ARResult
 		res, err = m.GenerateAR(prompt, model.AROptions{GenLen: g.genLen, Batch: g.batch, Seed: g.seed,
-			Sampling: model.Sampling{Temperature: g.temperature, TopK: g.topK, TopP: g.topP}, StopAtEOS: g.stopAtEOS, EOS: eos})
+			Sampling: g.sampling(), StopAtEOS: g.stopAtEOS, EOS: eos})
 		if err != nil {
 			return err
 		}
@@ -221,9 +178,8 @@ func runGenerate(cmd *cobra.Command, dir string, g *generateFlags) error {
 		steps = g.genLen
 		forwards = g.genLen
 	} else {
-		opt := diffusion.GenOptions{GenLen: g.genLen, Steps: g.steps, BlockLen: g.blockLen, Temperature: g.temperature,
-			TopP: g.topP, TopK: g.topK, Alg: diffusion.Alg(g.alg), AlgTemp: g.algTemp, Threshold: g.threshold,
-			Seed: g.seed, Batch: g.batch, EOS: eos, StopAtEOS: g.stopAtEOS, NoCache: g.noCache}
+		opt := g.options()
+		opt.Seed, opt.Batch, opt.EOS, opt.StopAtEOS, opt.NoCache = g.seed, g.batch, eos, g.stopAtEOS, g.noCache
 		if g.show {
 			opt.Observe = showStep(cmd.ErrOrStderr(), tok, info.MaskID, len(prompt))
 		}
@@ -282,8 +238,8 @@ func runGenerate(cmd *cobra.Command, dir string, g *generateFlags) error {
 // generation beyond the model's context, and buffers the machine cannot
 // hold, before anything is allocated.
 func checkGenerate(cfg *model.Config, g *generateFlags, promptLen int) error {
-	opt := diffusion.GenOptions{GenLen: g.genLen, Steps: g.steps, BlockLen: g.blockLen, Temperature: g.temperature,
-		TopP: g.topP, TopK: g.topK, AlgTemp: g.algTemp, Threshold: g.threshold, Batch: g.batch}
+	opt := g.options()
+	opt.Batch = g.batch
 	if err := opt.Validate(); err != nil {
 		return err
 	}
@@ -337,17 +293,69 @@ func showStep(w io.Writer, tok *tokenizer.Tokenizer, mask int32, promptLen int) 
 	}
 }
 
-// addSamplerFlags declares the decoding flags generate and chat share.
-func addSamplerFlags(f *pflag.FlagSet, g *generateFlags) {
+// addDecodeFlags declares the decoding flags generate and chat share.
+func addDecodeFlags(f *pflag.FlagSet, g *generateFlags) {
 	f.BoolVar(&g.ar, "ar", false, "autoregressive decoding with a KV cache (for AR source models)")
-	f.IntVar(&g.genLen, "gen-len", diffusion.DefaultGenLen, "tokens to generate")
-	f.IntVar(&g.steps, "steps", 0, "denoising steps (default: gen-len)")
-	f.IntVar(&g.blockLen, "block-len", 0, "semi-autoregressive block length (default: gen-len, or the model's block size)")
-	f.Float64Var(&g.temperature, "temperature", 0, "sampling temperature (0: greedy)")
-	f.Float64Var(&g.topP, "top-p", 0, "nucleus sampling: keep the smallest set of tokens with this much probability (0: off)")
-	f.IntVar(&g.topK, "top-k", 0, "keep the k most likely tokens (0: off)")
-	f.StringVar(&g.alg, "alg", "confidence", "reveal order: confidence, margin, entropy, or random (Dream's origin)")
-	f.Float64Var(&g.algTemp, "alg-temp", 0, "> 0: draw positions from softmax(confidence/alg-temp) instead of taking the top ones")
-	f.Float64Var(&g.threshold, "threshold", 0, "Fast-dLLM parallel decoding: reveal every position more confident than this (0: off)")
+	addSamplerFlags(f, &g.samplerFlags, "", diffusion.DefaultGenLen)
 	f.Uint64Var(&g.seed, "seed", 0, "random seed")
+}
+
+// samplerFlags are the sampler settings of generate, chat and eval --task.
+type samplerFlags struct {
+	genLen, steps, blockLen, topK int
+	temperature, topP             float64
+	algTemp, threshold            float64
+	alg                           string
+}
+
+// addSamplerFlags declares them; each help text starts with prefix.
+func addSamplerFlags(f *pflag.FlagSet, s *samplerFlags, prefix string, genLen int) {
+	f.IntVar(&s.genLen, "gen-len", genLen, prefix+"tokens to generate")
+	f.IntVar(&s.steps, "steps", 0, prefix+"denoising steps (default: gen-len)")
+	f.IntVar(&s.blockLen, "block-len", 0, prefix+"semi-autoregressive block length (default: gen-len, or the model's block size)")
+	f.Float64Var(&s.temperature, "temperature", 0, prefix+"sampling temperature (0: greedy)")
+	f.Float64Var(&s.topP, "top-p", 0, prefix+"nucleus sampling: keep the smallest set of tokens with this much probability (0: off)")
+	f.IntVar(&s.topK, "top-k", 0, prefix+"keep the k most likely tokens (0: off)")
+	f.StringVar(&s.alg, "alg", "confidence", prefix+"reveal order: confidence, margin, entropy, or random (Dream's origin)")
+	f.Float64Var(&s.algTemp, "alg-temp", 0, prefix+"> 0: draw positions from softmax(confidence/alg-temp) instead of taking the top ones")
+	f.Float64Var(&s.threshold, "threshold", 0, prefix+"Fast-dLLM parallel decoding: reveal every position more confident than this (0: off)")
+}
+
+// defaults sets the flags the user did not give from dir's
+// generation_config.json.
+func (s *samplerFlags) defaults(cmd *cobra.Command, dir string) {
+	d := diffusion.GenDefaults(dir)
+	changed := cmd.Flags().Changed
+	set := func(flag string, dst *int, v int) {
+		if !changed(flag) {
+			*dst = v
+		}
+	}
+	setF := func(flag string, dst *float64, v float64) {
+		if !changed(flag) {
+			*dst = v
+		}
+	}
+	set("gen-len", &s.genLen, d.GenLen)
+	set("steps", &s.steps, d.Steps)
+	set("block-len", &s.blockLen, d.BlockLen)
+	set("top-k", &s.topK, d.TopK)
+	setF("temperature", &s.temperature, d.Temperature)
+	setF("top-p", &s.topP, d.TopP)
+	setF("alg-temp", &s.algTemp, d.AlgTemp)
+	setF("threshold", &s.threshold, d.Threshold)
+	if !changed("alg") {
+		s.alg = string(d.Alg)
+	}
+}
+
+// options are the diffusion sampler's settings.
+func (s *samplerFlags) options() diffusion.GenOptions {
+	return diffusion.GenOptions{GenLen: s.genLen, Steps: s.steps, BlockLen: s.blockLen, Temperature: s.temperature,
+		TopP: s.topP, TopK: s.topK, Alg: diffusion.Alg(s.alg), AlgTemp: s.algTemp, Threshold: s.threshold}
+}
+
+// sampling are the AR sampler's.
+func (s *samplerFlags) sampling() model.Sampling {
+	return model.Sampling{Temperature: s.temperature, TopK: s.topK, TopP: s.topP}
 }

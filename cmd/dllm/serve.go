@@ -18,6 +18,7 @@ import (
 
 type serveFlags struct {
 	host, device, apiKey, name, chatTemplate string
+	adapter                                  string
 	port, threads, maxQueue, maxBatch        int
 	maxTokens                                int
 	maxBody                                  int64
@@ -58,6 +59,7 @@ SIGINT or SIGTERM stops accepting, lets requests in flight finish for
 	fl.Int64Var(&f.maxBody, "max-body", 1<<20, "largest request body in bytes; more get 413")
 	fl.DurationVar(&f.timeout, "timeout", 5*time.Minute, "per-request limit, queueing included (0: none)")
 	fl.DurationVar(&f.grace, "shutdown-timeout", 30*time.Second, "on SIGINT/SIGTERM, how long requests in flight may take to finish")
+	adapterFlag(fl, &f.adapter)
 	return cmd
 }
 
@@ -72,7 +74,8 @@ func runServe(cmd *cobra.Command, dir string, f *serveFlags) error {
 			return &exitError{2, fmt.Errorf("%s is out of range (see 'dllm serve --help')", c.name)}
 		}
 	}
-	if _, err := model.LoadConfig(dir); err != nil {
+	ck, err := model.Open(dir, model.OpenOptions{Adapter: f.adapter})
+	if err != nil {
 		return err
 	}
 	be, err := openBackend(f.device, f.threads, cmd.ErrOrStderr())
@@ -80,11 +83,10 @@ func runServe(cmd *cobra.Command, dir string, f *serveFlags) error {
 		return err
 	}
 	defer be.Close()
-	m, err := model.Load(dir, be)
-	if err != nil {
+	if err := ck.LoadModel(be); err != nil {
 		return err
 	}
-	srv, err := serve.New(dir, m, serve.Config{Name: f.name, APIKey: f.apiKey, MaxQueue: f.maxQueue, MaxBatch: f.maxBatch,
+	srv, err := serve.New(ck, serve.Config{Name: f.name, APIKey: f.apiKey, MaxQueue: f.maxQueue, MaxBatch: f.maxBatch,
 		MaxTokens: f.maxTokens, Timeout: f.timeout, MaxBody: f.maxBody, Log: cmd.ErrOrStderr(), ChatTemplate: f.chatTemplate})
 	if err != nil {
 		return err
