@@ -17,12 +17,12 @@ comparison logic, and that dllm's export is a LLaMA/Qwen2 by this reading of
 the layout; it proves nothing about the real library's behaviour, which only
 the GPU machine's transformers can show.
 
-Mask rule as in transformers >= 4.40 (masking_utils in 4.5x/5.x): a 4-D
-mask (B, 1, L, L) is used as given; eager adds it to the scores (so it must
-be an additive float mask: a bool one would be added as 0/1, which this
-stand-in refuses rather than reproduce), sdpa passes it to
-scaled_dot_product_attention (bool True = attend, or float added); no mask
-means causal.
+Mask rule: what every transformers >= 4.40 accepts. A 4-D mask (B, 1, L,
+L) is used as given, added to the scores: an additive float mask, 0 where
+visible. The 4.4x _update_causal_mask refuses a 4-D mask whose max is not 0
+("inverted form with max==0"), a bool one included, and the later eager
+attention would add a bool mask as 0/1: so this stand-in refuses both. No
+mask means causal.
 """
 import json
 import math
@@ -115,14 +115,8 @@ class Attention(nn.Module):
         rep = c.num_attention_heads // c.num_key_value_heads
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         s = torch.matmul(q, k.transpose(2, 3)) / math.sqrt(c.head_dim)
-        impl = c._attn_implementation
         if mask is None:
             s = s.masked_fill(torch.ones(L, L, dtype=torch.bool, device=x.device).triu(1), float("-inf"))
-        elif mask.dtype == torch.bool:
-            if impl == "eager":
-                raise TypeError("stand-in transformers: a bool 4-D mask with eager attention; transformers adds the "
-                                "mask to the scores (True would become +1): pass an additive float mask")
-            s = s.masked_fill(~mask, float("-inf"))
         else:
             s = s + mask.to(s.dtype)
         p = torch.softmax(s, dim=-1, dtype=torch.float32).to(q.dtype)
@@ -178,6 +172,10 @@ class Model(nn.Module):
             raise ValueError("stand-in transformers: only 4-D attention masks (B, 1, L, L) are implemented")
         if attention_mask is not None and tuple(attention_mask.shape[-2:]) != (L, L):
             raise ValueError(f"stand-in transformers: mask {tuple(attention_mask.shape)} for {L} positions")
+        if attention_mask is not None and (attention_mask.dtype == torch.bool or attention_mask.max() != 0):
+            raise ValueError("stand-in transformers: a 4-D mask must be additive with max 0 (transformers 4.4x: "
+                             "\"Custom 4D attention mask should be passed in inverted form with max==0\"; eager adds "
+                             "a bool mask as 0/1)")
         x = self.embed_tokens(input_ids)
         pos = torch.arange(L, device=input_ids.device).float()
         f = pos[:, None] * self.inv_freq.float()[None, :]
