@@ -92,6 +92,9 @@ func (r *run) setupLoRA() error {
 		ad.Cfg.Rank, ad.Cfg.Alpha, ad.Cfg.Scale(), ad.Cfg.Dropout, strings.Join(ad.Cfg.Targets, ","),
 		fmtCount(int64(ad.Trainable())), fmtCount(int64(r.m.Layout.Total)), 100*float64(ad.Trainable())/float64(r.m.Layout.Total),
 		map[bool]string{true: ", norms trained", false: ""}[ad.Cfg.TrainNorms])
+	if r.m.HalfHeld() {
+		r.logf("LoRA: the frozen base's matrices (%s values) held once in bf16 on the device, the rest in fp32", fmtCount(int64(r.m.Half.N)))
+	}
 	return nil
 }
 

@@ -12,10 +12,12 @@ import (
 // PlanOf is the memory plan of a conversion with options o on device ("cpu"
 // or "cuda"): the training rows of every stage (L, or [xt ; x0] of 2L under
 // a block schedule), the evaluation's rows, parameters, gradients, AdamW.
-// LoRA extends it through PlanOptions.Trainable and ExtraTrainable.
-func PlanOf(cfg *model.Config, o *Options, device string) (*model.Plan, error) {
+// LoRA extends it through PlanOptions.Trainable and ExtraTrainable, and on
+// the GPU holds the frozen base in bf16 (model.LoadFrozen) unless matmul is
+// "fp32" (the precision of the GPU's products; "" is bf16).
+func PlanOf(cfg *model.Config, o *Options, device, matmul string) (*model.Plan, error) {
 	po := model.PlanOptions{SeqLen: o.SeqLen, BatchSize: o.BatchSize, GradAccum: o.GradAccum, Recompute: o.Recompute,
-		Device: device, Threads: o.Threads}
+		Device: device, Threads: o.Threads, Matmul: matmul}
 	final := 0
 	if o.BlockSchedule != "" {
 		stages, err := anneal.ParseSchedule(o.BlockSchedule, o.SeqLen)
@@ -39,6 +41,7 @@ func PlanOf(cfg *model.Config, o *Options, device string) (*model.Plan, error) {
 		// A frozen base: the adapters train, with their kept activations.
 		lc := o.LoRA(nil)
 		po.Trainable = func(string) bool { return false }
+		po.FrozenBase = true
 		po.ExtraTrainable = lc.TrainableCount(cfg, 1)
 		L := o.SeqLen
 		for _, rl := range po.RowLengths {
@@ -76,18 +79,22 @@ func Available(be kernels.Backend) (float64, string) {
 	return 0, ""
 }
 
-func planDevice(be kernels.Backend) string {
+// planDevice is the plan's device and, on a GPU, its matmul precision.
+func planDevice(be kernels.Backend) (device, matmul string) {
 	if strings.HasPrefix(be.Name(), "cpu") {
-		return "cpu"
+		return "cpu", ""
 	}
-	return "cuda"
+	if p, ok := be.(interface{ MatmulPrecision() string }); ok {
+		return "cuda", p.MatmulPrecision()
+	}
+	return "cuda", ""
 }
 
 // checkFits runs the plan before anything is allocated and refuses, in one
 // line, a run that does not fit, naming the options that would.
 func (r *run) checkFits(cfg *model.Config) error {
-	dev := planDevice(r.be)
-	p, err := PlanOf(cfg, &r.opt, dev)
+	dev, mm := planDevice(r.be)
+	p, err := PlanOf(cfg, &r.opt, dev, mm)
 	if err != nil {
 		return err
 	}
@@ -95,17 +102,17 @@ func (r *run) checkFits(cfg *model.Config) error {
 	if avail <= 0 || float64(p.TotalBytes) <= avail {
 		return nil
 	}
-	return fmt.Errorf("%s", refusal(cfg, &r.opt, dev, p, avail, source))
+	return fmt.Errorf("%s", refusal(cfg, &r.opt, dev, mm, p, avail, source))
 }
 
 // refusal says what a run needs, what there is, and what would fit.
-func refusal(cfg *model.Config, o *Options, dev string, p *model.Plan, avail float64, source string) string {
+func refusal(cfg *model.Config, o *Options, dev, mm string, p *model.Plan, avail float64, source string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "not enough memory: the run needs %s (parameters %s, gradients %s, optimizer %s, activations %s, workspace %s; see 'dllm plan') but %s is available (%s)",
 		gib(p.TotalBytes), gib(p.ParamBytes), gib(p.GradBytes), gib(p.OptimizerBytes), gib(p.ActivationBytes), gib(p.WorkspaceBytes), gib(int64(avail)), source)
 	var fits, not []string
 	try := func(name string, q Options) {
-		if qp, err := PlanOf(cfg, &q, dev); err == nil {
+		if qp, err := PlanOf(cfg, &q, dev, mm); err == nil {
 			s := fmt.Sprintf("%s (%s)", name, gib(qp.TotalBytes))
 			if float64(qp.TotalBytes) <= avail {
 				fits = append(fits, s)

@@ -34,7 +34,7 @@ func TestRefusedBeforeAllocating(t *testing.T) {
 	data := writeCorpus(t)
 	o := tinyOptions(data, filepath.Join(t.TempDir(), "run"))
 	o.Source, o.Init, o.BatchSize, o.SeqLen = doctored(t, set), "random", 64, 2048
-	p, err := PlanOf(cfg, &o, "cpu")
+	p, err := PlanOf(cfg, &o, "cpu", "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +59,7 @@ func TestRefusedBeforeAllocating(t *testing.T) {
 	}
 	// The batch the refusal names fits; the run of batch 1 x 2048 is not refused by the plan.
 	o.BatchSize = 1
-	if p, _ := PlanOf(cfg, &o, "cpu"); p.TotalBytes > 24<<30 {
+	if p, _ := PlanOf(cfg, &o, "cpu", ""); p.TotalBytes > 24<<30 {
 		t.Errorf("batch 1 x 2048 plans %d bytes", p.TotalBytes)
 	}
 }

@@ -257,14 +257,22 @@ func (r *run) prepare() error {
 	r.summary.MaskToken = r.plan
 
 	switch {
-	case resumeDir != "" && o.LoRARank > 0:
-		if r.state.MaskID != r.plan.ID {
-			return fmt.Errorf("resume: the checkpoint used mask id %d but the source now gives %d", r.state.MaskID, r.plan.ID)
+	case o.LoRARank > 0:
+		if resumeDir != "" {
+			if r.state.MaskID != r.plan.ID {
+				return fmt.Errorf("resume: the checkpoint used mask id %d but the source now gives %d", r.state.MaskID, r.plan.ID)
+			}
+			if fp, err := sourceFingerprint(o.Source); err != nil || fp != r.state.Source {
+				return fmt.Errorf("resume: %s is not the base this LoRA run started from (fingerprint %s, the run's %s): resume with the same source weights", o.Source, fp, r.state.Source)
+			}
 		}
-		if fp, err := sourceFingerprint(o.Source); err != nil || fp != r.state.Source {
-			return fmt.Errorf("resume: %s is not the base this LoRA run started from (fingerprint %s, the run's %s): resume with the same source weights", o.Source, fp, r.state.Source)
+		// The frozen base, its matrices in bf16 on a GPU with bf16 matmuls,
+		// with the new mask row (if any) added on the host.
+		grow := 0
+		if r.plan.Kind == tokenizer.MaskNewRow {
+			grow = 1
 		}
-		r.m, err = model.Load(o.Source, r.be)
+		r.m, err = model.LoadFrozen(o.Source, r.be, grow)
 		if err != nil {
 			return err
 		}
@@ -289,14 +297,16 @@ func (r *run) prepare() error {
 		}
 		r.m = src.Model
 	}
-	if model.HasNonFinite(r.be, r.m.Params) {
+	if r.m.HasNonFinite() {
 		if resumeDir != "" {
 			return fmt.Errorf("%s holds NaN or infinite weights: it cannot be resumed; move it out of %s to resume from the checkpoint before it, or start over with --force", resumeDir, o.Out)
 		}
 		return fmt.Errorf("the weights of %s hold NaN or infinite values: it cannot be converted (download or export it again)", o.Source)
 	}
 	r.warnings(cfg, tok)
-	if (resumeDir == "" || o.LoRARank > 0) && r.plan.Kind == tokenizer.MaskNewRow {
+	if o.LoRARank > 0 && r.plan.Kind == tokenizer.MaskNewRow {
+		r.logf("mask token: %s added as a new embedding row %d (mean of the existing rows)", r.plan.Token, r.plan.ID)
+	} else if resumeDir == "" && r.plan.Kind == tokenizer.MaskNewRow {
 		g, err := r.m.GrowVocab(1)
 		if err != nil {
 			return err

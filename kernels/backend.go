@@ -8,10 +8,13 @@ import "fmt"
 
 // Buf is a view of N float32 values owned by a backend: a slice on the CPU,
 // a device address on a GPU. Views are cheap values; Slice never copies.
+// With Half the view holds N bfloat16 values on the device instead (see
+// BF16Weights): only MatMul and HeadLoss read one, as an operand.
 type Buf struct {
 	Host []float32
 	Dev  uintptr
 	N    int
+	Half bool
 }
 
 // Slice returns the view of n values starting at off.
@@ -19,14 +22,21 @@ func (b Buf) Slice(off, n int) Buf {
 	if off < 0 || n < 0 || off+n > b.N {
 		panic(fmt.Sprintf("kernels: slice [%d:%d] of a buffer of %d", off, off+n, b.N))
 	}
-	s := Buf{N: n}
+	s := Buf{N: n, Half: b.Half}
 	if b.Host != nil {
 		s.Host = b.Host[off : off+n : off+n]
 	}
 	if b.Dev != 0 {
-		s.Dev = b.Dev + uintptr(off)*4
+		s.Dev = b.Dev + uintptr(off)*b.elem()
 	}
 	return s
+}
+
+func (b Buf) elem() uintptr {
+	if b.Half {
+		return 2
+	}
+	return 4
 }
 
 // IBuf is a view of N int32 values (token ids, targets, positions, document ids).
@@ -194,4 +204,16 @@ type Backend interface {
 // gradient. Rows with target -1 add nothing.
 type HeadLoss interface {
 	HeadLoss(loss, correct, dx, dW, x, W Buf, targets IBuf, weights Buf, rows, hidden, vocab int, gradScale float32, grad bool)
+}
+
+// BF16Weights is an optional op of a Backend (kernels/cuda with bf16
+// matmuls): read-only matrices held once in bfloat16, half the memory of
+// float32. AllocBF16 returns a Half buffer of n values, or ok false where
+// products are not made in bf16 (holding a rounded copy would change
+// them). Upload rounds float32 values into it to nearest even, as the
+// per-product casts do, so a product reading it equals one that casts a
+// float32 copy; Download widens exactly; Free frees it. MatMul accepts it as
+// A or B, HeadLoss as W; no other op takes one.
+type BF16Weights interface {
+	AllocBF16(n int) (b Buf, ok bool)
 }

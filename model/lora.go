@@ -305,7 +305,7 @@ func NewLoRA(m *Model, lc LoRAConfig, seed uint64) (*LoRA, error) {
 				m.BE.Download(dst[k*H:(k+1)*H], m.Embed.W.Slice(r*H, H))
 			}
 		default: // a norm
-			v, _ := m.Layout.View(m.Params, s.Name)
+			v, _ := m.Tensor(s.Name)
 			m.BE.Download(dst, v)
 		}
 	}
@@ -383,7 +383,7 @@ func (a *LoRA) CopyInto(m *Model) {
 		m.BE.Copy(m.Embed.W.Slice(r*H, H), a.Rows.Slice(k*H, H))
 	}
 	for name, v := range a.Norms {
-		dst, _ := m.Layout.View(m.Params, name)
+		dst, _ := m.Tensor(name)
 		m.BE.Copy(dst, v)
 	}
 }
@@ -394,9 +394,10 @@ func (a *LoRA) Decays(name string) bool { return !strings.Contains(name, "norm")
 
 // MergedFetch reads m's tensors with the adapter merged, W + (alpha/r) B A
 // in float32 (B A on the backend), and the trained rows and norms as the
-// adapter holds them. Names are as in m.ExportSpecs.
+// adapter holds them. Names are as in m.ExportSpecs. W is the source's
+// value (m.SourceFetch), never a bf16 copy the device holds.
 func (a *LoRA) MergedFetch(m *Model) safetensors.Fetch {
-	base := m.FetchFrom(m.Params)
+	base := m.SourceFetch()
 	return func(name string, dst []float32) error {
 		if err := base(name, dst); err != nil {
 			return err
@@ -430,6 +431,7 @@ func (a *LoRA) MergedFetch(m *Model) safetensors.Fetch {
 		B := a.Params.Slice(a.Layout.Offsets[bi], out*r)
 		ba := m.BE.Alloc(out * in)
 		defer m.BE.Free(ba)
+		defer fp32Products(m.BE)()
 		m.BE.MatMul(ba, B, A, out, in, r, false, false, 0)
 		delta := make([]float32, out*in)
 		m.BE.Download(delta, ba)
@@ -554,4 +556,20 @@ func (lc *LoRAConfig) Bytes(c *Config, T int) float64 {
 		n += 4 * float64(T) * float64(widest)
 	}
 	return 4 * n
+}
+
+// fp32Products switches a backend with bf16 matrix products (kernels/cuda)
+// to float32 ones until the returned function is called: a merged export
+// is W + (alpha/r) B A in float32, not of B and A rounded to bf16.
+func fp32Products(be kernels.Backend) (restore func()) {
+	p, ok := be.(interface {
+		MatmulPrecision() string
+		SetMatmul(string) error
+	})
+	if !ok || p.MatmulPrecision() == "fp32" {
+		return func() {}
+	}
+	prev := p.MatmulPrecision()
+	p.SetMatmul("fp32")
+	return func() { p.SetMatmul(prev) }
 }

@@ -63,7 +63,10 @@ type Model struct {
 	Cfg    *Config
 	BE     kernels.Backend
 	Layout *Layout
+	// Params holds the parameters in float32: all of them, or with Half
+	// (LoadFrozen) the others.
 	Params kernels.Buf
+	Half   kernels.Buf
 	Grads  kernels.Buf
 
 	Embed  Embedding
@@ -79,6 +82,11 @@ type Model struct {
 	lora             *LoRA   // SetAdapter: the base is frozen
 	ropeCos, ropeSin kernels.Buf
 	ropeLen          int
+
+	// With Half: tensor i sits at place[i] in Params, or at ^place[i] in Half.
+	place         []int
+	halfNonFinite bool
+	source        safetensors.Fetch // LoadFrozen: the source's values
 }
 
 // blocks are the model's blocks for cfg, without views.
@@ -118,12 +126,47 @@ func paramTable(c *Config, embed *Embedding, layers []*Layer, norm *Norm, head *
 }
 
 // New allocates a model with zero parameters.
-func New(cfg *Config, be kernels.Backend) *Model {
+func New(cfg *Config, be kernels.Backend) *Model { return newModel(cfg, be, false) }
+
+// newModel allocates a model; with frozen, on a backend with
+// kernels.BF16Weights, the halfTensors in one bf16 buffer.
+func newModel(cfg *Config, be kernels.Backend, frozen bool) *Model {
 	l := NewLayout(cfg)
 	b := newBlocks(cfg)
-	m := &Model{Cfg: cfg, BE: be, Layout: l, Params: be.Alloc(l.Total), TiedAs: "embed_tokens",
+	m := &Model{Cfg: cfg, BE: be, Layout: l, TiedAs: "embed_tokens",
 		Embed: b.Embed, Layers: b.Layers, Norm: b.Norm, Head: b.Head}
 	m.table = paramTable(cfg, &m.Embed, m.Layers, &m.Norm, &m.Head)
+	half := map[string]bool{}
+	bw, ok := be.(kernels.BF16Weights)
+	if frozen && ok {
+		half = halfTensors(cfg, b)
+	}
+	var nf, nh int
+	for _, s := range l.Specs {
+		if half[s.Name] {
+			nh += s.Elements()
+		} else {
+			nf += s.Elements()
+		}
+	}
+	if nh > 0 {
+		if m.Half, ok = bw.AllocBF16(nh); ok {
+			m.place = make([]int, len(l.Specs))
+			nf, nh = 0, 0
+			for i, s := range l.Specs {
+				if half[s.Name] {
+					m.place[i] = ^nh
+					nh += s.Elements()
+				} else {
+					m.place[i] = nf
+					nf += s.Elements()
+				}
+			}
+		} else {
+			nf = l.Total // fp32 matmuls: no bf16 weights
+		}
+	}
+	m.Params = be.Alloc(nf)
 	m.bind(m.Params, false)
 	return m
 }
@@ -131,11 +174,10 @@ func New(cfg *Config, be kernels.Backend) *Model {
 // bind points the blocks' parameter (or, with grad, gradient) views into buf.
 func (m *Model) bind(buf kernels.Buf, grad bool) {
 	for i, p := range m.table {
-		v := buf.Slice(m.Layout.Offsets[i], m.Layout.Specs[i].Elements())
 		if grad {
-			*p.G = v
+			*p.G = buf.Slice(m.Layout.Offsets[i], m.Layout.Specs[i].Elements())
 		} else {
-			*p.W = v
+			*p.W = m.tensorBuf(i)
 		}
 	}
 	if m.Cfg.TieEmbeddings {
@@ -173,7 +215,7 @@ func Load(dir string, be kernels.Backend) (*Model, error) {
 // LoadWeights copies every expected tensor of r into the parameter buffer.
 func (m *Model) LoadWeights(r *safetensors.Reader) error {
 	host := m.Params.Host
-	if host == nil {
+	if host == nil || m.place != nil {
 		host = make([]float32, m.Layout.Total)
 	}
 	for i, s := range m.Layout.Specs {
@@ -186,10 +228,21 @@ func (m *Model) LoadWeights(r *safetensors.Reader) error {
 			return err
 		}
 	}
-	if m.Params.Host == nil {
-		m.BE.Upload(m.Params, host)
+	if m.Params.Host == nil || m.place != nil {
+		m.upload(host)
 	}
 	return nil
+}
+
+// upload copies host (every tensor, in layout order) to the parameters.
+func (m *Model) upload(host []float32) {
+	if m.place == nil {
+		m.BE.Upload(m.Params, host)
+		return
+	}
+	for i, s := range m.Layout.Specs {
+		m.BE.Upload(m.tensorBuf(i), host[m.Layout.Offsets[i]:m.Layout.Offsets[i]+s.Elements()])
+	}
 }
 
 // InitRandom draws fresh weights the way transformers initialises these
@@ -216,7 +269,7 @@ func (m *Model) InitRandom(seed uint64) {
 			}
 		}
 	}
-	m.BE.Upload(m.Params, host)
+	m.upload(host)
 }
 
 // EnableGrads allocates the gradient buffer (zeroed).
@@ -265,11 +318,18 @@ func (m *Model) ExportSpecs() []safetensors.Spec {
 // FetchFrom returns a safetensors.Fetch reading tensors out of buf (the
 // parameters, or an optimizer state with the same layout).
 func (m *Model) FetchFrom(buf kernels.Buf) safetensors.Fetch {
+	params := m.place != nil && buf.Dev == m.Params.Dev && buf.N == m.Params.N // a bf16-holding model's parameters
 	return func(name string, dst []float32) error {
 		if name == LMHeadName && m.Cfg.TieEmbeddings {
 			name = EmbedName
 		}
-		v, ok := m.Layout.View(buf, name)
+		var v kernels.Buf
+		var ok bool
+		if params {
+			v, ok = m.Tensor(name)
+		} else {
+			v, ok = m.Layout.View(buf, name)
+		}
 		if !ok {
 			return fmt.Errorf("no parameter %q", name)
 		}
@@ -292,14 +352,11 @@ func (m *Model) GrowVocab(n int) (*Model, error) {
 	if n <= 0 {
 		return m, nil
 	}
-	cfg := *m.Cfg
-	cfg.Raw = map[string]any{}
-	for k, v := range m.Cfg.Raw {
-		cfg.Raw[k] = v
+	if m.place != nil {
+		return nil, fmt.Errorf("GrowVocab: a model loaded with bf16 weights (LoadFrozen grows the vocabulary itself)")
 	}
-	cfg.Vocab += n
-	cfg.Raw["vocab_size"] = cfg.Vocab
-	g := New(&cfg, m.BE)
+	cfg := grownConfig(m.Cfg, n)
+	g := New(cfg, m.BE)
 	g.TiedAs = m.TiedAs
 	old := make([]float32, m.Layout.Total)
 	m.BE.Download(old, m.Params)
@@ -310,20 +367,8 @@ func (m *Model) GrowVocab(n int) (*Model, error) {
 		j := m.Layout.index[s.Name]
 		src := old[m.Layout.Offsets[j] : m.Layout.Offsets[j]+m.Layout.Specs[j].Elements()]
 		copy(dst, src)
-		if s.Name != EmbedName && s.Name != LMHeadName {
-			continue
-		}
-		rows := len(src) / H
-		mean := make([]float64, H)
-		for r := 0; r < rows; r++ {
-			for c := 0; c < H; c++ {
-				mean[c] += float64(src[r*H+c])
-			}
-		}
-		for r := rows; r < rows+n; r++ {
-			for c := 0; c < H; c++ {
-				dst[r*H+c] = float32(mean[c] / float64(rows))
-			}
+		if s.Name == EmbedName || s.Name == LMHeadName {
+			meanRows(dst, len(src)/H, H)
 		}
 	}
 	g.BE.Upload(g.Params, host)

@@ -307,6 +307,7 @@ func MergeLoRA(be kernels.Backend, W kernels.Buf, A, B []float32, out, in, r int
 	defer func() { be.Free(ab); be.Free(bb); be.Free(ba) }()
 	be.Upload(ab, A)
 	be.Upload(bb, B)
+	defer fp32Products(be)()
 	be.MatMul(ba, bb, ab, out, in, r, false, false, 0)
 	be.Scale(ba, scale, out*in)
 	be.Add(W, W, ba, out*in)

@@ -37,6 +37,11 @@ type PlanOptions struct {
 	// they keep for the backward.
 	ExtraTrainable       int64
 	ExtraActivationBytes int64
+	// FrozenBase: the base is loaded by LoadFrozen (LoRA). On CUDA with
+	// bf16 matmuls its linears' weights and untied lm_head are held once in
+	// bf16; Matmul "fp32" (DLLM_CUDA_MATMUL=fp32) keeps them float32.
+	FrozenBase bool
+	Matmul     string
 }
 
 // PlanRow is one line of the plan's table.
@@ -102,16 +107,36 @@ func ComputePlan(cfg *Config, o PlanOptions) (*Plan, error) {
 	p.Trainable += o.ExtraTrainable
 	// One buffer each, rounded on the GPU to the pool's size class.
 	buf := func(n int64) int64 {
-		if o.Device == "cuda" {
+		if o.Device == "cuda" && n > 0 {
 			return int64(poolClass(uint64(n)))
 		}
 		return n
 	}
-	p.ParamBytes = buf(4*p.Params) + 4*o.ExtraTrainable
-	p.add("parameters", p.ParamBytes, fmt.Sprintf("%s fp32 (master weights)", fmtCount(p.Params)))
+	var half map[string]bool
+	if o.FrozenBase && o.Device == "cuda" && o.Matmul != "fp32" {
+		half = halfTensors(cfg, b)
+	}
+	var halfN int64
+	for _, s := range cfg.Tensors() {
+		if half[s.Name] {
+			halfN += int64(s.Elements())
+		}
+	}
+	p.ParamBytes = buf(4*(p.Params-halfN)) + buf(2*halfN) + buf(4*o.ExtraTrainable)
+	switch {
+	case halfN > 0:
+		p.add("parameters", p.ParamBytes, fmt.Sprintf("frozen base: %s bf16 (the linears' weights and lm_head, held once in bf16), %s fp32 (embedding, norms, biases); adapters %s fp32",
+			fmtCount(halfN), fmtCount(p.Params-halfN), fmtCount(o.ExtraTrainable)))
+	case o.FrozenBase:
+		what := "frozen base"
+		if o.Device == "cuda" {
+			what += ", held fp32 with fp32 matmuls"
+		}
+		p.add("parameters", p.ParamBytes, fmt.Sprintf("%s fp32 (%s); adapters %s fp32", fmtCount(p.Params), what, fmtCount(o.ExtraTrainable)))
+	default:
+		p.add("parameters", p.ParamBytes, fmt.Sprintf("%s fp32 (master weights)", fmtCount(p.Params)))
+	}
 	if !o.Inference {
-		// Today every tensor of the buffer has a gradient; a frozen one
-		// would not.
 		p.GradBytes = buf(4 * p.Trainable)
 		p.OptimizerBytes = 2 * buf(4*p.Trainable)
 		p.add("gradients", p.GradBytes, fmt.Sprintf("%s trainable fp32", fmtCount(p.Trainable)))
@@ -151,9 +176,18 @@ func ComputePlan(cfg *Config, o PlanOptions) (*Plan, error) {
 		p.WorkspaceBytes = cpuWorkspaceBytes(threads, longest)
 		p.add("workspace", p.WorkspaceBytes, fmt.Sprintf("GEMM packing and attention scores of %d workers, visibility mask", threads))
 	} else {
-		copies, cached := bf16CopyBytes(cfg, b, o.BatchSize*longest, !o.Inference)
+		var copies, cached int64
+		if o.Matmul != "fp32" {
+			copies, cached = bf16CopyBytes(cfg, b, o.BatchSize*longest, !o.Inference, o.FrozenBase, half)
+		}
 		p.WorkspaceBytes = cached
 		detail := fmt.Sprintf("bf16 copies of matmul operands (largest pair %s)", FormatBytes(float64(copies)))
+		if half != nil {
+			detail = fmt.Sprintf("bf16 copies of matmul activations (largest pair %s; the bf16 weights need none)", FormatBytes(float64(copies)))
+		}
+		if o.Matmul == "fp32" {
+			detail = "fp32 matmuls (no bf16 copies)"
+		}
 		if !o.Inference {
 			detail += ", the fused LM-head loss's logit chunk and bf16 copies"
 		}
@@ -189,14 +223,18 @@ func activationBytes(c *Config, layers []*Layer, B, L int, o ActOptions, pool bo
 }
 
 // poolClass mirrors the CUDA pool's size classes (kernels/cuda/pool.go):
-// multiples of 256 bytes up to 1 MiB, then four classes per power of two.
+// multiples of 256 bytes up to 1 MiB, then four classes per power of two
+// up to 64 MiB, then multiples of 2 MiB.
 func poolClass(n uint64) uint64 {
-	const small = 1 << 20
+	const small, large, grain = 1 << 20, 64 << 20, 2 << 20
 	if n <= 256 {
 		return 256
 	}
 	if n <= small {
 		return (n + 255) &^ 255
+	}
+	if n > large {
+		return (n + grain - 1) &^ (grain - 1)
 	}
 	e := bits.Len64(n - 1)
 	step := uint64(1) << (e - 3)
@@ -213,45 +251,61 @@ func cpuWorkspaceBytes(threads, L int) int64 {
 }
 
 // bf16CopyBytes lists the matrix products of one step (every linear
-// block's forward and, training, its two backward products) and returns the
-// largest pair of bf16 operand copies and what the pool keeps cached: one
-// block per size class, two where one product needs two of a class.
-func bf16CopyBytes(c *Config, b *blocks, T int, training bool) (largest, cached int64) {
+// block's forward and, training, its input-gradient product and, unless
+// frozen, its weight-gradient one) and returns the largest pair of bf16
+// operand copies and what the pool keeps cached: one block per size class,
+// two where one product needs two of a class. A weight in half (held in
+// bf16) needs no copy.
+func bf16CopyBytes(c *Config, b *blocks, T int, training, frozen bool, half map[string]bool) (largest, cached int64) {
 	need := map[uint64]int{}
-	product := func(m, n, k int) {
-		sa, sb := poolClass(uint64(k*n*2)), poolClass(uint64(m*k*2))
-		largest = max(largest, int64(sa+sb))
-		count := map[uint64]int{sa: 1}
+	product := func(m, n, k int, bHalf bool) {
+		count := map[uint64]int{}
+		sb := poolClass(uint64(m * k * 2))
 		count[sb]++
+		pair := sb
+		if !bHalf {
+			sa := poolClass(uint64(k * n * 2))
+			count[sa]++
+			pair += sa
+		}
+		largest = max(largest, int64(pair))
 		for cl, k := range count {
 			need[cl] = max(need[cl], k)
 		}
 	}
-	lin := func(l *Linear, rows int) {
-		product(rows, l.Out, l.In)
+	lin := func(l *Linear, rows int, w16 bool) {
+		product(rows, l.Out, l.In, w16)
 		if training {
-			product(rows, l.In, l.Out)
-			product(l.Out, l.In, rows)
+			product(rows, l.In, l.Out, w16)
+			if !frozen {
+				product(l.Out, l.In, rows, false)
+			}
 		}
 	}
-	for _, ly := range b.Layers {
+	for i, ly := range b.Layers {
 		for _, l := range ly.Linears() {
-			lin(l, T)
+			lin(l, T, half[LayerPrefix(i)+l.Name+".weight"])
 		}
 	}
+	headHalf := half[LMHeadName]
 	if training {
 		// kernels/cuda HeadLoss: logits in chunks of at most 2^25 floats
-		// (whole multiples of 128 columns), per-row stats, bf16 x and W.
+		// (whole multiples of 128 columns), per-row stats, bf16 x and W
+		// (W not when held in bf16).
 		V, H := c.Vocab, c.Hidden
 		cols := min(V, ((1<<25)/T/128)*128)
 		if (1<<25)/T < 128 {
 			cols = min(V, 128)
 		}
-		for _, n := range []int{T * cols * 4, T * 5 * 4, T * H * 2, V * H * 2} {
+		sizes := []int{T * cols * 4, T * 5 * 4, T * H * 2}
+		if !headHalf {
+			sizes = append(sizes, V*H*2)
+		}
+		for _, n := range sizes {
 			need[poolClass(uint64(n))]++
 		}
 	} else {
-		lin(&b.Head, T)
+		lin(&b.Head, T, headHalf)
 	}
 	for cl, k := range need {
 		cached += int64(cl) * int64(k)

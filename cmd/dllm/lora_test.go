@@ -73,7 +73,12 @@ func TestPlanLoRA(t *testing.T) {
 	}
 	lora, trained := total("--lora-rank", "16")
 	full, _ := total()
-	if !(lora < 40*(1<<30)) || !(full > 100e9) || trained != 40370176+3584 {
+	fp32, _ := total("--lora-rank", "16", "--matmul", "fp32")
+	if !(lora < 40e9) || !(full > 100e9) || trained != 40370176+3584 {
 		t.Fatalf("LoRA r16 %.2f GiB (%d trained), full fine-tuning %.2f GiB", lora/(1<<30), trained, full/(1<<30))
+	}
+	// With fp32 matmuls the base stays fp32: 7.6B x 4 bytes more than 2.
+	if fp32-lora < 13e9 {
+		t.Errorf("LoRA r16 with fp32 matmuls %.2f GiB, with bf16 %.2f GiB", fp32/(1<<30), lora/(1<<30))
 	}
 }

@@ -14,7 +14,7 @@ import (
 
 func newPlanCmd() *cobra.Command {
 	o := convert.Defaults()
-	var device string
+	var device, matmul string
 	var bench, asJSON bool
 	cmd := &cobra.Command{
 		Use:   "plan SRC",
@@ -25,7 +25,9 @@ parameters, gradients and AdamW moments, the peak activations of a training
 step (every layer's, or with --recompute only the layer inputs), the
 evaluation's, and the backend's workspace. --device cuda plans the GPU
 layout (fp32 master weights, bf16 copies of matmul operands, the pool's
-size classes). convert runs the same plan before it allocates anything.
+size classes; with --lora-rank the frozen base's matrices held once in
+bf16, unless --matmul fp32). convert runs the same plan before it
+allocates anything.
 --bench plans 'dllm bench' (no evaluation buffers).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -43,12 +45,15 @@ size classes). convert runs the same plan before it allocates anything.
 			if o.BatchSize <= 0 || o.SeqLen <= 0 || o.GradAccum <= 0 {
 				return &exitError{2, fmt.Errorf("--seq-len, --batch-size and --grad-accum must be positive")}
 			}
+			if matmul != "bf16" && matmul != "fp32" {
+				return &exitError{2, fmt.Errorf("--matmul %q: use bf16 or fp32", matmul)}
+			}
 			var p *model.Plan
 			if bench {
 				p, err = model.ComputePlan(cfg, model.PlanOptions{SeqLen: o.SeqLen, BatchSize: o.BatchSize, GradAccum: o.GradAccum,
-					Recompute: o.Recompute, Device: device, Threads: o.Threads})
+					Recompute: o.Recompute, Device: device, Threads: o.Threads, Matmul: matmul})
 			} else {
-				p, err = convert.PlanOf(cfg, &o, device)
+				p, err = convert.PlanOf(cfg, &o, device, matmul)
 			}
 			if err != nil {
 				return &exitError{2, err}
@@ -76,6 +81,11 @@ size classes). convert runs the same plan before it allocates anything.
 	f.Float64Var(&o.LoRADropout, "lora-dropout", 0, "LoRA dropout (its masks take memory)")
 	f.StringSliceVar(&o.LoRATargets, "lora-targets", o.LoRATargets, "LoRA: linears that get adapters")
 	f.StringVar(&device, "device", "cpu", "cpu or cuda")
+	mm := os.Getenv("DLLM_CUDA_MATMUL")
+	if mm == "" {
+		mm = "bf16"
+	}
+	f.StringVar(&matmul, "matmul", mm, "cuda: precision of matrix products, bf16 or fp32 (default $DLLM_CUDA_MATMUL, else bf16)")
 	f.IntVar(&o.Threads, "threads", 0, "CPU threads (0: all)")
 	f.BoolVar(&bench, "bench", false, "plan 'dllm bench' instead (no evaluation buffers)")
 	f.BoolVar(&asJSON, "json", false, "print JSON (total_bytes and each row)")

@@ -268,6 +268,14 @@ func (be *Backend) SetMatmul(precision string) error {
 	return err
 }
 
+// MatmulPrecision is "bf16" or "fp32" (SetMatmul).
+func (be *Backend) MatmulPrecision() string {
+	if be.fp32 {
+		return "fp32"
+	}
+	return "bf16"
+}
+
 // MemStats reports the device memory pool.
 func (be *Backend) MemStats() MemStats { return be.pool.stats() }
 

@@ -45,7 +45,8 @@ func columnMajor(m, n, k int, transA, transB bool) gemmCall {
 
 // MatMul computes C = op(A) op(B) + beta*C through cuBLAS (see
 // kernels.Backend). With bf16 matmuls (the default) A and B are first cast
-// to bfloat16 in pooled scratch; C and the accumulation stay float32.
+// to bfloat16 in pooled scratch, unless they are bf16 buffers already
+// (kernels.BF16Weights); C and the accumulation stay float32.
 func (be *Backend) MatMul(c, a, b kernels.Buf, m, n, k int, transA, transB bool, beta float32) {
 	be.matmul(c, a, b, m, n, k, transA, transB, beta, 0, 0)
 }
@@ -63,6 +64,16 @@ func (be *Backend) matmul(c, a, b kernels.Buf, m, n, k int, transA, transB bool,
 	if c.N < m*n || a.N < m*k || b.N < k*n {
 		be.fail(errorf("MatMul: %dx%dx%d product on buffers of %d, %d and %d values", m, n, k, c.N, a.N, b.N))
 		return
+	}
+	if c.Half || (be.fp32 && (a.Half || b.Half)) {
+		be.fail(errorf("MatMul: a bf16 buffer as the output or, with fp32 matmuls, as an operand"))
+		return
+	}
+	if a.Half && a16 == 0 {
+		a16 = a.Dev
+	}
+	if b.Half && b16 == 0 {
+		b16 = b.Dev
 	}
 	if k == 0 {
 		if beta == 0 {

@@ -26,7 +26,7 @@ func boolInt(b bool) int {
 // with grad a second pass remakes each chunk, turns it into its gradient
 // and adds its share of dx = dlogits W and dW += dlogits^T x. One chunk
 // (the whole vocabulary fits) is not remade. In bf16 mode x and W are cast
-// to bf16 once for all the chunks' products.
+// to bf16 once for all the chunks' products (W not, when held in bf16).
 func (be *Backend) HeadLoss(loss, correct, dx, dW, x, W kernels.Buf, targets kernels.IBuf, weights kernels.Buf, rows, hidden, vocab int, gradScale float32, grad bool) {
 	if be.failed.Load() || rows <= 0 || vocab <= 0 || hidden <= 0 {
 		return
@@ -51,16 +51,25 @@ func (be *Backend) HeadLoss(loss, correct, dx, dW, x, W kernels.Buf, targets ker
 	defer be.release(chunk)
 	defer be.release(stats)
 	ms, ss, args, tls, lse := stats, stats+uintptr(rows)*4, stats+uintptr(rows)*8, stats+uintptr(rows)*12, stats+uintptr(rows)*16
+	if be.halfOperand("HeadLoss", x, dx, dW) || (be.fp32 && be.halfOperand("HeadLoss with fp32 matmuls", W)) {
+		return
+	}
 	var xb, wb uintptr
 	if !be.fp32 {
-		xb, wb = be.scratch(rcap*hidden*2), be.scratch(vocab*hidden*2)
-		if xb == 0 || wb == 0 {
+		if xb = be.scratch(rcap * hidden * 2); xb == 0 {
 			return
 		}
 		defer be.release(xb)
-		defer be.release(wb)
 		be.cast(kCastBF16, xb, x.Dev, rows*hidden)
-		be.cast(kCastBF16, wb, W.Dev, vocab*hidden)
+		if W.Half {
+			wb = W.Dev
+		} else {
+			if wb = be.scratch(vocab * hidden * 2); wb == 0 {
+				return
+			}
+			defer be.release(wb)
+			be.cast(kCastBF16, wb, W.Dev, vocab*hidden)
+		}
 	}
 	logits := func(c0, n int) kernels.Buf {
 		out := kernels.Buf{Dev: chunk, N: rows * n}

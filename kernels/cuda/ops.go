@@ -79,15 +79,25 @@ func (be *Backend) download(dst unsafe.Pointer, src uintptr, n int) {
 	}
 }
 
-// Upload copies min(len(src), dst.N) values to the device.
+// Upload copies min(len(src), dst.N) values to the device (rounded to
+// bfloat16 into a Half buffer).
 func (be *Backend) Upload(dst kernels.Buf, src []float32) {
+	if dst.Half {
+		be.uploadHalf(dst, src)
+		return
+	}
 	if n := min(len(src), dst.N); n > 0 {
 		be.upload(dst.Dev, unsafe.Pointer(&src[0]), n)
 	}
 }
 
-// Download copies min(len(dst), src.N) values from the device.
+// Download copies min(len(dst), src.N) values from the device (widened
+// from a Half buffer).
 func (be *Backend) Download(dst []float32, src kernels.Buf) {
+	if src.Half {
+		be.downloadHalf(dst, src)
+		return
+	}
 	if n := min(len(dst), src.N); n > 0 {
 		be.download(unsafe.Pointer(&dst[0]), src.Dev, n)
 	}
@@ -109,14 +119,14 @@ func (be *Backend) DownloadInt(dst []int32, src kernels.IBuf) {
 
 // Zero sets b to 0.
 func (be *Backend) Zero(b kernels.Buf) {
-	if b.N > 0 {
+	if b.N > 0 && !be.halfOperand("Zero", b) {
 		be.async(func() error { return be.drv.memset32(b.Dev, 0, uintptr(b.N)) })
 	}
 }
 
 // Copy copies min(dst.N, src.N) values between device buffers.
 func (be *Backend) Copy(dst, src kernels.Buf) {
-	if n := min(dst.N, src.N); n > 0 {
+	if n := min(dst.N, src.N); n > 0 && !be.halfOperand("Copy", dst, src) {
 		be.async(func() error { return be.drv.dtod(dst.Dev, src.Dev, uintptr(n)*4) })
 	}
 }
@@ -154,7 +164,7 @@ func (be *Backend) colsum(dst, a, b, s uintptr, rows, cols int) {
 
 // Embedding gathers rows of table.
 func (be *Backend) Embedding(out, table kernels.Buf, ids kernels.IBuf, n, dim int) {
-	if n*dim > 0 {
+	if n*dim > 0 && !be.halfOperand("Embedding", out, table) {
 		be.launch(kEmbedding, grid1(n*dim), block256, new(params).ptr(out.Dev).ptr(table.Dev).ptr(ids.Dev).i64(n).i32(dim))
 	}
 }
@@ -266,6 +276,9 @@ func (be *Backend) reduce(x kernels.Buf, squares int) float64 {
 	}
 	if x.N == 0 {
 		return 0
+	}
+	if be.halfOperand("SumSquares", x) {
+		return math.NaN()
 	}
 	blocks := min((x.N+255)/256, 1024)
 	part, out := be.scratch(blocks*8), be.scratch(8)

@@ -7,7 +7,7 @@ import (
 
 func TestSizeClass(t *testing.T) {
 	prev := uintptr(0)
-	for n := uintptr(0); n < 1<<24; n += 1 + n/7 {
+	for n := uintptr(0); n < 1<<34; n += 1 + n/7 {
 		c := sizeClass(n)
 		if c < n || c < 256 {
 			t.Fatalf("class %d for %d bytes", c, n)
@@ -22,12 +22,16 @@ func TestSizeClass(t *testing.T) {
 		if n > 1<<20 && float64(c) > 1.25*float64(n) {
 			t.Fatalf("class %d wastes more than a quarter of %d", c, n)
 		}
+		if n > 64<<20 && (c-n >= 2<<20 || c%(2<<20) != 0) {
+			t.Fatalf("class %d for %d bytes: a large block is not rounded to 2 MiB", c, n)
+		}
 		if n > 0 && n <= 1<<20 && c-n >= 256 {
 			t.Fatalf("class %d for %d: more than 255 bytes of padding", c, n)
 		}
 	}
 	for _, c := range []struct{ n, want uintptr }{{1, 256}, {257, 512}, {1 << 20, 1 << 20},
-		{1<<20 + 1, 1<<20 + 1<<18}, {3 << 29, 3 << 29}, {(3 << 29) + 1, 7 << 28}} {
+		{1<<20 + 1, 1<<20 + 1<<18}, {64 << 20, 64 << 20}, {64<<20 + 1, 66 << 20}, {3 << 29, 3 << 29}, {(3 << 29) + 1, 3<<29 + 2<<20},
+		{14_140_000_000, 14_141_095_936}} {
 		if got := sizeClass(c.n); got != c.want {
 			t.Errorf("sizeClass(%d) = %d, want %d", c.n, got, c.want)
 		}
@@ -72,7 +76,7 @@ func TestPoolReuse(t *testing.T) {
 	// A "step": the same sizes every time, freed at the end.
 	step := func() {
 		var got []uintptr
-		for _, n := range []uintptr{4, 1000, 1000, 5 << 20, 123457} {
+		for _, n := range []uintptr{4, 1000, 1000, 5 << 20, 123457, 300<<20 + 12345} {
 			a, err := p.get(n)
 			if err != nil {
 				t.Fatal(err)
@@ -103,6 +107,12 @@ func TestPoolReuse(t *testing.T) {
 	}
 	if err := p.put(a); err != nil {
 		t.Fatal(err)
+	}
+	// A large block is as large as asked, to 2 MiB, and cached as well.
+	if b, _ := p.get(300<<20 + 1<<20); dev.allocs != first || dev.live[b] != 302<<20 {
+		t.Errorf("a large request of the same 2 MiB class: %d allocations (%d before), block of %d bytes", dev.allocs, first, dev.live[b])
+	} else {
+		p.put(b)
 	}
 	if err := p.put(a); err == nil {
 		t.Error("double free not reported")
