@@ -112,8 +112,8 @@ func TestEmulatorLoRABF16Base(t *testing.T) {
 		t.Run(arch, func(t *testing.T) {
 			dir := float32Copy(t, "../../testdata/tiny/"+arch)
 			type result struct {
-				losses []float64
-				grads  [][]float32
+				losses  []float64
+				grads   [][]float32
 				merged  map[string][]float32
 				inUse   int64
 				rounded bool // some bf16 weight differs from its float32 value
