@@ -176,19 +176,18 @@ func ComputePlan(cfg *Config, o PlanOptions) (*Plan, error) {
 		p.WorkspaceBytes = cpuWorkspaceBytes(threads, longest)
 		p.add("workspace", p.WorkspaceBytes, fmt.Sprintf("GEMM packing and attention scores of %d workers, visibility mask", threads))
 	} else {
-		var copies, cached int64
-		if o.Matmul != "fp32" {
-			copies, cached = bf16CopyBytes(cfg, b, o.BatchSize*longest, !o.Inference, o.FrozenBase, half)
-		}
+		copies, cached := bf16CopyBytes(cfg, b, o.BatchSize*longest, !o.Inference, o.FrozenBase, o.Matmul == "fp32", half)
 		p.WorkspaceBytes = cached
 		detail := fmt.Sprintf("bf16 copies of matmul operands (largest pair %s)", FormatBytes(float64(copies)))
 		if half != nil {
 			detail = fmt.Sprintf("bf16 copies of matmul activations (largest pair %s; the bf16 weights need none)", FormatBytes(float64(copies)))
 		}
-		if o.Matmul == "fp32" {
-			detail = "fp32 matmuls (no bf16 copies)"
-		}
-		if !o.Inference {
+		switch {
+		case o.Matmul == "fp32" && o.Inference:
+			detail = "fp32 matmuls: no bf16 copies"
+		case o.Matmul == "fp32":
+			detail = "fp32 matmuls: no bf16 copies; the fused LM-head loss's logit chunk"
+		case !o.Inference:
 			detail += ", the fused LM-head loss's logit chunk and bf16 copies"
 		}
 		p.add("workspace", cached, detail+"; cached by the pool per size class")
@@ -256,9 +255,12 @@ func cpuWorkspaceBytes(threads, L int) int64 {
 // operand copies and what the pool keeps cached: one block per size class,
 // two where one product needs two of a class. A weight in half (held in
 // bf16) needs no copy.
-func bf16CopyBytes(c *Config, b *blocks, T int, training, frozen bool, half map[string]bool) (largest, cached int64) {
+func bf16CopyBytes(c *Config, b *blocks, T int, training, frozen, fp32 bool, half map[string]bool) (largest, cached int64) {
 	need := map[uint64]int{}
 	product := func(m, n, k int, bHalf bool) {
+		if fp32 {
+			return
+		}
 		count := map[uint64]int{}
 		sb := poolClass(uint64(m * k * 2))
 		count[sb]++
@@ -297,9 +299,12 @@ func bf16CopyBytes(c *Config, b *blocks, T int, training, frozen bool, half map[
 		if (1<<25)/T < 128 {
 			cols = min(V, 128)
 		}
-		sizes := []int{T * cols * 4, T * 5 * 4, T * H * 2}
-		if !headHalf {
-			sizes = append(sizes, V*H*2)
+		sizes := []int{T * cols * 4, T * 5 * 4}
+		if !fp32 {
+			sizes = append(sizes, T*H*2)
+			if !headHalf {
+				sizes = append(sizes, V*H*2)
+			}
 		}
 		for _, n := range sizes {
 			need[poolClass(uint64(n))]++
