@@ -5,7 +5,6 @@ import (
 	"strings"
 
 	"github.com/dllm-dev/dllm/anneal"
-	"github.com/dllm-dev/dllm/kernels"
 	"github.com/dllm-dev/dllm/model"
 )
 
@@ -56,44 +55,13 @@ func PlanOf(cfg *model.Config, o *Options, device, matmul string) (*model.Plan, 
 	return model.ComputePlan(cfg, po)
 }
 
-// availableFor is Available; tests replace it.
-var availableFor = Available
-
-// memInfo is what a GPU backend tells of its memory (cuMemGetInfo).
-type memInfo interface {
-	MemInfo() (free, total uint64, err error)
-}
-
-// Available is the memory a run on be may take: the device's free memory
-// on a GPU, MemAvailable on the CPU; 0 and "" when unknown.
-func Available(be kernels.Backend) (float64, string) {
-	if mi, ok := be.(memInfo); ok {
-		if free, _, err := mi.MemInfo(); err == nil {
-			return float64(free), "free on the GPU"
-		}
-		return 0, ""
-	}
-	if n := model.AvailableBytes(); n > 0 {
-		return n, "MemAvailable"
-	}
-	return 0, ""
-}
-
-// planDevice is the plan's device and, on a GPU, its matmul precision.
-func planDevice(be kernels.Backend) (device, matmul string) {
-	if strings.HasPrefix(be.Name(), "cpu") {
-		return "cpu", ""
-	}
-	if p, ok := be.(interface{ MatmulPrecision() string }); ok {
-		return "cuda", p.MatmulPrecision()
-	}
-	return "cuda", ""
-}
+// availableFor is model.Available; tests replace it.
+var availableFor = model.Available
 
 // checkFits runs the plan before anything is allocated and refuses, in one
 // line, a run that does not fit, naming the options that would.
 func (r *run) checkFits(cfg *model.Config) error {
-	dev, mm := planDevice(r.be)
+	dev, mm := model.PlanDevice(r.be)
 	p, err := PlanOf(cfg, &r.opt, dev, mm)
 	if err != nil {
 		return err

@@ -18,7 +18,7 @@ import (
 // what there is and what would fit, before the output folder exists.
 func TestRefusedBeforeAllocating(t *testing.T) {
 	availableFor = func(kernels.Backend) (float64, string) { return 24 << 30, "MemAvailable" }
-	defer func() { availableFor = Available }()
+	defer func() { availableFor = model.Available }()
 	raw, err := os.ReadFile("../testdata/configs/llama-42m.json")
 	if err != nil {
 		t.Fatal(err)

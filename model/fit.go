@@ -11,32 +11,8 @@ import (
 	"strings"
 
 	"github.com/dllm-dev/dllm/internal/regfile"
+	"github.com/dllm-dev/dllm/kernels"
 )
-
-// ActivationBytes is what NewActivations allocates for B rows of L tokens,
-// summed from the same activation tables (+Inf when it cannot be counted).
-func (c *Config) ActivationBytes(B, L int, training bool) float64 {
-	p, err := ComputePlan(c, PlanOptions{SeqLen: L, BatchSize: B, Inference: !training, Threads: 1})
-	if err != nil {
-		return math.Inf(1)
-	}
-	return float64(p.ActivationBytes)
-}
-
-// KVCacheBytes is the float32 key/value cache of B rows of L tokens.
-func (c *Config) KVCacheBytes(B, L int) float64 {
-	return 4 * 2 * float64(c.Layers) * float64(B) * float64(L) * float64(c.KVDim())
-}
-
-// ParamBytes is the float32 weights; training adds gradients and two AdamW
-// moments.
-func (c *Config) ParamBytes(training bool) float64 {
-	n := 4 * float64(c.ParamCount())
-	if training {
-		n *= 4
-	}
-	return n
-}
 
 // AvailableBytes is the memory new buffers may take on this machine
 // (MemAvailable of /proc/meminfo), 0 when unknown.
@@ -58,18 +34,36 @@ func AvailableBytes() float64 {
 	return 0
 }
 
-// CheckFits refuses a plan of need bytes (what: the buffers, fix: what to
-// lower) that the machine's available memory cannot hold, rather than
-// letting the allocation be killed; on CUDA the device has its own limit,
-// checked by the driver at allocation.
-func CheckFits(need float64, what, fix string) error {
-	if math.IsNaN(need) || math.IsInf(need, 0) || need >= 1<<50 {
-		return fmt.Errorf("%s cannot be allocated: %s", what, fix)
+// memInfo is what a GPU backend tells of its memory (cuMemGetInfo).
+type memInfo interface {
+	MemInfo() (free, total uint64, err error)
+}
+
+// Available is the memory a run on be may take: the device's free memory
+// on a GPU, MemAvailable on the CPU; 0 and "" when unknown.
+func Available(be kernels.Backend) (float64, string) {
+	if mi, ok := be.(memInfo); ok {
+		if free, _, err := mi.MemInfo(); err == nil {
+			return float64(free), "free on the GPU"
+		}
+		return 0, ""
 	}
-	if avail := AvailableBytes(); avail > 0 && need > avail {
-		return fmt.Errorf("%s need %s but %s of memory is available: %s", what, FormatBytes(need), FormatBytes(avail), fix)
+	if n := AvailableBytes(); n > 0 {
+		return n, "MemAvailable"
 	}
-	return nil
+	return 0, ""
+}
+
+// PlanDevice is the plan's device for be ("cpu" or "cuda") and, on a GPU,
+// its matmul precision (PlanOptions.Device and Matmul).
+func PlanDevice(be kernels.Backend) (device, matmul string) {
+	if strings.HasPrefix(be.Name(), "cpu") {
+		return "cpu", ""
+	}
+	if p, ok := be.(interface{ MatmulPrecision() string }); ok {
+		return "cuda", p.MatmulPrecision()
+	}
+	return "cuda", ""
 }
 
 // FormatBytes prints a size for a message: GiB or MiB to one decimal, else KiB.

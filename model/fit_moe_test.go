@@ -11,7 +11,11 @@ func TestActivationBytesMoE(t *testing.T) {
 		for _, training := range []bool{false, true} {
 			a := m.NewActivations(4, 64, training)
 			got := 4 * float64(a.arena.N)
-			est := m.Cfg.ActivationBytes(4, 64, training)
+			p, err := ComputePlan(m.Cfg, PlanOptions{SeqLen: 64, BatchSize: 4, Inference: !training, Threads: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			est := float64(p.ActivationBytes)
 			a.Free(m.BE)
 			if r := est / got; r < 0.7 || r > 1.3 {
 				t.Errorf("%s training %v: estimate %.0f bytes, arena %.0f (ratio %.2f)", arch, training, est, got, r)

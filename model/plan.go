@@ -26,6 +26,9 @@ type PlanOptions struct {
 	// activations (a block-diffusion schedule trains on [xt ; x0] rows of
 	// 2*SeqLen and, in its "full" stages, on rows of SeqLen); nil: SeqLen.
 	RowLengths []int
+	// KVCache adds, with Inference, a key/value cache of BatchSize rows of
+	// SeqLen positions (AR decoding, block-diffusion sampling).
+	KVCache bool
 	// EvalRowLength, when > 0, adds the inference activations of the
 	// run's evaluation (BatchSize rows of that length).
 	EvalRowLength int
@@ -61,6 +64,7 @@ type Plan struct {
 	GradBytes       int64     `json:"grad_bytes"`
 	OptimizerBytes  int64     `json:"optimizer_bytes"`
 	ActivationBytes int64     `json:"activation_bytes"`
+	KVCacheBytes    int64     `json:"kv_cache_bytes,omitempty"`
 	WorkspaceBytes  int64     `json:"workspace_bytes"`
 	TotalBytes      int64     `json:"total_bytes"`
 	Rows            []PlanRow `json:"rows"`
@@ -133,6 +137,8 @@ func ComputePlan(cfg *Config, o PlanOptions) (*Plan, error) {
 			what += ", held fp32 with fp32 matmuls"
 		}
 		p.add("parameters", p.ParamBytes, fmt.Sprintf("%s fp32 (%s); adapters %s fp32", fmtCount(p.Params), what, fmtCount(o.ExtraTrainable)))
+	case o.Inference:
+		p.add("parameters", p.ParamBytes, fmt.Sprintf("%s fp32", fmtCount(p.Params)))
 	default:
 		p.add("parameters", p.ParamBytes, fmt.Sprintf("%s fp32 (master weights)", fmtCount(p.Params)))
 	}
@@ -168,6 +174,13 @@ func ComputePlan(cfg *Config, o PlanOptions) (*Plan, error) {
 		p.add("activations", o.ExtraActivationBytes, "adapters")
 	}
 
+	if o.KVCache && o.Inference {
+		// Model.NewKVCache: one K and one V buffer per layer.
+		n := int64(o.BatchSize) * int64(o.SeqLen) * int64(cfg.KVDim()) * 4
+		p.KVCacheBytes = 2 * int64(cfg.Layers) * buf(n)
+		p.add("kv cache", p.KVCacheBytes, fmt.Sprintf("keys and values of %d x %d positions, fp32", o.BatchSize, o.SeqLen))
+	}
+
 	if o.Device == "cpu" {
 		threads := o.Threads
 		if threads <= 0 {
@@ -192,7 +205,7 @@ func ComputePlan(cfg *Config, o PlanOptions) (*Plan, error) {
 		}
 		p.add("workspace", cached, detail+"; cached by the pool per size class")
 	}
-	p.TotalBytes = p.ParamBytes + p.GradBytes + p.OptimizerBytes + p.ActivationBytes + p.WorkspaceBytes
+	p.TotalBytes = p.ParamBytes + p.GradBytes + p.OptimizerBytes + p.ActivationBytes + p.KVCacheBytes + p.WorkspaceBytes
 	return p, nil
 }
 

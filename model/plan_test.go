@@ -70,3 +70,28 @@ func TestPlanCUDA(t *testing.T) {
 		}
 	}
 }
+
+// TestPlanKVCache: the plan's KV cache is what NewKVCache allocates, counted
+// only for inference and in the total.
+func TestPlanKVCache(t *testing.T) {
+	for _, arch := range tinyArchs {
+		m := loadTiny(t, arch)
+		B, L := 3, 40
+		c := m.NewKVCache(B, L)
+		var got int64
+		for l := range c.K {
+			got += 4 * int64(c.K[l].N+c.V[l].N)
+		}
+		c.Free(m.BE)
+		p, err := ComputePlan(m.Cfg, PlanOptions{SeqLen: L, BatchSize: B, Inference: true, KVCache: true, Threads: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		plain, _ := ComputePlan(m.Cfg, PlanOptions{SeqLen: L, BatchSize: B, Inference: true, Threads: 1})
+		train, _ := ComputePlan(m.Cfg, PlanOptions{SeqLen: L, BatchSize: B, KVCache: true, Threads: 1})
+		if p.KVCacheBytes != got || got == 0 || p.TotalBytes != plain.TotalBytes+got || train.KVCacheBytes != 0 {
+			t.Errorf("%s: plan %d KV bytes (total %d, without %d, training %d), NewKVCache %d", arch, p.KVCacheBytes,
+				p.TotalBytes, plain.TotalBytes, train.KVCacheBytes, got)
+		}
+	}
+}

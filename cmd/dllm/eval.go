@@ -128,6 +128,14 @@ func runEval(cmd *cobra.Command, dir string, e *evalFlags) error {
 		return err
 	}
 	defer be.Close()
+	width := e.seqLen
+	if info, err := diffusion.InfoFrom(cfg); err == nil && e.mode == "diffusion" && info.BlockSize > 0 {
+		width *= 2
+	}
+	if err := checkMemory(be, cfg, model.PlanOptions{SeqLen: width, BatchSize: e.batch, Threads: e.threads},
+		fmt.Sprintf("the weights and activations of %d x %d tokens", e.batch, width), "lower --batch-size or --seq-len"); err != nil {
+		return err
+	}
 	if err := ck.LoadModel(be); err != nil {
 		return err
 	}

@@ -146,10 +146,6 @@ func taskOne(cmd *cobra.Command, be kernels.Backend, tk *task.Task, dir, adapter
 			return taskRun{}, fmt.Errorf("%v; --mode ar measures an AR model", err)
 		}
 	}
-	if err := ck.LoadModel(be); err != nil {
-		return taskRun{}, err
-	}
-	m := ck.Model
 	L := e.seqLen
 	if L <= 0 {
 		L = 512
@@ -157,6 +153,29 @@ func taskOne(cmd *cobra.Command, be kernels.Backend, tk *task.Task, dir, adapter
 			L = min(L, cfg.MaxPositions)
 		}
 	}
+	if tk.Format != task.Gen {
+		if !cmd.Flags().Changed("seq-len") {
+			// Rows as short as the longest segment: attention costs grow with L.
+			n, err := task.Longest(tk, tok, e.task.delimiter, e.task.limit)
+			if err != nil {
+				return taskRun{}, err
+			}
+			align := max(info.BlockSize, 32)
+			L = min(L, (n+align-1)/align*align)
+		}
+		width := L
+		if info.BlockSize > 0 {
+			width = 2 * L
+		}
+		if err := checkMemory(be, cfg, model.PlanOptions{SeqLen: width, BatchSize: e.batch, Threads: e.threads},
+			fmt.Sprintf("the weights and activations of %d x %d tokens", e.batch, width), "lower --batch-size or --seq-len"); err != nil {
+			return taskRun{}, err
+		}
+	}
+	if err := ck.LoadModel(be); err != nil {
+		return taskRun{}, err
+	}
+	m := ck.Model
 	name := dir
 	if adapter != "" {
 		name = dir + " + " + adapter
@@ -210,15 +229,6 @@ func taskOne(cmd *cobra.Command, be kernels.Backend, tk *task.Task, dir, adapter
 		}
 		run.Gen = res
 		return run, nil
-	}
-	if !cmd.Flags().Changed("seq-len") {
-		// Rows as short as the longest segment: attention costs grow with L.
-		n, err := task.Longest(tk, tok, e.task.delimiter, e.task.limit)
-		if err != nil {
-			return run, err
-		}
-		align := max(info.BlockSize, 32)
-		L = min(L, (n+align-1)/align*align)
 	}
 	var sc task.Scorer
 	var tokens func() int64

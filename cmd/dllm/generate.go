@@ -149,6 +149,10 @@ func runGenerate(cmd *cobra.Command, dir string, g *generateFlags) error {
 		return err
 	}
 	defer be.Close()
+	po, what := generatePlan(g, info, len(prompt))
+	if err := checkMemory(be, cfg, po, what, "lower --gen-len or --batch"); err != nil {
+		return err
+	}
 	if err := ck.LoadModel(be); err != nil {
 		return err
 	}
@@ -234,9 +238,8 @@ func runGenerate(cmd *cobra.Command, dir string, g *generateFlags) error {
 	return nil
 }
 
-// checkGenerate refuses settings that are not numbers in range, a prompt and
-// generation beyond the model's context, and buffers the machine cannot
-// hold, before anything is allocated.
+// checkGenerate refuses settings that are not numbers in range and a prompt
+// and generation beyond the model's context.
 func checkGenerate(cfg *model.Config, g *generateFlags, promptLen int) error {
 	opt := g.options()
 	opt.Batch = g.batch
@@ -255,12 +258,27 @@ func checkGenerate(cfg *model.Config, g *generateFlags, promptLen int) error {
 			return fmt.Errorf("the prompt (%d tokens) and --gen-len %d make %d tokens, beyond the model's context of %d (max_position_embeddings): lower --gen-len to %d or less", promptLen, g.genLen, n, ctx, ctx-promptLen)
 		}
 	}
-	rows := g.batch
-	if g.ar {
-		rows = 1
+	return nil
+}
+
+// generatePlan is the memory plan of generate's decoding: AR, one row with
+// a prefill, a step and a KV cache; diffusion, rows of the whole sequence
+// and, with the block cache, the cache and rows of one block (an upper
+// bound of the prefix and block rows the sampler keeps).
+func generatePlan(g *generateFlags, info diffusion.Info, promptLen int) (model.PlanOptions, string) {
+	n := promptLen + g.genLen
+	o := model.PlanOptions{SeqLen: n, BatchSize: g.batch, Threads: g.threads}
+	switch {
+	case g.ar:
+		o.BatchSize, o.KVCache, o.RowLengths = 1, true, []int{max(promptLen, 1), 1}
+	case info.BlockSize > 0 && !g.noCache:
+		o.KVCache, o.RowLengths = true, []int{n, min(info.BlockSize, n)}
 	}
-	need := cfg.ParamBytes(false) + cfg.ActivationBytes(rows, n, false) + cfg.KVCacheBytes(rows, n)
-	return model.CheckFits(need, fmt.Sprintf("the weights, activations and KV cache of %d x %d tokens", rows, n), "lower --gen-len or --batch")
+	what := "the weights and activations"
+	if o.KVCache {
+		what = "the weights, activations and KV cache"
+	}
+	return o, fmt.Sprintf("%s of %d x %d tokens", what, o.BatchSize, n)
 }
 
 // showStep redraws the sample of row 0 after every step: masked positions

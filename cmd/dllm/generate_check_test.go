@@ -2,11 +2,16 @@ package main
 
 import (
 	"encoding/binary"
+	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/dllm-dev/dllm/kernels"
+	"github.com/dllm-dev/dllm/model"
 )
 
 // TestGenerateRefusesBadSettings: settings that are not numbers in range, a
@@ -45,7 +50,8 @@ func TestGenerateMemoryPlan(t *testing.T) {
 	out, _ := convertTiny(t)
 	final := filepath.Join(out, "final")
 	_, _, err := dllm(t, "generate", final, "--ids", "1,5", "--gen-len", "254", "--batch", "100000000", "--threads", "1")
-	if err == nil || !strings.Contains(err.Error(), "is available: lower --gen-len or --batch") {
+	if err == nil || !strings.Contains(err.Error(), "not enough memory: the weights and activations of 100000000 x 256 tokens need") ||
+		!strings.Contains(err.Error(), "lower --gen-len or --batch") {
 		t.Fatalf("got %v", err)
 	}
 	fifo := filepath.Join(t.TempDir(), "prompt")
@@ -77,5 +83,68 @@ func TestGenerateNaNWeights(t *testing.T) {
 	_, _, err := dllm(t, "generate", dir, "--ar", "--ids", "1,5", "--gen-len", "4", "--threads", "1")
 	if err == nil || !strings.Contains(err.Error(), "hold NaN or infinite values") {
 		t.Fatalf("got %v", err)
+	}
+}
+
+// TestMemoryPlanRefusal: generate and eval refuse, before loading the
+// weights, a request whose memory plan (the one 'dllm plan --inference'
+// prints) exceeds what is available by one byte, naming the plan's total,
+// and run when exactly that much is available.
+func TestMemoryPlanRefusal(t *testing.T) {
+	out, data := convertTiny(t)
+	final, src := filepath.Join(out, "final"), filepath.Join(moduleRoot(t), "testdata/tiny/llama")
+	defer func() { availableFor = model.Available }()
+	planned := func(args ...string) int64 {
+		stdout, stderr, err := dllm(t, append([]string{"plan", final, "--inference", "--threads", "1", "--json"}, args...)...)
+		if err != nil {
+			t.Fatalf("plan %v: %v\n%s", args, err, stderr)
+		}
+		var p struct {
+			Total int64 `json:"total_bytes"`
+			KV    int64 `json:"kv_cache_bytes"`
+		}
+		json.Unmarshal([]byte(stdout), &p)
+		if p.Total <= 0 || (p.KV > 0) != slices.Contains(args, "--kv-cache") {
+			t.Fatalf("plan %v: %s", args, stdout)
+		}
+		return p.Total
+	}
+	for _, c := range []struct {
+		total int64
+		args  []string
+		fix   string
+	}{
+		// 2 prompt ids + 20 generated, 3 rows
+		{planned("--batch-size", "3", "--seq-len", "22"), []string{"generate", final, "--ids", "1,5", "--gen-len", "20", "--batch", "3"}, "lower --gen-len or --batch"},
+		{planned("--batch-size", "4", "--seq-len", "32"), []string{"eval", final, "--data", data, "--seq-len", "32", "--batch-size", "4", "--mc", "1", "--rows", "2"}, "lower --batch-size or --seq-len"},
+		{planned("--batch-size", "2", "--seq-len", "32"), []string{"eval", src, "--data", data, "--seq-len", "32", "--batch-size", "2", "--max-tokens", "64"}, "lower --batch-size or --seq-len"},
+	} {
+		args := append(c.args, "--threads", "1")
+		availableFor = func(kernels.Backend) (float64, string) { return float64(c.total - 1), "MemAvailable" }
+		_, _, err := dllm(t, args...)
+		want := "need " + model.FormatBytes(float64(c.total)) + " ("
+		if err == nil || !strings.HasPrefix(err.Error(), "not enough memory: ") || !strings.Contains(err.Error(), want) ||
+			!strings.HasSuffix(err.Error(), "is available (MemAvailable): "+c.fix) {
+			t.Errorf("%v with %d bytes available: %v; want the plan's %q", c.args, c.total-1, err, want)
+		}
+		availableFor = func(kernels.Backend) (float64, string) { return float64(c.total), "MemAvailable" }
+		if _, stderr, err := dllm(t, args...); err != nil {
+			t.Errorf("%v with the plan's %d bytes available: %v\n%s", c.args, c.total, err, stderr)
+		}
+	}
+	// AR decoding plans a prefill, a step and the KV cache; a task its rows.
+	tk := writeFile(t, "task.jsonl", tinyChoiceTask)
+	for _, args := range [][]string{
+		{"generate", src, "--ar", "--ids", "1,5", "--gen-len", "20"},
+		{"eval", final, "--task", tk, "--mc", "2"},
+	} {
+		availableFor = func(kernels.Backend) (float64, string) { return 1 << 10, "MemAvailable" }
+		_, _, err := dllm(t, append(args, "--threads", "1")...)
+		if err == nil || !strings.HasPrefix(err.Error(), "not enough memory: ") && !strings.Contains(err.Error(), ": not enough memory: ") {
+			t.Errorf("%v with 1 KiB available: %v", args, err)
+		}
+		if args[2] == "--ar" && !strings.Contains(err.Error(), "KV cache") {
+			t.Errorf("AR decoding's plan has no KV cache: %v", err)
+		}
 	}
 }

@@ -15,7 +15,7 @@ import (
 func newPlanCmd() *cobra.Command {
 	o := convert.Defaults()
 	var device, matmul string
-	var bench, asJSON bool
+	var bench, asJSON, inference, kvCache bool
 	cmd := &cobra.Command{
 		Use:   "plan SRC",
 		Short: "Memory a conversion needs: parameters, gradients, optimizer, activations, workspace",
@@ -28,7 +28,11 @@ layout (fp32 master weights, bf16 copies of matmul operands, the pool's
 size classes; with --lora-rank the frozen base's matrices held once in
 bf16, unless --matmul fp32). convert runs the same plan before it
 allocates anything.
---bench plans 'dllm bench' (no evaluation buffers).`,
+--bench plans 'dllm bench' (no evaluation buffers). --inference plans
+forward passes only (dllm eval's buffers for --batch-size rows of --seq-len
+tokens; with --kv-cache also a KV cache of as many positions, as generate
+keeps for AR and block-diffusion decoding); generate and eval run the same
+plan before loading the weights.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			path := args[0]
@@ -48,8 +52,14 @@ allocates anything.
 			if matmul != "bf16" && matmul != "fp32" {
 				return &exitError{2, fmt.Errorf("--matmul %q: use bf16 or fp32", matmul)}
 			}
+			if kvCache && !inference {
+				return &exitError{2, fmt.Errorf("--kv-cache plans decoding: add --inference")}
+			}
 			var p *model.Plan
-			if bench {
+			if inference {
+				p, err = model.ComputePlan(cfg, model.PlanOptions{SeqLen: o.SeqLen, BatchSize: o.BatchSize, Inference: true,
+					KVCache: kvCache, Device: device, Threads: o.Threads, Matmul: matmul})
+			} else if bench {
 				p, err = model.ComputePlan(cfg, model.PlanOptions{SeqLen: o.SeqLen, BatchSize: o.BatchSize, GradAccum: o.GradAccum,
 					Recompute: o.Recompute, Device: device, Threads: o.Threads, Matmul: matmul})
 			} else {
@@ -62,8 +72,12 @@ allocates anything.
 			if asJSON {
 				return json.NewEncoder(out).Encode(p)
 			}
-			fmt.Fprintf(out, "%s, %s parameters (%s trained), batch %d x %d tokens, grad-accum %d, %s%s\n",
-				cfg.ModelType, commas(p.Params), commas(p.Trainable), o.BatchSize, o.SeqLen, o.GradAccum, device, map[bool]string{true: ", recompute"}[o.Recompute])
+			if inference {
+				fmt.Fprintf(out, "%s, %s parameters, forward passes of %d x %d tokens, %s\n", cfg.ModelType, commas(p.Params), o.BatchSize, o.SeqLen, device)
+			} else {
+				fmt.Fprintf(out, "%s, %s parameters (%s trained), batch %d x %d tokens, grad-accum %d, %s%s\n",
+					cfg.ModelType, commas(p.Params), commas(p.Trainable), o.BatchSize, o.SeqLen, o.GradAccum, device, map[bool]string{true: ", recompute"}[o.Recompute])
+			}
 			for _, r := range p.Rows {
 				fmt.Fprintf(out, "  %-12s %12s  %s\n", r.Name, mib(r.Bytes), r.Detail)
 			}
@@ -88,6 +102,8 @@ allocates anything.
 	f.StringVar(&matmul, "matmul", mm, "cuda: precision of matrix products, bf16 or fp32 (default $DLLM_CUDA_MATMUL, else bf16)")
 	f.IntVar(&o.Threads, "threads", 0, "CPU threads (0: all)")
 	f.BoolVar(&bench, "bench", false, "plan 'dllm bench' instead (no evaluation buffers)")
+	f.BoolVar(&inference, "inference", false, "plan forward passes only (eval, generate): weights, activations, workspace")
+	f.BoolVar(&kvCache, "kv-cache", false, "--inference: add a KV cache of --batch-size x --seq-len positions")
 	f.BoolVar(&asJSON, "json", false, "print JSON (total_bytes and each row)")
 	return cmd
 }
