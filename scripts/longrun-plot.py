@@ -96,6 +96,8 @@ def main():
     ax.set_ylabel("held-out NELBO (nats/token, upper bound on NLL)")
     ax.set_title("stories260K masked-diffusion conversion: held-out NELBO")
     lo = min(min(smooth(runs[n][1])) for n in runs)
+    if a.ar_ce is not None:
+        lo = min(lo, a.ar_ce)  # keep the AR line in view
     ax.set_ylim(max(0, lo - 0.3), min(max(max(runs[n][1]) for n in runs), lo + 4))
     ax.legend()
     ax.grid(alpha=0.3)
