@@ -79,9 +79,6 @@ func trainedRows(plan tokenizer.MaskPlan) []int {
 // setupLoRA freezes the base and attaches a fresh adapter (A from the run's
 // seed, B zero).
 func (r *run) setupLoRA() error {
-	if r.m.Cfg.MoE != nil {
-		return fmt.Errorf("--lora-rank: LoRA on a mixture-of-experts model (%s) is not supported yet; convert it with full fine-tuning", r.m.Cfg.ModelType)
-	}
 	ad, err := model.NewLoRA(r.m, r.opt.LoRA(trainedRows(r.plan)), r.opt.Seed)
 	if err != nil {
 		return err

@@ -39,6 +39,9 @@ func PlanOf(cfg *model.Config, o *Options, device, matmul string) (*model.Plan, 
 	if o.LoRARank > 0 {
 		// A frozen base: the adapters train, with their kept activations.
 		lc := o.LoRA(nil)
+		if err := lc.CheckModel(cfg); err != nil {
+			return nil, err
+		}
 		po.Trainable = func(string) bool { return false }
 		po.FrozenBase = true
 		po.ExtraTrainable = lc.TrainableCount(cfg, 1)

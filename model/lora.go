@@ -56,6 +56,26 @@ func (c *LoRAConfig) Validate() error {
 	return nil
 }
 
+// CheckModel refuses targets the model cannot take: on a mixture-of-experts
+// model the FFN projections (experts, shared expert, dense layers) are not
+// wired to adapters.
+func (c *LoRAConfig) CheckModel(cfg *Config) error {
+	if cfg.MoE == nil {
+		return nil
+	}
+	var ffn []string
+	for _, t := range c.Targets {
+		if t = strings.TrimSpace(t); t == "gate_proj" || t == "up_proj" || t == "down_proj" {
+			ffn = append(ffn, t)
+		}
+	}
+	if len(ffn) > 0 {
+		return fmt.Errorf("--lora-targets %s: LoRA on the FFN projections of a mixture-of-experts model (%s) is not supported; train the attention with --lora-targets q_proj,k_proj,v_proj,o_proj, or fine-tune every weight (no --lora-rank)",
+			strings.Join(ffn, ","), cfg.ModelType)
+	}
+	return nil
+}
+
 // targetModule is the module path of a target inside a decoder layer.
 func targetModule(t string) string {
 	if t == "gate_proj" || t == "up_proj" || t == "down_proj" {
@@ -280,6 +300,9 @@ func layoutOf(specs []TensorSpec) *Layout {
 // norms start as m's values.
 func NewLoRA(m *Model, lc LoRAConfig, seed uint64) (*LoRA, error) {
 	if err := lc.Validate(); err != nil {
+		return nil, err
+	}
+	if err := lc.CheckModel(m.Cfg); err != nil {
 		return nil, err
 	}
 	for _, r := range lc.TrainRows {

@@ -409,17 +409,26 @@ func TestLoadPEFTRefuses(t *testing.T) {
 // qwen2 (untied, biases, trained norms, dropout), the gradient of the loss
 // with respect to every kind of adapter value matches central finite
 // differences of the float32 loss, and the base gets no gradient buffer.
+var attention = []string{"q_proj", "k_proj", "v_proj", "o_proj"}
+
 func TestLoRAModelGradients(t *testing.T) {
 	for _, c := range []struct {
 		arch    string
 		norms   bool
 		dropout float64
 		rec     bool
-	}{{"llama", false, 0, false}, {"qwen2", true, 0, true}, {"qwen2", false, 0.2, false}, {"llama", false, 0.2, true}} {
+		targets []string
+	}{{"llama", false, 0, false, nil}, {"qwen2", true, 0, true, nil}, {"qwen2", false, 0.2, false, nil}, {"llama", false, 0.2, true, nil},
+		// Mixture-of-experts models: attention only (the FFN is refused).
+		{"qwen2_moe", true, 0, false, attention}, {"qwen3_moe", false, 0.2, true, attention}, {"mixtral", false, 0, false, attention}} {
 		be := cpu.New(1)
 		m := loadTinyOn(t, be, c.arch)
 		const row = 5
-		ad, err := NewLoRA(m, LoRAConfig{Rank: 2, Alpha: 4, Dropout: c.dropout, Targets: LoRATargets, TrainRows: []int{row}, TrainNorms: c.norms}, 1)
+		targets := LoRATargets
+		if c.targets != nil {
+			targets = c.targets
+		}
+		ad, err := NewLoRA(m, LoRAConfig{Rank: 2, Alpha: 4, Dropout: c.dropout, Targets: targets, TrainRows: []int{row}, TrainNorms: c.norms}, 1)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -593,5 +602,23 @@ func TestLoRABytesCountsTheAdapter(t *testing.T) {
 	}
 	if b := lc.Bytes(m.Cfg, 64); b < 16*float64(a.Trainable()) {
 		t.Fatalf("Bytes %v below the values, gradients and moments (%d)", b, 16*a.Trainable())
+	}
+}
+
+// TestLoRAMoERefusesFFN: on a mixture-of-experts model the FFN targets are
+// refused in one line that names what works; attention targets are taken.
+func TestLoRAMoERefusesFFN(t *testing.T) {
+	for _, arch := range []string{"qwen2_moe", "qwen3_moe", "mixtral"} {
+		m := loadTiny(t, arch)
+		_, err := NewLoRA(m, LoRAConfig{Rank: 2, Alpha: 2, Targets: []string{"q_proj", "up_proj"}}, 1)
+		if err == nil || !strings.Contains(err.Error(), "--lora-targets up_proj: LoRA on the FFN projections of a mixture-of-experts model") ||
+			!strings.Contains(err.Error(), "--lora-targets q_proj,k_proj,v_proj,o_proj") || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%s: %v", arch, err)
+		}
+		ad, err := NewLoRA(m, LoRAConfig{Rank: 2, Alpha: 2, Targets: attention}, 1)
+		if err != nil {
+			t.Fatalf("%s attention: %v", arch, err)
+		}
+		ad.Free(m.BE)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/dllm-dev/dllm/kernels/cpu"
 	"github.com/dllm-dev/dllm/model"
+	"github.com/dllm-dev/dllm/safetensors"
 	"github.com/dllm-dev/dllm/serve"
 )
 
@@ -211,5 +213,86 @@ func TestAdapterErrors(t *testing.T) {
 	_, _, err := dllm(t, "eval", qwen, "--task", tk, "--adapter", ad, "--mode", "ar", "--threads", "1")
 	if err == nil || !strings.Contains(err.Error(), "trained on another model") || strings.Contains(err.Error(), "\n") {
 		t.Errorf("an adapter of another model: %v", err)
+	}
+}
+
+// TestLoRAMoE: a mixture-of-experts model takes LoRA on its attention: the
+// run trains, its merged final/ keeps every expert, router and norm tensor
+// of the source and evaluates as the source with --adapter does; the FFN
+// targets (the default) are refused in one line before anything is written.
+func TestLoRAMoE(t *testing.T) {
+	src := filepath.Join(moduleRoot(t), "testdata/tiny/qwen3_moe")
+	data := smallText(t)
+	out := filepath.Join(t.TempDir(), "run")
+	args := []string{"convert", src, "--data", data, "--out", out, "--steps", "4", "--seq-len", "32", "--batch-size", "4",
+		"--eval-fraction", "0.2", "--eval-rows", "6", "--eval-mc", "3", "--seed", "9", "--threads", "2", "--quiet",
+		"--lora-rank", "4", "--lora-alpha", "8", "--lr", "0.01"}
+	_, _, err := dllm(t, args...)
+	if err == nil || !strings.Contains(err.Error(), "--lora-targets q_proj,k_proj,v_proj,o_proj") || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("default targets on a MoE model: %v", err)
+	}
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		t.Fatalf("the refused run wrote %s (%v)", out, err)
+	}
+	if _, _, err := dllm(t, "plan", src, "--lora-rank", "4"); err == nil || !strings.Contains(err.Error(), "mixture-of-experts") {
+		t.Fatalf("plan --lora-rank on a MoE model: %v", err)
+	}
+	if _, stderr, err := dllm(t, append(args, "--lora-targets", "q_proj,k_proj,v_proj,o_proj")...); err != nil {
+		t.Fatalf("convert with attention targets: %v\n%s", err, stderr)
+	}
+	final := filepath.Join(out, "final")
+	a, err := safetensors.Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := safetensors.Open(final)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	same, moved := 0, 0
+	for _, name := range a.Names() {
+		x, _ := a.Float32(name)
+		y, err := b.Float32(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case strings.Contains(name, "embed_tokens") || strings.Contains(name, "lm_head"):
+		case strings.Contains(name, "self_attn") && strings.Contains(name, "proj"):
+			if !reflect.DeepEqual(x, y) {
+				moved++
+			}
+		case !reflect.DeepEqual(x, y):
+			t.Errorf("%s changed in a LoRA run on the attention", name)
+		default:
+			same++
+		}
+	}
+	if moved == 0 || same == 0 {
+		t.Fatalf("%d attention tensors moved, %d others kept", moved, same)
+	}
+	evalArgs := []string{"--data", data, "--mode", "diffusion", "--eval-fraction", "0.2", "--rows", "6", "--batch-size", "4",
+		"--seq-len", "32", "--mc", "3", "--seed", "9", "--threads", "2", "--json"}
+	nelbo := func(args ...string) float64 {
+		stdout, stderr, err := dllm(t, append(append([]string{"eval"}, args...), evalArgs...)...)
+		if err != nil {
+			t.Fatalf("eval %v: %v\n%s", args, err, stderr)
+		}
+		var ev struct{ NELBO float64 }
+		json.Unmarshal([]byte(stdout), &ev)
+		return ev.NELBO
+	}
+	// final/ is stored in the source's BF16, --adapter merges in fp32; the
+	// run moved the bound by far more than that.
+	var sum struct {
+		Before struct{ NELBO float64 } `json:"eval_before"`
+	}
+	raw, _ := os.ReadFile(filepath.Join(out, "summary.json"))
+	json.Unmarshal(raw, &sum)
+	m, ad := nelbo(final), nelbo(src, "--adapter", filepath.Join(final, "adapter"))
+	if m == 0 || math.Abs(m-ad) > 1e-5*m || !(math.Abs(sum.Before.NELBO-m) > 1e-4*m) {
+		t.Fatalf("NELBO of final/ %v, of the source with --adapter %v, before the run %v", m, ad, sum.Before.NELBO)
 	}
 }
