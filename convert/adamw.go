@@ -33,12 +33,13 @@ type trainSet struct {
 	params, grads func() kernels.Buf
 	specs         []safetensors.Spec
 	fetch         func(kernels.Buf) safetensors.Fetch
+	written       func() // after an update (the model's bf16 copies)
 }
 
 // modelSet is every parameter of m (full fine-tuning).
 func modelSet(m *model.Model) trainSet {
 	return trainSet{be: m.BE, layout: m.Layout, params: func() kernels.Buf { return m.Params }, grads: func() kernels.Buf { return m.Grads },
-		specs: m.ExportSpecs(), fetch: m.FetchFrom}
+		specs: m.ExportSpecs(), fetch: m.FetchFrom, written: m.ParamsWritten}
 }
 
 type paramGroup struct {
@@ -80,6 +81,9 @@ func (a *AdamW) Step(lr float64, step int, gradScale float32) {
 			h.WeightDecay = float32(a.WeightDecay)
 		}
 		be.AdamWStep(p.Slice(gr.off, gr.n), g.Slice(gr.off, gr.n), a.M.Slice(gr.off, gr.n), a.V.Slice(gr.off, gr.n), gr.n, h)
+	}
+	if a.set.written != nil {
+		a.set.written()
 	}
 }
 

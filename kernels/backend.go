@@ -212,7 +212,8 @@ type HeadLoss interface {
 // products are not made in bf16 (holding a rounded copy would change
 // them). Upload rounds float32 values into it to nearest even, as the
 // per-product casts do, so a product reading it equals one that casts a
-// float32 copy; Download widens exactly; Free frees it. MatMul accepts it as
+// float32 copy; Copy from a float32 buffer into it rounds the same way on
+// the device; Download widens exactly; Free frees it. MatMul accepts it as
 // A or B, HeadLoss as W; no other op takes one.
 type BF16Weights interface {
 	AllocBF16(n int) (b Buf, ok bool)

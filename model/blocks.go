@@ -93,6 +93,17 @@ type Linear struct {
 	DW, DB  kernels.Buf
 	Frozen  bool
 	Adapter Adapter
+	// W16, when set, is a bf16 copy of W that the products read instead
+	// (Model.EnableGrads on a bf16-matmul GPU; remade after every update).
+	W16 kernels.Buf
+}
+
+// mw is the weight the products read: the bf16 copy when there is one.
+func (l *Linear) mw() kernels.Buf {
+	if l.W16.N > 0 {
+		return l.W16
+	}
+	return l.W
 }
 
 // Params is the linear's table: weight, and bias when it has one.
@@ -106,7 +117,7 @@ func (l *Linear) Params() []Param {
 
 // Forward computes out (rows x Out) from x (rows x In).
 func (l *Linear) Forward(be kernels.Backend, out, x kernels.Buf, rows int) {
-	be.MatMul(out, x, l.W, rows, l.Out, l.In, false, true, 0)
+	be.MatMul(out, x, l.mw(), rows, l.Out, l.In, false, true, 0)
 	if l.Bias {
 		be.AddBias(out, l.B, rows, l.Out)
 	}
@@ -122,7 +133,7 @@ func (l *Linear) Backward(be kernels.Backend, dx, dout, x kernels.Buf, rows int,
 	if accumulate {
 		beta = 1
 	}
-	be.MatMul(dx, dout, l.W, rows, l.In, l.Out, false, false, beta)
+	be.MatMul(dx, dout, l.mw(), rows, l.In, l.Out, false, false, beta)
 	if !l.Frozen {
 		be.MatMul(l.DW, dout, x, l.Out, l.In, rows, true, false, 1)
 		if l.Bias {

@@ -423,7 +423,7 @@ func (m *Model) Loss(a *Activations, norm float64, grad bool) (sum float64, corr
 			m.EnableGrads()
 			dW = m.Head.DW
 		}
-		hl.HeadLoss(a.loss, a.correct, dxs, dW, xs, m.Head.W, a.targets, a.weights, n, m.Cfg.Hidden, m.Cfg.Vocab, float32(1/norm), grad)
+		hl.HeadLoss(a.loss, a.correct, dxs, dW, xs, m.Head.mw(), a.targets, a.weights, n, m.Cfg.Hidden, m.Cfg.Vocab, float32(1/norm), grad)
 	} else {
 		be.CrossEntropy(a.loss, a.correct, a.Logits, a.targets, a.weights, n, m.Cfg.Vocab, float32(1/norm), grad)
 	}

@@ -83,6 +83,12 @@ type Model struct {
 	ropeCos, ropeSin kernels.Buf
 	ropeLen          int
 
+	// Full fine-tuning on a bf16-matmul GPU: bf16 copies of the weights the
+	// products read (copyTensors), made from Params by ParamsWritten.
+	copies  kernels.Buf
+	copyOut []kernels.Buf
+	copyIn  []kernels.Buf
+
 	// With Half: tensor i sits at place[i] in Params, or at ^place[i] in Half.
 	place         []int
 	halfNonFinite bool
@@ -236,6 +242,7 @@ func (m *Model) LoadWeights(r *safetensors.Reader) error {
 
 // upload copies host (every tensor, in layout order) to the parameters.
 func (m *Model) upload(host []float32) {
+	defer m.ParamsWritten()
 	if m.place == nil {
 		m.BE.Upload(m.Params, host)
 		return
@@ -278,6 +285,7 @@ func (m *Model) EnableGrads() {
 		m.Grads = m.BE.Alloc(m.Layout.Total)
 		m.BE.Zero(m.Grads)
 		m.bind(m.Grads, true)
+		m.enableCopies()
 	}
 }
 

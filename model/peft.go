@@ -263,6 +263,7 @@ func (p *PEFTAdapter) Merge(m *Model) (*Model, error) {
 			be.Upload(dst, vals)
 		}
 	}
+	m.ParamsWritten()
 	return m, be.Err()
 }
 

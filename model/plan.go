@@ -127,6 +127,17 @@ func ComputePlan(cfg *Config, o PlanOptions) (*Plan, error) {
 		}
 	}
 	p.ParamBytes = buf(4*(p.Params-halfN)) + buf(2*halfN) + buf(4*o.ExtraTrainable)
+	// Full fine-tuning there keeps bf16 copies of the same weights (and of a
+	// tied head's matrix) for the products, made once per step.
+	var copyN int64
+	if !o.FrozenBase && !o.Inference && o.Device == "cuda" && o.Matmul != "fp32" {
+		half = copyTensors(cfg, b)
+		for _, s := range cfg.Tensors() {
+			if half[s.Name] {
+				copyN += int64(s.Elements())
+			}
+		}
+	}
 	switch {
 	case halfN > 0:
 		p.add("parameters", p.ParamBytes, fmt.Sprintf("frozen base: %s bf16 (the linears' weights and lm_head, held once in bf16), %s fp32 (embedding, norms, biases); adapters %s fp32",
@@ -141,6 +152,10 @@ func ComputePlan(cfg *Config, o PlanOptions) (*Plan, error) {
 		p.add("parameters", p.ParamBytes, fmt.Sprintf("%s fp32", fmtCount(p.Params)))
 	default:
 		p.add("parameters", p.ParamBytes, fmt.Sprintf("%s fp32 (master weights)", fmtCount(p.Params)))
+	}
+	if copyN > 0 {
+		p.ParamBytes += buf(2 * copyN)
+		p.add("parameters", buf(2*copyN), fmt.Sprintf("%s bf16 copies of the weights the matmuls read, made once per step after AdamW", fmtCount(copyN)))
 	}
 	if !o.Inference {
 		p.GradBytes = buf(4 * p.Trainable)
@@ -192,7 +207,7 @@ func ComputePlan(cfg *Config, o PlanOptions) (*Plan, error) {
 		copies, cached := bf16CopyBytes(cfg, b, o.BatchSize*longest, !o.Inference, o.FrozenBase, o.Matmul == "fp32", half)
 		p.WorkspaceBytes = cached
 		detail := fmt.Sprintf("bf16 copies of matmul operands (largest pair %s)", FormatBytes(float64(copies)))
-		if half != nil {
+		if len(half) > 0 {
 			detail = fmt.Sprintf("bf16 copies of matmul activations (largest pair %s; the bf16 weights need none)", FormatBytes(float64(copies)))
 		}
 		switch {

@@ -85,3 +85,85 @@ func compareBufs(t *testing.T, what string, rb, db kernels.Backend, r, d kernels
 		t.Logf("%s: rel err %.3g", what, e)
 	}
 }
+
+// TestEmulatorBF16Copies: full fine-tuning with bf16 matmuls reads bf16
+// copies of the weights made once per step (after each AdamW update) and
+// gives, bit for bit, the losses and weights of casting the weights before
+// every product, over several steps, with and without recompute, tied and
+// untied heads.
+func TestEmulatorBF16Copies(t *testing.T) {
+	if testing.Short() {
+		t.Skip("slow: the emulator runs one fiber per CUDA thread")
+	}
+	for _, arch := range []string{"llama", "qwen2", "qwen3"} {
+		t.Run(arch, func(t *testing.T) {
+			dir := float32Copy(t, "../../testdata/tiny/"+arch)
+			run := func(copies bool) ([]float64, []float32) {
+				dev := newEmuBackend(t, "bf16")
+				var be kernels.Backend = dev
+				if !copies {
+					be = perCallCasts{dev, dev}
+				}
+				m, err := model.Load(dir, be)
+				if err != nil {
+					t.Fatal(err)
+				}
+				m.EnableGrads()
+				// The plan's parameters (with the copies) and gradients are
+				// what the pool handed out.
+				mm := "bf16"
+				if !copies {
+					mm = "fp32" // the plan of a backend without bf16 weights: no copies
+				}
+				p, err := model.ComputePlan(m.Cfg, model.PlanOptions{SeqLen: 8, BatchSize: 1, Device: "cuda", Matmul: mm})
+				if err != nil || p.ParamBytes+p.GradBytes != dev.MemStats().InUse {
+					t.Errorf("plan: %d parameter and %d gradient bytes (%v), the pool holds %d", p.ParamBytes, p.GradBytes, err, dev.MemStats().InUse)
+				}
+				const B, L = 2, 16
+				st := convert.NewStepperWith(m, B, L, model.ActOptions{Recompute: arch != "qwen2"})
+				if got := m.BF16Copies() > 0; got != copies {
+					t.Fatalf("bf16 copies: %v, want %v", got, copies)
+				}
+				vis := kernels.Visibility{Mode: kernels.Annealed, Ratio: 0.4, Seed: 7}
+				rng := rand.New(rand.NewPCG(5, 6))
+				var losses []float64
+				for step := 1; step <= 3; step++ {
+					l, err := st.Step(convert.RandomStepBatch(rng, B, L, m.Cfg.Vocab, 6), vis, step)
+					if err != nil {
+						t.Fatal(err)
+					}
+					losses = append(losses, l)
+				}
+				w := make([]float32, m.Params.N)
+				be.Download(w, m.Params)
+				if err := be.Err(); err != nil {
+					t.Fatal(err)
+				}
+				return losses, w
+			}
+			lr, wr := run(false)
+			lc, wc := run(true)
+			for i := range lr {
+				if math.Float64bits(lr[i]) != math.Float64bits(lc[i]) {
+					t.Errorf("step %d: loss %.9g with bf16 copies, %.9g casting per product", i+1, lc[i], lr[i])
+				}
+			}
+			for i := range wr {
+				if math.Float32bits(wr[i]) != math.Float32bits(wc[i]) {
+					t.Fatalf("weight %d after 3 steps: %g with bf16 copies, %g casting per product", i, wc[i], wr[i])
+				}
+			}
+		})
+	}
+}
+
+// perCallCasts is a device without kernels.BF16Weights: its products cast
+// the weights to bf16 each time.
+type perCallCasts struct {
+	kernels.Backend
+	hl kernels.HeadLoss
+}
+
+func (p perCallCasts) HeadLoss(loss, correct, dx, dW, x, W kernels.Buf, targets kernels.IBuf, weights kernels.Buf, rows, hidden, vocab int, gradScale float32, grad bool) {
+	p.hl.HeadLoss(loss, correct, dx, dW, x, W, targets, weights, rows, hidden, vocab, gradScale, grad)
+}

@@ -1,0 +1,92 @@
+package model
+
+import "github.com/dllm-dev/dllm/kernels"
+
+// Full fine-tuning on a GPU with bf16 matmuls casts each weight to bf16
+// before each product that reads it: three times a step per linear (the
+// forward, the input gradient, and with --recompute the forward again).
+// Instead EnableGrads keeps one bf16 copy of every such weight, made again
+// by ParamsWritten after each update, and the products read the copies:
+// the same bf16 values, so the same results bit for bit. Whoever writes the
+// parameters of a model with copies calls ParamsWritten (convert's AdamW
+// does; loading weights does).
+
+// copyTensors are the weights with a bf16 copy in full fine-tuning: those
+// a frozen base holds in bf16 (halfTensors) and, for tied embeddings, the
+// matrix the LM head reads (the gather keeps the float32 table).
+func copyTensors(c *Config, b *blocks) map[string]bool {
+	h := halfTensors(c, b)
+	if c.MoE == nil && c.TieEmbeddings {
+		h[EmbedName] = true
+	}
+	return h
+}
+
+// CopyCount is the number of values full fine-tuning of c keeps in bf16
+// copies on a backend with kernels.BF16Weights.
+func (c *Config) CopyCount() int64 {
+	h := copyTensors(c, newBlocks(c))
+	var n int64
+	for _, s := range c.Tensors() {
+		if h[s.Name] {
+			n += int64(s.Elements())
+		}
+	}
+	return n
+}
+
+// enableCopies allocates and fills the bf16 copies when the backend holds
+// bf16 weights (and the model is not a frozen one).
+func (m *Model) enableCopies() {
+	bw, ok := m.BE.(kernels.BF16Weights)
+	if !ok || m.place != nil || m.lora != nil || m.copies.N > 0 {
+		return
+	}
+	h := copyTensors(m.Cfg, &blocks{Layers: m.Layers})
+	var n int
+	for _, s := range m.Layout.Specs {
+		if h[s.Name] {
+			n += s.Elements()
+		}
+	}
+	if n == 0 {
+		return
+	}
+	if m.copies, ok = bw.AllocBF16(n); !ok {
+		return
+	}
+	off := 0
+	for i, p := range m.table {
+		if !h[p.Suffix] {
+			continue
+		}
+		k := m.Layout.Specs[i].Elements()
+		m.copyIn = append(m.copyIn, m.tensorBuf(i))
+		m.copyOut = append(m.copyOut, m.copies.Slice(off, k))
+		off += k
+	}
+	// Point the linears at their copies (W views match by address).
+	lins := []*Linear{&m.Head}
+	for _, ly := range m.Layers {
+		lins = append(lins, ly.Linears()...)
+	}
+	for _, l := range lins {
+		for j, in := range m.copyIn {
+			if l.W.Dev == in.Dev && l.W.N == in.N {
+				l.W16 = m.copyOut[j]
+			}
+		}
+	}
+	m.ParamsWritten()
+}
+
+// ParamsWritten remakes the bf16 copies from the parameters (nothing
+// without copies). Call it after anything writes m.Params.
+func (m *Model) ParamsWritten() {
+	for j, in := range m.copyIn {
+		m.BE.Copy(m.copyOut[j], in)
+	}
+}
+
+// BF16Copies is the number of values held in bf16 copies.
+func (m *Model) BF16Copies() int { return m.copies.N }
