@@ -22,19 +22,6 @@ func copyTensors(c *Config, b *blocks) map[string]bool {
 	return h
 }
 
-// CopyCount is the number of values full fine-tuning of c keeps in bf16
-// copies on a backend with kernels.BF16Weights.
-func (c *Config) CopyCount() int64 {
-	h := copyTensors(c, newBlocks(c))
-	var n int64
-	for _, s := range c.Tensors() {
-		if h[s.Name] {
-			n += int64(s.Elements())
-		}
-	}
-	return n
-}
-
 // enableCopies allocates and fills the bf16 copies when the backend holds
 // bf16 weights (and the model is not a frozen one).
 func (m *Model) enableCopies() {

@@ -37,20 +37,6 @@ func halfTensors(c *Config, b *blocks) map[string]bool {
 	return h
 }
 
-// HalfCount is the number of values a frozen base of c holds in bf16 on a
-// backend with kernels.BF16Weights (0 for a mixture of experts).
-func (c *Config) HalfCount() int64 {
-	b := newBlocks(c)
-	h := halfTensors(c, b)
-	var n int64
-	for _, s := range c.Tensors() {
-		if h[s.Name] {
-			n += int64(s.Elements())
-		}
-	}
-	return n
-}
-
 // LoadFrozen reads dir's weights for a frozen-base run, the vocabulary
 // grown by grow rows first (each new row of the embedding and an untied
 // lm_head the mean of the existing ones, GrowVocab's rule): on a backend

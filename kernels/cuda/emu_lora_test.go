@@ -136,7 +136,9 @@ func TestEmulatorLoRABF16Base(t *testing.T) {
 					t.Fatalf("frozen %v, bf16 weights held: %v", frozen, m.HalfHeld())
 				}
 				// The plan's parameter row is what the pool handed out.
-				p, err := model.ComputePlan(m.Cfg, model.PlanOptions{SeqLen: 8, BatchSize: 1, Device: "cuda", FrozenBase: frozen})
+				// (The reference holds its base fp32 as the plan does with fp32 matmuls.)
+				mm := map[bool]string{true: "bf16", false: "fp32"}[frozen]
+				p, err := model.ComputePlan(m.Cfg, model.PlanOptions{SeqLen: 8, BatchSize: 1, Device: "cuda", FrozenBase: true, Matmul: mm})
 				if err != nil || p.ParamBytes != be.MemStats().InUse {
 					t.Errorf("plan: %d parameter bytes (%v), the pool holds %d", p.ParamBytes, err, be.MemStats().InUse)
 				}
