@@ -16,7 +16,7 @@ import "github.com/dllm-dev/dllm/kernels"
 // matrix the LM head reads (the gather keeps the float32 table).
 func copyTensors(c *Config, b *blocks) map[string]bool {
 	h := halfTensors(c, b)
-	if c.MoE == nil && c.TieEmbeddings {
+	if c.TieEmbeddings {
 		h[EmbedName] = true
 	}
 	return h

@@ -19,13 +19,10 @@ import (
 // source files (m.source), never the rounded copy.
 
 // halfTensors are the tensors a frozen base holds in bf16: every layer
-// linear's weight and the untied LM head. Mixture-of-experts layers keep
-// float32 (LoRA refuses them).
+// linear's weight (a mixture of experts' router, experts and shared-expert
+// gate included: they too are read by MatMul only) and the untied LM head.
 func halfTensors(c *Config, b *blocks) map[string]bool {
 	h := map[string]bool{}
-	if c.MoE != nil {
-		return h
-	}
 	for i, ly := range b.Layers {
 		for _, l := range ly.Linears() {
 			h[LayerPrefix(i)+l.Name+".weight"] = true

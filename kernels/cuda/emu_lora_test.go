@@ -108,7 +108,7 @@ func TestEmulatorLoRABF16Base(t *testing.T) {
 	if testing.Short() {
 		t.Skip("slow: the emulator runs one fiber per CUDA thread")
 	}
-	for _, arch := range []string{"llama", "qwen2"} {
+	for _, arch := range []string{"llama", "qwen2", "qwen2_moe"} {
 		t.Run(arch, func(t *testing.T) {
 			dir := float32Copy(t, "../../testdata/tiny/"+arch)
 			type result struct {
@@ -143,7 +143,11 @@ func TestEmulatorLoRABF16Base(t *testing.T) {
 					t.Errorf("plan: %d parameter bytes (%v), the pool holds %d", p.ParamBytes, err, be.MemStats().InUse)
 				}
 				row := m.Cfg.Vocab - 1
-				lc := model.LoRAConfig{Rank: 4, Alpha: 8, Targets: []string{"q_proj", "v_proj", "down_proj"}, TrainRows: []int{row}, TrainNorms: arch == "qwen2"}
+				targets := []string{"q_proj", "v_proj", "down_proj"}
+				if m.Cfg.MoE != nil {
+					targets = targets[:2] // attention only on experts' models
+				}
+				lc := model.LoRAConfig{Rank: 4, Alpha: 8, Targets: targets, TrainRows: []int{row}, TrainNorms: arch == "qwen2"}
 				ad, err := model.NewLoRA(m, lc, 5)
 				if err != nil {
 					t.Fatal(err)

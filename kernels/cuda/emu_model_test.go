@@ -95,7 +95,7 @@ func TestEmulatorBF16Copies(t *testing.T) {
 	if testing.Short() {
 		t.Skip("slow: the emulator runs one fiber per CUDA thread")
 	}
-	for _, arch := range []string{"llama", "qwen2", "qwen3"} {
+	for _, arch := range []string{"llama", "qwen2", "qwen3", "qwen3_moe"} {
 		t.Run(arch, func(t *testing.T) {
 			dir := float32Copy(t, "../../testdata/tiny/"+arch)
 			run := func(copies bool) ([]float64, []float32) {
