@@ -124,7 +124,8 @@ func readState(dir string) (*trainerState, error) {
 	if err != nil {
 		return nil, fmt.Errorf("resume: %v", err)
 	}
-	var s trainerState
+	// Settings added since the checkpoint was written keep their defaults.
+	s := trainerState{Options: Defaults()}
 	if err := json.Unmarshal(b, &s); err != nil {
 		return nil, fmt.Errorf("resume: %s/trainer_state.json is not valid: %v", dir, err)
 	}

@@ -328,3 +328,47 @@ func TestResumeRefusesChanges(t *testing.T) {
 		t.Fatalf("want a refusal of --lr, got %v", err)
 	}
 }
+
+// TestResumeOlderCheckpoint: a checkpoint written before a setting existed
+// (here --export and --router-aux-coef) resumes with that setting's default,
+// and resuming at its own step exports it without training.
+func TestResumeOlderCheckpoint(t *testing.T) {
+	data := writeCorpus(t)
+	o := tinyOptions(data, filepath.Join(t.TempDir(), "run"))
+	o.Steps = 2
+	if _, err := Run(context.Background(), o, cpu.New(2), io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	st := filepath.Join(o.Out, "checkpoint-2", "trainer_state.json")
+	b, err := os.ReadFile(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var raw map[string]any
+	if err := json.Unmarshal(b, &raw); err != nil {
+		t.Fatal(err)
+	}
+	opts := raw["options"].(map[string]any)
+	delete(opts, "export")
+	delete(opts, "router-aux-coef")
+	if b, err = json.Marshal(raw); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(st, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	before := trainLosses(t, o.Out)
+	if err := os.RemoveAll(filepath.Join(o.Out, "final")); err != nil {
+		t.Fatal(err)
+	}
+	r := Options{Out: o.Out, Steps: 2, Resume: true, Threads: 2, Quiet: true, Set: []string{"steps", "threads", "quiet"}}
+	if _, err := Run(context.Background(), r, cpu.New(2), io.Discard); err != nil {
+		t.Fatalf("resume of a checkpoint without export/router-aux-coef: %v", err)
+	}
+	if after := trainLosses(t, o.Out); len(after) != len(before) {
+		t.Fatalf("resume at the checkpoint's step trained: %d train records, then %d", len(before), len(after))
+	}
+	if _, err := os.Stat(filepath.Join(o.Out, "final", "model.safetensors")); err != nil {
+		t.Fatalf("no export: %v", err)
+	}
+}
