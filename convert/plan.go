@@ -39,7 +39,10 @@ func PlanOf(cfg *model.Config, o *Options, device, matmul string) (*model.Plan, 
 	if o.LoRARank > 0 {
 		// A frozen base: the adapters train, with their kept activations.
 		lc := o.LoRA(nil)
-		if err := lc.CheckModel(cfg); err != nil {
+		if !(lc.Alpha > 0) {
+			lc.Alpha = float64(lc.Rank) // no memory of its own
+		}
+		if err := lc.Validate(); err != nil {
 			return nil, err
 		}
 		po.Trainable = func(string) bool { return false }

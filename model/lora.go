@@ -56,49 +56,36 @@ func (c *LoRAConfig) Validate() error {
 	return nil
 }
 
-// CheckModel refuses targets the model cannot take: on a mixture-of-experts
-// model the FFN projections (experts, shared expert, dense layers) are not
-// wired to adapters.
-func (c *LoRAConfig) CheckModel(cfg *Config) error {
-	if cfg.MoE == nil {
-		return nil
+// targetOf is the target a linear (named as in its layer) answers to: its
+// last name component, Mixtral's expert w1/w3/w2 as gate/up/down_proj. A
+// MoE router ("mlp.gate") and shared-expert gate answer to none.
+func targetOf(name string) string {
+	last := name[strings.LastIndex(name, ".")+1:]
+	switch last {
+	case "w1":
+		return "gate_proj"
+	case "w3":
+		return "up_proj"
+	case "w2":
+		return "down_proj"
 	}
-	var ffn []string
-	for _, t := range c.Targets {
-		if t = strings.TrimSpace(t); t == "gate_proj" || t == "up_proj" || t == "down_proj" {
-			ffn = append(ffn, t)
+	return last
+}
+
+// adaptedLinears lists, per layer and in the layer's order, the linears
+// the targets adapt: on a mixture-of-experts model gate/up/down_proj are
+// every expert's, the shared expert's and dense layers' projections.
+func adaptedLinears(c *Config, targets []string) [][]*Linear {
+	b := newBlocks(c)
+	out := make([][]*Linear, len(b.Layers))
+	for l, ly := range b.Layers {
+		for _, lin := range ly.Linears() {
+			if slices.Contains(targets, targetOf(lin.Name)) {
+				out[l] = append(out[l], lin)
+			}
 		}
 	}
-	if len(ffn) > 0 {
-		return fmt.Errorf("--lora-targets %s: LoRA on the FFN projections of a mixture-of-experts model (%s) is not supported; train the attention with --lora-targets q_proj,k_proj,v_proj,o_proj, or fine-tune every weight (no --lora-rank)",
-			strings.Join(ffn, ","), cfg.ModelType)
-	}
-	return nil
-}
-
-// targetModule is the module path of a target inside a decoder layer.
-func targetModule(t string) string {
-	if t == "gate_proj" || t == "up_proj" || t == "down_proj" {
-		return "mlp." + t
-	}
-	return "self_attn." + t
-}
-
-// targetDims are (out, in) of a target linear.
-func (c *Config) targetDims(t string) (out, in int) {
-	H, I, Q, KV := c.Hidden, c.Intermediate, c.QDim(), c.KVDim()
-	switch t {
-	case "q_proj":
-		return Q, H
-	case "k_proj", "v_proj":
-		return KV, H
-	case "o_proj":
-		return H, Q
-	case "gate_proj", "up_proj":
-		return I, H
-	default: // down_proj
-		return H, I
-	}
+	return out
 }
 
 // TrainedRowsName is where the trained embedding rows live in the adapter
@@ -117,9 +104,10 @@ type LoRALinear struct {
 	R, In, Out   int
 	Scale        float32
 
-	ad *LoRA
-	id uint64 // layer * targets + target: the dropout stream
-	h  kernels.Buf
+	ad  *LoRA
+	mod string // the linear's name in its layer
+	id  uint64 // layer * (adapted linears per layer) + index: the dropout stream
+	h   kernels.Buf
 }
 
 // Forward adds the low-rank path to out (rows x Out) for input x (rows x In).
@@ -170,7 +158,8 @@ type LoRA struct {
 	Layout *Layout
 	Params kernels.Buf
 	Grads  kernels.Buf
-	// Layers[l][t] is the adapter of target t (an index into Cfg.Targets).
+	// Layers[l] are the adapters of layer l's adapted linears, in the
+	// layer's order.
 	Layers [][]LoRALinear
 	// Rows is the trained rows' values (len(TrainRows) x hidden), GRows
 	// their gradient.
@@ -264,11 +253,10 @@ func (a *LoRA) scratchG(be kernels.Backend, rows int) kernels.Buf {
 // model's module names (PEFT's without its "base_model.model." prefix).
 func AdapterSpecs(c *Config, lc *LoRAConfig) []TensorSpec {
 	var out []TensorSpec
-	for l := 0; l < c.Layers; l++ {
-		for _, t := range lc.Targets {
-			o, i := c.targetDims(t)
-			p := LayerPrefix(l) + targetModule(t)
-			out = append(out, TensorSpec{p + ".lora_A.weight", []int{lc.Rank, i}}, TensorSpec{p + ".lora_B.weight", []int{o, lc.Rank}})
+	for l, lins := range adaptedLinears(c, lc.Targets) {
+		for _, lin := range lins {
+			p := LayerPrefix(l) + lin.Name
+			out = append(out, TensorSpec{p + ".lora_A.weight", []int{lc.Rank, lin.In}}, TensorSpec{p + ".lora_B.weight", []int{lin.Out, lc.Rank}})
 		}
 	}
 	if len(lc.TrainRows) > 0 {
@@ -300,9 +288,6 @@ func layoutOf(specs []TensorSpec) *Layout {
 // norms start as m's values.
 func NewLoRA(m *Model, lc LoRAConfig, seed uint64) (*LoRA, error) {
 	if err := lc.Validate(); err != nil {
-		return nil, err
-	}
-	if err := lc.CheckModel(m.Cfg); err != nil {
 		return nil, err
 	}
 	for _, r := range lc.TrainRows {
@@ -345,14 +330,18 @@ func NewLoRA(m *Model, lc LoRAConfig, seed uint64) (*LoRA, error) {
 func (a *LoRA) views(c *Config) {
 	get := func(buf kernels.Buf, name string) kernels.Buf { v, _ := a.Layout.View(buf, name); return v }
 	a.Layers = nil
-	for l := 0; l < c.Layers; l++ {
+	all := adaptedLinears(c, a.Cfg.Targets)
+	stride := 0 // dense models: len(Targets), the ids of before MoE
+	for _, lins := range all {
+		stride = max(stride, len(lins))
+	}
+	for l, lins := range all {
 		var ls []LoRALinear
-		for ti, t := range a.Cfg.Targets {
-			o, i := c.targetDims(t)
-			p := LayerPrefix(l) + targetModule(t)
+		for k, lin := range lins {
+			p := LayerPrefix(l) + lin.Name
 			ls = append(ls, LoRALinear{A: get(a.Params, p+".lora_A.weight"), B: get(a.Params, p+".lora_B.weight"),
 				GA: get(a.Grads, p+".lora_A.weight"), GB: get(a.Grads, p+".lora_B.weight"),
-				R: a.Cfg.Rank, In: i, Out: o, Scale: a.Cfg.Scale(), ad: a, id: uint64(l*len(a.Cfg.Targets) + ti)})
+				R: a.Cfg.Rank, In: lin.In, Out: lin.Out, Scale: a.Cfg.Scale(), ad: a, mod: lin.Name, id: uint64(l*stride + k)})
 		}
 		a.Layers = append(a.Layers, ls)
 	}
@@ -365,18 +354,6 @@ func (a *LoRA) views(c *Config) {
 			}
 		}
 	}
-}
-
-// Linear returns the adapter of target t in layer l, or nil.
-func (a *LoRA) Linear(l int, t string) *LoRALinear {
-	if a == nil {
-		return nil
-	}
-	i := slices.Index(a.Cfg.Targets, t)
-	if i < 0 {
-		return nil
-	}
-	return &a.Layers[l][i]
 }
 
 // Free returns the buffers.
@@ -486,9 +463,9 @@ func (m *Model) SetAdapter(a *LoRA) {
 		p := LayerPrefix(l)
 		for _, lin := range ly.Linears() {
 			lin.Frozen = true
-			for ti, t := range a.Cfg.Targets {
-				if lin.Name == targetModule(t) {
-					lin.Adapter = &a.Layers[l][ti]
+			for k := range a.Layers[l] {
+				if a.Layers[l][k].mod == lin.Name {
+					lin.Adapter = &a.Layers[l][k]
 				}
 			}
 		}
@@ -569,13 +546,16 @@ func (lc *LoRAConfig) TrainableCount(c *Config, rows int) int64 {
 // scratch, and with dropout four buffers of the widest adapted input.
 func (lc *LoRAConfig) Bytes(c *Config, T int) float64 {
 	n := 4 * float64(lc.TrainableCount(c, 1))
-	n += float64(c.Layers*len(lc.Targets)+1) * float64(T) * float64(lc.Rank)
-	if lc.Dropout > 0 {
-		widest := 0
-		for _, t := range lc.Targets {
-			_, in := c.targetDims(t)
-			widest = max(widest, in)
+	linears, widest := 0, 0
+	for _, lins := range adaptedLinears(c, lc.Targets) {
+		linears += len(lins)
+		for _, lin := range lins {
+			widest = max(widest, lin.In)
 		}
+	}
+	// An expert's h holds at most T rows too.
+	n += float64(linears+1) * float64(T) * float64(lc.Rank)
+	if lc.Dropout > 0 {
 		n += 4 * float64(T) * float64(widest)
 	}
 	return 4 * n

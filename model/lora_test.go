@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -419,8 +420,9 @@ func TestLoRAModelGradients(t *testing.T) {
 		rec     bool
 		targets []string
 	}{{"llama", false, 0, false, nil}, {"qwen2", true, 0, true, nil}, {"qwen2", false, 0.2, false, nil}, {"llama", false, 0.2, true, nil},
-		// Mixture-of-experts models: attention only (the FFN is refused).
-		{"qwen2_moe", true, 0, false, attention}, {"qwen3_moe", false, 0.2, true, attention}, {"mixtral", false, 0, false, attention}} {
+		// Mixture-of-experts models: experts, shared expert, dense layer.
+		{"qwen2_moe", true, 0, false, nil}, {"qwen3_moe", false, 0.2, true, nil}, {"mixtral", false, 0, false, nil},
+		{"qwen3_moe", false, 0, true, nil}, {"qwen3_moe", false, 0, false, attention}} {
 		be := cpu.New(1)
 		m := loadTinyOn(t, be, c.arch)
 		const row = 5
@@ -497,6 +499,9 @@ func TestLoRAModelGradients(t *testing.T) {
 				// The tiny models' embedding rows are small (RMS about
 				// 0.02), so the final norm is far from linear over 1e-2.
 				eps := float32(1e-2)
+				if m.Cfg.MoE != nil {
+					eps = 1e-3
+				}
 				if kind == "row" {
 					eps = 1e-3
 				}
@@ -570,9 +575,48 @@ func compareWithFull(t *testing.T, arch string, ad *LoRA, host []float32, a *Act
 	}
 	got := make([]float32, ad.Grads.N)
 	copy(got, ad.Grads.Host)
+	lora := 0
 	for i, s := range ad.Layout.Specs {
 		var want []float32
 		switch {
+		case strings.HasSuffix(s.Name, ".lora_A.weight"):
+			// With G the merged weight's gradient, dA = scale B^T G and
+			// dB = scale G A^T.
+			mod := strings.TrimSuffix(s.Name, ".lora_A.weight")
+			bi := ad.Layout.index[mod+".lora_B.weight"]
+			A := host[ad.Layout.Offsets[i] : ad.Layout.Offsets[i]+s.Elements()]
+			B := host[ad.Layout.Offsets[bi] : ad.Layout.Offsets[bi]+ad.Layout.Specs[bi].Elements()]
+			G, _ := m.Layout.View(m.Grads, mod+".weight")
+			r, in, out := s.Shape[0], s.Shape[1], ad.Layout.Specs[bi].Shape[0]
+			sc := float64(ad.Cfg.Scale())
+			wa, wb := make([]float32, r*in), make([]float32, out*r)
+			for k := 0; k < r; k++ {
+				for j := 0; j < in; j++ {
+					var v float64
+					for o := 0; o < out; o++ {
+						v += float64(B[o*r+k]) * float64(G.Host[o*in+j])
+					}
+					wa[k*in+j] = float32(sc * v)
+				}
+			}
+			for o := 0; o < out; o++ {
+				for k := 0; k < r; k++ {
+					var v float64
+					for j := 0; j < in; j++ {
+						v += float64(G.Host[o*in+j]) * float64(A[k*in+j])
+					}
+					wb[o*r+k] = float32(sc * v)
+				}
+			}
+			ga := got[ad.Layout.Offsets[i] : ad.Layout.Offsets[i]+s.Elements()]
+			gb := got[ad.Layout.Offsets[bi] : ad.Layout.Offsets[bi]+ad.Layout.Specs[bi].Elements()]
+			if ea, eb := relErr(ga, wa), relErr(gb, wb); ea > 1e-3 || eb > 1e-3 {
+				t.Errorf("%s %s: A and B gradients differ from the merged model's by %.2g and %.2g (relative)", arch, mod, ea, eb)
+			}
+			lora++
+			continue
+		case strings.HasSuffix(s.Name, ".lora_B.weight"):
+			continue
 		case s.Name == TrainedRowsName:
 			row := ad.Cfg.TrainRows[0]
 			want = m.Grads.Host[m.Layout.Offsets[0]+row*H : m.Layout.Offsets[0]+(row+1)*H]
@@ -586,6 +630,9 @@ func compareWithFull(t *testing.T, arch string, ad *LoRA, host []float32, a *Act
 		if e := relErr(g, want); e > 1e-4 {
 			t.Errorf("%s %s: adapter gradient differs from full fine-tuning's by %.2g (relative)", arch, s.Name, e)
 		}
+	}
+	if lora == 0 {
+		t.Errorf("%s: no adapted linear compared", arch)
 	}
 }
 
@@ -605,19 +652,43 @@ func TestLoRABytesCountsTheAdapter(t *testing.T) {
 	}
 }
 
-// TestLoRAMoERefusesFFN: on a mixture-of-experts model the FFN targets are
-// refused in one line that names what works; attention targets are taken.
-func TestLoRAMoERefusesFFN(t *testing.T) {
-	for _, arch := range []string{"qwen2_moe", "qwen3_moe", "mixtral"} {
-		m := loadTiny(t, arch)
-		_, err := NewLoRA(m, LoRAConfig{Rank: 2, Alpha: 2, Targets: []string{"q_proj", "up_proj"}}, 1)
-		if err == nil || !strings.Contains(err.Error(), "--lora-targets up_proj: LoRA on the FFN projections of a mixture-of-experts model") ||
-			!strings.Contains(err.Error(), "--lora-targets q_proj,k_proj,v_proj,o_proj") || strings.Contains(err.Error(), "\n") {
-			t.Errorf("%s: %v", arch, err)
-		}
-		ad, err := NewLoRA(m, LoRAConfig{Rank: 2, Alpha: 2, Targets: attention}, 1)
+// TestLoRAMoEExperts: on a mixture-of-experts model gate/up/down_proj
+// adapt every expert, the shared expert and dense layers (Mixtral's w1, w3,
+// w2), never the router or the shared-expert gate; PEFT's target_modules
+// name the linears as the model does.
+func TestLoRAMoEExperts(t *testing.T) {
+	for _, c := range []struct {
+		arch, expert string
+		modules      []string
+	}{
+		{"qwen2_moe", "mlp.experts.1.up_proj", LoRATargets},
+		{"qwen3_moe", "mlp.experts.7.down_proj", LoRATargets},
+		{"mixtral", "block_sparse_moe.experts.0.w1", []string{"q_proj", "k_proj", "v_proj", "o_proj", "w1", "w3", "w2"}},
+	} {
+		m := loadTiny(t, c.arch)
+		ad, err := NewLoRA(m, LoRAConfig{Rank: 2, Alpha: 2, Targets: LoRATargets}, 1)
 		if err != nil {
-			t.Fatalf("%s attention: %v", arch, err)
+			t.Fatal(err)
+		}
+		names := map[string]bool{}
+		for _, s := range ad.Layout.Specs {
+			names[s.Name] = true
+			if strings.Contains(s.Name, "gate.lora") || strings.Contains(s.Name, "shared_expert_gate") {
+				t.Errorf("%s: the router is adapted: %s", c.arch, s.Name)
+			}
+		}
+		want := LayerPrefix(1) + c.expert + ".lora_A.weight"
+		if !names[want] {
+			t.Errorf("%s: no %s among %d adapter tensors", c.arch, want, len(names))
+		}
+		if c.arch == "qwen2_moe" && (!names[LayerPrefix(0)+"mlp.gate_proj.lora_B.weight"] || !names[LayerPrefix(1)+"mlp.shared_expert.down_proj.lora_A.weight"]) {
+			t.Errorf("qwen2_moe: the dense layer 0 or the shared expert is not adapted")
+		}
+		if n := ad.Cfg.TrainableCount(m.Cfg, 0); n != int64(ad.Layout.Total) {
+			t.Errorf("%s: the plan counts %d adapter values, the adapter has %d", c.arch, n, ad.Layout.Total)
+		}
+		if got := ad.PEFTConfig("base", m.Cfg)["target_modules"]; !reflect.DeepEqual(got, c.modules) {
+			t.Errorf("%s: target_modules %v", c.arch, got)
 		}
 		ad.Free(m.BE)
 	}

@@ -8,6 +8,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -50,7 +51,7 @@ func (a *LoRA) PEFTConfig(base string, c *Config) map[string]any {
 	cfg := map[string]any{
 		"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base,
 		"r": a.Cfg.Rank, "lora_alpha": a.Cfg.Alpha, "lora_dropout": a.Cfg.Dropout,
-		"target_modules": a.Cfg.Targets, "bias": "none", "fan_in_fan_out": false, "inference_mode": true,
+		"target_modules": a.modules(), "bias": "none", "fan_in_fan_out": false, "inference_mode": true,
 		"init_lora_weights": true, "use_rslora": false, "use_dora": false, "rank_pattern": map[string]any{},
 		"alpha_pattern": map[string]any{}, "layers_to_transform": nil, "layers_pattern": nil, "revision": nil,
 		"modules_to_save": nil,
@@ -62,6 +63,20 @@ func (a *LoRA) PEFTConfig(base string, c *Config) map[string]any {
 		cfg["trainable_token_indices"] = a.Cfg.TrainRows
 	}
 	return cfg
+}
+
+// modules are the adapted linears' own names, as PEFT's target_modules
+// match them: the targets, Mixtral's experts as w1, w3, w2.
+func (a *LoRA) modules() []string {
+	var out []string
+	for _, ls := range a.Layers {
+		for _, l := range ls {
+			if n := l.mod[strings.LastIndex(l.mod, ".")+1:]; !slices.Contains(out, n) {
+				out = append(out, n)
+			}
+		}
+	}
+	return out
 }
 
 // WritePEFT writes the adapter as PEFT saves one: adapter_config.json and
