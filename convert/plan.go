@@ -53,6 +53,12 @@ func PlanOf(cfg *model.Config, o *Options, device, matmul string) (*model.Plan, 
 			L = max(L, rl)
 		}
 		po.ExtraActivationBytes = int64(lc.Bytes(cfg, o.BatchSize*L)) - 16*po.ExtraTrainable
+		if cfg.TieEmbeddings {
+			// The mask row (when trained) of a tied matrix takes the head's
+			// gradient from the logits (no fused head), with its scratch.
+			po.HeadLogits = true
+			po.ExtraActivationBytes += 4 * int64(2*o.BatchSize*L+cfg.Vocab)
+		}
 	}
 	po.EvalRowLength = o.SeqLen
 	if final > 0 {

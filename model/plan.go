@@ -45,6 +45,9 @@ type PlanOptions struct {
 	// bf16; Matmul "fp32" (DLLM_CUDA_MATMUL=fp32) keeps them float32.
 	FrozenBase bool
 	Matmul     string
+	// HeadLogits: training keeps the logits, the fused head-and-loss kernel
+	// unused (LoRA training a row of a tied embedding).
+	HeadLogits bool
 }
 
 // PlanRow is one line of the plan's table.
@@ -167,7 +170,7 @@ func ComputePlan(cfg *Config, o PlanOptions) (*Plan, error) {
 	ao := ActOptions{Training: !o.Inference, Recompute: o.Recompute && !o.Inference}
 	pool := o.Device == "cuda"
 	for _, L := range lens {
-		n := activationBytes(cfg, b.Layers, o.BatchSize, L, ao, pool)
+		n := activationBytes(cfg, b.Layers, o.BatchSize, L, ao, pool, pool && !o.HeadLogits)
 		p.ActivationBytes += n
 		what := "training"
 		if o.Inference {
@@ -180,7 +183,7 @@ func ComputePlan(cfg *Config, o PlanOptions) (*Plan, error) {
 		p.add("activations", n, detail)
 	}
 	if o.EvalRowLength > 0 && !o.Inference {
-		n := activationBytes(cfg, b.Layers, o.BatchSize, o.EvalRowLength, ActOptions{}, pool)
+		n := activationBytes(cfg, b.Layers, o.BatchSize, o.EvalRowLength, ActOptions{}, pool, false)
 		p.ActivationBytes += n
 		p.add("activations", n, fmt.Sprintf("evaluation, %d x %d tokens", o.BatchSize, o.EvalRowLength))
 	}
@@ -204,7 +207,7 @@ func ComputePlan(cfg *Config, o PlanOptions) (*Plan, error) {
 		p.WorkspaceBytes = cpuWorkspaceBytes(threads, longest)
 		p.add("workspace", p.WorkspaceBytes, fmt.Sprintf("GEMM packing and attention scores of %d workers, visibility mask", threads))
 	} else {
-		copies, cached := bf16CopyBytes(cfg, b, o.BatchSize*longest, !o.Inference, o.FrozenBase, o.Matmul == "fp32", half)
+		copies, cached := bf16CopyBytes(cfg, b, o.BatchSize*longest, !o.Inference, o.FrozenBase, o.Matmul == "fp32", o.HeadLogits, half)
 		p.WorkspaceBytes = cached
 		detail := fmt.Sprintf("bf16 copies of matmul operands (largest pair %s)", FormatBytes(float64(copies)))
 		if len(half) > 0 {
@@ -231,11 +234,11 @@ func (p *Plan) add(name string, n int64, detail string) {
 // activationBytes is what NewActivationsWith allocates for B rows of L
 // tokens: the float arena of actTable, the int arena and the host staging.
 // With pool, every buffer is rounded up to the CUDA pool's size class.
-func activationBytes(c *Config, layers []*Layer, B, L int, o ActOptions, pool bool) int64 {
+func activationBytes(c *Config, layers []*Layer, B, L int, o ActOptions, pool, fused bool) int64 {
 	T := B * L
 	// On the GPU training fuses the LM head with the loss (kernels.HeadLoss):
 	// no logits buffer.
-	a := &Activations{T: T, Opt: o, fused: pool && o.Training}
+	a := &Activations{T: T, Opt: o, fused: fused && o.Training}
 	top := a.topActs(c)
 	var floats int64
 	for _, r := range actTable(c, layers, T, o, top) {
@@ -283,7 +286,7 @@ func cpuWorkspaceBytes(threads, L int) int64 {
 // operand copies and what the pool keeps cached: one block per size class,
 // two where one product needs two of a class. A weight in half (held in
 // bf16) needs no copy.
-func bf16CopyBytes(c *Config, b *blocks, T int, training, frozen, fp32 bool, half map[string]bool) (largest, cached int64) {
+func bf16CopyBytes(c *Config, b *blocks, T int, training, frozen, fp32, headLogits bool, half map[string]bool) (largest, cached int64) {
 	need := map[uint64]int{}
 	product := func(m, n, k int, bHalf bool) {
 		if fp32 {
@@ -317,8 +320,8 @@ func bf16CopyBytes(c *Config, b *blocks, T int, training, frozen, fp32 bool, hal
 			lin(l, T, half[LayerPrefix(i)+l.Name+".weight"])
 		}
 	}
-	headHalf := half[LMHeadName]
-	if training {
+	headHalf := half[LMHeadName] || half[EmbedName] && c.TieEmbeddings
+	if training && !headLogits {
 		// kernels/cuda HeadLoss: logits in chunks of at most 2^25 floats
 		// (whole multiples of 128 columns), per-row stats, bf16 x and W
 		// (W not when held in bf16).

@@ -95,3 +95,21 @@ func TestPlanKVCache(t *testing.T) {
 		}
 	}
 }
+
+// TestPlanHeadLogits: on the GPU training fuses the LM head with the loss
+// (no logits buffer) unless HeadLogits (LoRA training a tied row): then the
+// activations are the CPU's, which keep the logits, up to the pool's
+// rounding.
+func TestPlanHeadLogits(t *testing.T) {
+	m := loadTiny(t, "llama")
+	o := PlanOptions{SeqLen: 16, BatchSize: 2, Threads: 1}
+	cpu, _ := ComputePlan(m.Cfg, o)
+	o.Device = "cuda"
+	fused, _ := ComputePlan(m.Cfg, o)
+	o.HeadLogits = true
+	logits, _ := ComputePlan(m.Cfg, o)
+	tv := int64(4 * 32 * m.Cfg.Vocab)
+	if !(fused.ActivationBytes+tv <= logits.ActivationBytes && cpu.ActivationBytes <= logits.ActivationBytes && logits.ActivationBytes < cpu.ActivationBytes+4096) {
+		t.Errorf("activations: cpu %d, cuda fused %d, cuda with logits %d (logits %d bytes)", cpu.ActivationBytes, fused.ActivationBytes, logits.ActivationBytes, tv)
+	}
+}
