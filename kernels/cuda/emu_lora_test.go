@@ -143,10 +143,7 @@ func TestEmulatorLoRABF16Base(t *testing.T) {
 					t.Errorf("plan: %d parameter bytes (%v), the pool holds %d", p.ParamBytes, err, be.MemStats().InUse)
 				}
 				row := m.Cfg.Vocab - 1
-				targets := []string{"q_proj", "v_proj", "down_proj"}
-				if m.Cfg.MoE != nil {
-					targets = targets[:2] // attention only on experts' models
-				}
+				targets := []string{"q_proj", "v_proj", "down_proj"} // down_proj: every expert's on qwen2_moe
 				lc := model.LoRAConfig{Rank: 4, Alpha: 8, Targets: targets, TrainRows: []int{row}, TrainNorms: arch == "qwen2"}
 				ad, err := model.NewLoRA(m, lc, 5)
 				if err != nil {
