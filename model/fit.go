@@ -66,9 +66,12 @@ func PlanDevice(be kernels.Backend) (device, matmul string) {
 	return "cuda", ""
 }
 
-// FormatBytes prints a size for a message: GiB or MiB to one decimal, else KiB.
+// FormatBytes prints a size for a message: TiB, GiB or MiB to one decimal,
+// else KiB.
 func FormatBytes(n float64) string {
 	switch {
+	case n >= 1<<40:
+		return fmt.Sprintf("%.1f TiB", n/(1<<40))
 	case n >= 1<<30:
 		return fmt.Sprintf("%.1f GiB", n/(1<<30))
 	case n >= 1<<20:
