@@ -437,7 +437,9 @@ func (a *LoRA) MergedFetch(m *Model) safetensors.Fetch {
 		m.BE.Download(delta, ba)
 		s := a.Cfg.Scale()
 		for i := range dst {
-			dst[i] += s * delta[i]
+			// Rounded before the add (no FMA on any GOARCH), as MergeLoRA's
+			// Scale then Add: --adapter merges to the same bits.
+			dst[i] += float32(s * delta[i])
 		}
 		return m.BE.Err()
 	}

@@ -317,10 +317,12 @@ func (p *PEFTAdapter) otherBase() string {
 	return ": the adapter was trained on another model"
 }
 
-// MergeLoRA adds scale * B A (B out x r, A r x in) to W on the backend.
+// MergeLoRA adds scale * B A (B out x r, A r x in) to W on the backend,
+// B A in float32 as the merged export computes it.
 func MergeLoRA(be kernels.Backend, W kernels.Buf, A, B []float32, out, in, r int, scale float32) error {
 	ab, bb, ba := be.Alloc(len(A)), be.Alloc(len(B)), be.Alloc(out*in)
 	defer func() { be.Free(ab); be.Free(bb); be.Free(ba) }()
+	defer fp32Products(be)()
 	be.Upload(ab, A)
 	be.Upload(bb, B)
 	defer fp32Products(be)()
