@@ -86,6 +86,11 @@ type Options struct {
 	Device  string `json:"device"`
 	Threads int    `json:"threads"`
 	DType   string `json:"dtype,omitempty"` // export dtype; "" = the source's
+	// BF16Copies: full fine-tuning on CUDA with bf16 matmuls keeps bf16
+	// copies of the weights made once per step (on), or casts each weight
+	// per product (off: 2 bytes per weight less, same results); auto: on
+	// when the run fits the device with them.
+	BF16Copies string `json:"bf16-copies"`
 
 	// Run.
 	EvalEvery int  `json:"eval-every"` // -1: a tenth of Steps; 0: only at start and end
@@ -104,7 +109,7 @@ type Options struct {
 
 // Resumable are the settings a resumed run may change: its length and how
 // it runs, never what it computes.
-var Resumable = []string{"steps", "device", "threads", "eval-every", "save-every", "keep", "quiet", "resume", "out", "config", "recompute"}
+var Resumable = []string{"steps", "device", "threads", "eval-every", "save-every", "keep", "quiet", "resume", "out", "config", "recompute", "bf16-copies"}
 
 // Defaults are the settings a plain `dllm convert SRC --data D --out O` uses.
 func Defaults() Options {
@@ -114,7 +119,7 @@ func Defaults() Options {
 		AnnealSteps: -1, TPer: "row", EmbedNoise: -1,
 		Steps: 1000, SeqLen: 512, BatchSize: 8, GradAccum: 1, LR: 1e-4, MinLR: -1, Warmup: -1,
 		LRSchedule: "cosine", DecayFrac: 0.2, WeightDecay: 0.1, Beta1: 0.9, Beta2: 0.95, Eps: 1e-8, Clip: 1, RouterAuxCoef: -1, Seed: 42,
-		Init: "pretrained", LoRATargets: append([]string(nil), model.LoRATargets...), Export: "both", Device: "auto", EvalEvery: -1, EvalRows: 32, EvalMC: 8, SaveEvery: -1, Keep: 2,
+		Init: "pretrained", LoRATargets: append([]string(nil), model.LoRATargets...), Export: "both", Device: "auto", BF16Copies: "auto", EvalEvery: -1, EvalRows: 32, EvalMC: 8, SaveEvery: -1, Keep: 2,
 	}
 }
 
@@ -163,6 +168,11 @@ func (o *Options) Resolve() error {
 	case "auto", "cpu", "cuda":
 	default:
 		return fmt.Errorf("--device must be auto, cpu or cuda, got %q", o.Device)
+	}
+	switch o.BF16Copies {
+	case "auto", "on", "off":
+	default:
+		return fmt.Errorf("--bf16-copies must be auto, on or off, got %q", o.BF16Copies)
 	}
 	switch o.TPer {
 	case "row", "block":

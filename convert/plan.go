@@ -13,10 +13,12 @@ import (
 // a block schedule), the evaluation's rows, parameters, gradients, AdamW.
 // LoRA extends it through PlanOptions.Trainable and ExtraTrainable, and on
 // the GPU holds the frozen base in bf16 (model.LoadFrozen) unless matmul is
-// "fp32" (the precision of the GPU's products; "" is bf16).
+// "fp32" (the precision of the GPU's products; "" is bf16). Full
+// fine-tuning there counts the bf16 copies of the weights unless
+// --bf16-copies is off (auto plans them: see ChooseCopies).
 func PlanOf(cfg *model.Config, o *Options, device, matmul string) (*model.Plan, error) {
 	po := model.PlanOptions{SeqLen: o.SeqLen, BatchSize: o.BatchSize, GradAccum: o.GradAccum, Recompute: o.Recompute,
-		Device: device, Threads: o.Threads, Matmul: matmul}
+		Device: device, Threads: o.Threads, Matmul: matmul, NoCopies: o.BF16Copies == "off"}
 	final := 0
 	if o.BlockSchedule != "" {
 		stages, err := anneal.ParseSchedule(o.BlockSchedule, o.SeqLen)
@@ -70,19 +72,59 @@ func PlanOf(cfg *model.Config, o *Options, device, matmul string) (*model.Plan, 
 // availableFor is model.Available; tests replace it.
 var availableFor = model.Available
 
+// ChooseCopies resolves --bf16-copies (setting) for a run that plan
+// plans with (noCopies false) or without the bf16 copies of its weights,
+// on a device with avail bytes free (0: unknown). on and off are as given;
+// auto keeps the copies unless the run fits only without them (and plans
+// without them when it fits neither way). It returns the choice, its plan,
+// and for copies dropped to fit one line saying so.
+func ChooseCopies(setting string, plan func(noCopies bool) (*model.Plan, error), avail float64, source string) (noCopies bool, p *model.Plan, note string, err error) {
+	noCopies = setting == "off"
+	if p, err = plan(noCopies); err != nil || setting != "auto" || p.CopyBytes == 0 || avail <= 0 || float64(p.TotalBytes) <= avail {
+		return noCopies, p, "", err
+	}
+	q, err := plan(true)
+	if err != nil {
+		return false, p, "", err
+	}
+	if float64(q.TotalBytes) > avail {
+		return true, q, "", nil // refused either way: by the leaner plan
+	}
+	note = fmt.Sprintf("bf16 copies of the weights: off (--bf16-copies auto): the run needs %s with them, %s without, and %s is %s; each product casts its weight instead (same results, slower)",
+		gib(p.TotalBytes), gib(q.TotalBytes), gib(int64(avail)), source)
+	return true, q, note, nil
+}
+
 // checkFits runs the plan before anything is allocated and refuses, in one
-// line, a run that does not fit, naming the options that would.
+// line, a run that does not fit, naming the options that would. It settles
+// --bf16-copies (r.copies, r.noCopies) with the same plan.
 func (r *run) checkFits(cfg *model.Config) error {
 	dev, mm := model.PlanDevice(r.be)
-	p, err := PlanOf(cfg, &r.opt, dev, mm)
+	avail, source := availableFor(r.be)
+	noCopies, p, note, err := ChooseCopies(r.opt.BF16Copies, func(off bool) (*model.Plan, error) {
+		q := r.opt
+		if off {
+			q.BF16Copies = "off"
+		}
+		return PlanOf(cfg, &q, dev, mm)
+	}, avail, source)
 	if err != nil {
 		return err
 	}
-	avail, source := availableFor(r.be)
+	if po := (model.PlanOptions{Device: dev, Matmul: mm, FrozenBase: r.opt.LoRARank > 0}); po.CopiesApply() {
+		r.noCopies, r.copies = noCopies, map[bool]string{false: "on", true: "off"}[noCopies]
+	}
+	if note != "" {
+		r.logf("%s", note)
+	}
 	if avail <= 0 || float64(p.TotalBytes) <= avail {
 		return nil
 	}
-	return fmt.Errorf("%s", refusal(cfg, &r.opt, dev, mm, p, avail, source))
+	o := r.opt
+	if noCopies {
+		o.BF16Copies = "off" // auto: the leaner plan, and suggestions without copies
+	}
+	return fmt.Errorf("%s", refusal(cfg, &o, dev, mm, p, avail, source))
 }
 
 // refusal says what a run needs, what there is, and what would fit.
@@ -100,6 +142,11 @@ func refusal(cfg *model.Config, o *Options, dev, mm string, p *model.Plan, avail
 				not = append(not, s)
 			}
 		}
+	}
+	if o.BF16Copies == "on" && p.CopyBytes > 0 {
+		q := *o
+		q.BF16Copies = "off"
+		try("--bf16-copies off", q)
 	}
 	if !o.Recompute {
 		q := *o

@@ -2,6 +2,7 @@ package convert
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"os"
 	"path/filepath"
@@ -61,5 +62,105 @@ func TestRefusedBeforeAllocating(t *testing.T) {
 	o.BatchSize = 1
 	if p, _ := PlanOf(cfg, &o, "cpu", ""); p.TotalBytes > 24<<30 {
 		t.Errorf("batch 1 x 2048 plans %d bytes", p.TotalBytes)
+	}
+}
+
+// planGPU is kernels/cpu planned as a CUDA device with bf16 matmuls: the
+// plan and --bf16-copies see a GPU (its products stay the CPU's).
+type planGPU struct{ kernels.Backend }
+
+func (planGPU) Name() string            { return "cuda (planned; kernels/cpu computes)" }
+func (planGPU) MatmulPrecision() string { return "bf16" }
+
+// TestBF16CopiesAuto: with free memory that fits full fine-tuning only
+// without the bf16 copies of the weights, auto drops them (one log line,
+// run_config.json says off, the checkpoint keeps auto), on is refused in
+// the usual one line naming --bf16-copies off, and a resume may turn them
+// on (it stays exact: the copies change no value).
+func TestBF16CopiesAuto(t *testing.T) {
+	defer func() { availableFor = model.Available }()
+	cfg, err := model.LoadConfig(tinyLlama)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := writeCorpus(t)
+	o := tinyOptions(data, filepath.Join(t.TempDir(), "run"))
+	o.Steps, o.SaveEvery = 4, 2
+	if err := o.Resolve(); err != nil {
+		t.Fatal(err)
+	}
+	with, err := PlanOf(cfg, &o, "cuda", "bf16")
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := o
+	q.BF16Copies = "off"
+	without, _ := PlanOf(cfg, &q, "cuda", "bf16")
+	if with.CopyBytes == 0 || without.TotalBytes >= with.TotalBytes {
+		t.Fatalf("plans: %d bytes with copies (%d of them), %d without", with.TotalBytes, with.CopyBytes, without.TotalBytes)
+	}
+	free := float64(without.TotalBytes+with.TotalBytes) / 2
+	availableFor = func(kernels.Backend) (float64, string) { return free, "free on the GPU" }
+
+	on := o
+	on.BF16Copies = "on"
+	_, err = Run(context.Background(), on, planGPU{cpu.New(2)}, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "not enough memory") || !strings.Contains(err.Error(), "--bf16-copies off") || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("--bf16-copies on that does not fit: %v", err)
+	}
+
+	// Stop at step 2, then resume to 4 with the copies on.
+	part := o
+	part.Steps = 2
+	var log strings.Builder
+	if _, err := Run(context.Background(), part, planGPU{cpu.New(2)}, &log); err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(log.String(), "bf16 copies of the weights: off (--bf16-copies auto)"); n != 1 {
+		t.Errorf("auto logged the choice %d times:\n%s", n, log.String())
+	}
+	setting := func(file string) string {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var v struct {
+			BF16Copies string `json:"bf16-copies"`
+			Options    struct {
+				BF16Copies string `json:"bf16-copies"`
+			} `json:"options"`
+		}
+		if err := json.Unmarshal(b, &v); err != nil {
+			t.Fatal(err)
+		}
+		return v.BF16Copies + v.Options.BF16Copies
+	}
+	if got := setting(filepath.Join(o.Out, "run_config.json")); got != "off" {
+		t.Errorf("run_config.json: bf16-copies %q, want off", got)
+	}
+	if got := setting(filepath.Join(o.Out, "checkpoint-2", "trainer_state.json")); got != "auto" {
+		t.Errorf("trainer_state.json: bf16-copies %q, want auto", got)
+	}
+	availableFor = func(kernels.Backend) (float64, string) { return 1 << 40, "free on the GPU" }
+	r := Options{Out: o.Out, Steps: 4, Resume: true, BF16Copies: "on", Threads: 2, Quiet: true, Set: []string{"steps", "threads", "quiet", "bf16-copies"}}
+	if _, err := Run(context.Background(), r, planGPU{cpu.New(2)}, io.Discard); err != nil {
+		t.Fatalf("resume with --bf16-copies on: %v", err)
+	}
+	if got := setting(filepath.Join(o.Out, "run_config.json")); got != "on" {
+		t.Errorf("resumed run_config.json: bf16-copies %q, want on", got)
+	}
+	full := o
+	full.Out = filepath.Join(t.TempDir(), "full")
+	if _, err := Run(context.Background(), full, planGPU{cpu.New(2)}, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	a, b := trainLosses(t, full.Out), trainLosses(t, o.Out)
+	if len(a) != 4 || len(b) != 4 {
+		t.Fatalf("%d and %d train records, want 4", len(a), len(b))
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			t.Errorf("step %d: uninterrupted %+v, resumed %+v", i+1, a[i], b[i])
+		}
 	}
 }

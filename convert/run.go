@@ -68,6 +68,10 @@ type run struct {
 
 	ad   *model.LoRA // LoRA; nil for full fine-tuning
 	adam *AdamW
+	// --bf16-copies as checkFits resolved it ("on", "off"; "" where no
+	// copies apply).
+	copies   string
+	noCopies bool
 	// MoE: the load-balancing loss's coefficient, and this step's aux loss
 	// and tokens per expert (sparse layer x expert) over its micro-batches.
 	auxCoef float64
@@ -206,6 +210,10 @@ func (r *run) prepare() error {
 				o.Keep = keep.Keep
 			case "quiet":
 				o.Quiet = keep.Quiet
+			case "recompute":
+				o.Recompute = keep.Recompute
+			case "bf16-copies":
+				o.BF16Copies = keep.BF16Copies
 			case "resume", "out", "config":
 			default:
 				if !contains(Resumable, name) {
@@ -327,6 +335,7 @@ func (r *run) prepare() error {
 			}
 		}
 	} else {
+		r.m.SetBF16Copies(!r.noCopies)
 		r.m.EnableGrads()
 	}
 	if me := r.m.Cfg.MoE; me != nil {
@@ -399,7 +408,11 @@ func (r *run) prepare() error {
 	}
 	r.rng = rand.New(r.pcg)
 
-	cfgJSON, _ := json.MarshalIndent(o, "", "  ")
+	eff := *o
+	if r.copies != "" {
+		eff.BF16Copies = r.copies // what auto chose
+	}
+	cfgJSON, _ := json.MarshalIndent(&eff, "", "  ")
 	if err := writeFileAtomic(filepath.Join(o.Out, "run_config.json"), append(cfgJSON, '\n')); err != nil {
 		return err
 	}

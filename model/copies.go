@@ -26,7 +26,7 @@ func copyTensors(c *Config, b *blocks) map[string]bool {
 // bf16 weights (and the model is not a frozen one).
 func (m *Model) enableCopies() {
 	bw, ok := m.BE.(kernels.BF16Weights)
-	if !ok || m.place != nil || m.lora != nil || m.copies.N > 0 {
+	if !ok || m.noCopies || m.place != nil || m.lora != nil || m.copies.N > 0 {
 		return
 	}
 	h := copyTensors(m.Cfg, &blocks{Layers: m.Layers})
@@ -53,11 +53,7 @@ func (m *Model) enableCopies() {
 		off += k
 	}
 	// Point the linears at their copies (W views match by address).
-	lins := []*Linear{&m.Head}
-	for _, ly := range m.Layers {
-		lins = append(lins, ly.Linears()...)
-	}
-	for _, l := range lins {
+	for _, l := range m.allLinears() {
 		for j, in := range m.copyIn {
 			if l.W.Dev == in.Dev && l.W.N == in.N {
 				l.W16 = m.copyOut[j]
@@ -65,6 +61,32 @@ func (m *Model) enableCopies() {
 		}
 	}
 	m.ParamsWritten()
+}
+
+// allLinears are the head and every layer's linears.
+func (m *Model) allLinears() []*Linear {
+	lins := []*Linear{&m.Head}
+	for _, ly := range m.Layers {
+		lins = append(lins, ly.Linears()...)
+	}
+	return lins
+}
+
+// SetBF16Copies turns the bf16 copies on (the default: EnableGrads makes
+// them) or off (--bf16-copies off: each product casts its weight, the same
+// values, 2 bytes per weight less). Off frees copies already made.
+func (m *Model) SetBF16Copies(on bool) {
+	m.noCopies = !on
+	switch {
+	case on && m.Grads.N > 0:
+		m.enableCopies()
+	case !on && m.copies.N > 0:
+		for _, l := range m.allLinears() {
+			l.W16 = kernels.Buf{}
+		}
+		m.BE.Free(m.copies)
+		m.copies, m.copyIn, m.copyOut = kernels.Buf{}, nil, nil
+	}
 }
 
 // ParamsWritten remakes the bf16 copies from the parameters (nothing

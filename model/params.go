@@ -85,9 +85,10 @@ type Model struct {
 
 	// Full fine-tuning on a bf16-matmul GPU: bf16 copies of the weights the
 	// products read (copyTensors), made from Params by ParamsWritten.
-	copies  kernels.Buf
-	copyOut []kernels.Buf
-	copyIn  []kernels.Buf
+	copies   kernels.Buf
+	copyOut  []kernels.Buf
+	copyIn   []kernels.Buf
+	noCopies bool // SetBF16Copies(false)
 
 	// With Half: tensor i sits at place[i] in Params, or at ^place[i] in Half.
 	place         []int

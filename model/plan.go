@@ -48,6 +48,10 @@ type PlanOptions struct {
 	// HeadLogits: training keeps the logits, the fused head-and-loss kernel
 	// unused (LoRA training a row of a tied embedding).
 	HeadLogits bool
+	// NoCopies: full fine-tuning on CUDA with bf16 matmuls without the
+	// per-step bf16 copies of the weights (--bf16-copies off): each
+	// product casts its weight into the workspace instead.
+	NoCopies bool
 }
 
 // PlanRow is one line of the plan's table.
@@ -60,17 +64,19 @@ type PlanRow struct {
 // Plan is the memory a run needs, computed from the same tables that size
 // the buffers (Config.Tensors, the blocks' activation tables).
 type Plan struct {
-	Device          string    `json:"device"`
-	Params          int64     `json:"params"`
-	Trainable       int64     `json:"trainable_params"`
-	ParamBytes      int64     `json:"param_bytes"`
-	GradBytes       int64     `json:"grad_bytes"`
-	OptimizerBytes  int64     `json:"optimizer_bytes"`
-	ActivationBytes int64     `json:"activation_bytes"`
-	KVCacheBytes    int64     `json:"kv_cache_bytes,omitempty"`
-	WorkspaceBytes  int64     `json:"workspace_bytes"`
-	TotalBytes      int64     `json:"total_bytes"`
-	Rows            []PlanRow `json:"rows"`
+	Device          string `json:"device"`
+	Params          int64  `json:"params"`
+	Trainable       int64  `json:"trainable_params"`
+	ParamBytes      int64  `json:"param_bytes"`
+	GradBytes       int64  `json:"grad_bytes"`
+	OptimizerBytes  int64  `json:"optimizer_bytes"`
+	ActivationBytes int64  `json:"activation_bytes"`
+	KVCacheBytes    int64  `json:"kv_cache_bytes,omitempty"`
+	WorkspaceBytes  int64  `json:"workspace_bytes"`
+	// CopyBytes are the bf16 copies of the weights within ParamBytes.
+	CopyBytes  int64     `json:"bf16_copy_bytes,omitempty"`
+	TotalBytes int64     `json:"total_bytes"`
+	Rows       []PlanRow `json:"rows"`
 }
 
 // maxPlanBytes bounds what a plan counts: beyond it sizes overflow.
@@ -133,7 +139,7 @@ func ComputePlan(cfg *Config, o PlanOptions) (*Plan, error) {
 	// Full fine-tuning there keeps bf16 copies of the same weights (and of a
 	// tied head's matrix) for the products, made once per step.
 	var copyN int64
-	if !o.FrozenBase && !o.Inference && o.Device == "cuda" && o.Matmul != "fp32" {
+	if o.CopiesApply() && !o.NoCopies {
 		half = copyTensors(cfg, b)
 		for _, s := range cfg.Tensors() {
 			if half[s.Name] {
@@ -153,11 +159,14 @@ func ComputePlan(cfg *Config, o PlanOptions) (*Plan, error) {
 		p.add("parameters", p.ParamBytes, fmt.Sprintf("%s fp32 (%s); adapters %s fp32", fmtCount(p.Params), what, fmtCount(o.ExtraTrainable)))
 	case o.Inference:
 		p.add("parameters", p.ParamBytes, fmt.Sprintf("%s fp32", fmtCount(p.Params)))
+	case o.CopiesApply() && o.NoCopies:
+		p.add("parameters", p.ParamBytes, fmt.Sprintf("%s fp32 (master weights; no bf16 copies of the weights, --bf16-copies off: each product casts its weight)", fmtCount(p.Params)))
 	default:
 		p.add("parameters", p.ParamBytes, fmt.Sprintf("%s fp32 (master weights)", fmtCount(p.Params)))
 	}
 	if copyN > 0 {
-		p.ParamBytes += buf(2 * copyN)
+		p.CopyBytes = buf(2 * copyN)
+		p.ParamBytes += p.CopyBytes
 		p.add("parameters", buf(2*copyN), fmt.Sprintf("%s bf16 copies of the weights the matmuls read, made once per step after AdamW", fmtCount(copyN)))
 	}
 	if !o.Inference {
@@ -225,6 +234,12 @@ func ComputePlan(cfg *Config, o PlanOptions) (*Plan, error) {
 	}
 	p.TotalBytes = p.ParamBytes + p.GradBytes + p.OptimizerBytes + p.ActivationBytes + p.KVCacheBytes + p.WorkspaceBytes
 	return p, nil
+}
+
+// CopiesApply reports whether the run would keep bf16 copies of its
+// weights: full fine-tuning on CUDA with bf16 matmuls.
+func (o *PlanOptions) CopiesApply() bool {
+	return !o.FrozenBase && !o.Inference && o.Device == "cuda" && o.Matmul != "fp32"
 }
 
 func (p *Plan) add(name string, n int64, detail string) {

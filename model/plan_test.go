@@ -1,6 +1,7 @@
 package model
 
 import (
+	"strings"
 	"testing"
 )
 
@@ -111,5 +112,55 @@ func TestPlanHeadLogits(t *testing.T) {
 	tv := int64(4 * 32 * m.Cfg.Vocab)
 	if !(fused.ActivationBytes+tv <= logits.ActivationBytes && cpu.ActivationBytes <= logits.ActivationBytes && logits.ActivationBytes < cpu.ActivationBytes+4096) {
 		t.Errorf("activations: cpu %d, cuda fused %d, cuda with logits %d (logits %d bytes)", cpu.ActivationBytes, fused.ActivationBytes, logits.ActivationBytes, tv)
+	}
+}
+
+// TestPlanCopiesOnOff: on CUDA with bf16 matmuls, full fine-tuning with
+// and without the bf16 copies of the weights differ in the parameters by
+// exactly the copies (one pool block of 2 bytes per copied weight) and,
+// without them, in the workspace that holds the per-product casts; nothing
+// differs where no copies apply (CPU, fp32 matmuls, LoRA, inference).
+func TestPlanCopiesOnOff(t *testing.T) {
+	for _, arch := range tinyArchs {
+		m := loadTiny(t, arch)
+		o := PlanOptions{SeqLen: 64, BatchSize: 2, Device: "cuda", Matmul: "bf16"}
+		on, err := ComputePlan(m.Cfg, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.NoCopies = true
+		off, _ := ComputePlan(m.Cfg, o)
+		var n int // every linear's weight and the head's matrix
+		for _, l := range m.allLinears() {
+			n += l.In * l.Out
+		}
+		want := int64(poolClass(uint64(2 * n)))
+		if on.CopyBytes != want || off.CopyBytes != 0 || on.ParamBytes-off.ParamBytes != want {
+			t.Errorf("%s: copies %d (want %d), parameters %d with them, %d without", arch, on.CopyBytes, want, on.ParamBytes, off.ParamBytes)
+		}
+		if on.GradBytes != off.GradBytes || on.OptimizerBytes != off.OptimizerBytes || on.ActivationBytes != off.ActivationBytes || off.WorkspaceBytes < on.WorkspaceBytes {
+			t.Errorf("%s: gradients, optimizer, activations or workspace differ beyond the copies: %+v / %+v", arch, on, off)
+		}
+		if on.TotalBytes-off.TotalBytes != want-(off.WorkspaceBytes-on.WorkspaceBytes) {
+			t.Errorf("%s: totals %d and %d", arch, on.TotalBytes, off.TotalBytes)
+		}
+		var says [2]bool
+		for i, p := range []*Plan{on, off} {
+			for _, r := range p.Rows {
+				says[i] = says[i] || strings.Contains(r.Detail, []string{"bf16 copies of the weights the matmuls read", "no bf16 copies of the weights"}[i])
+			}
+		}
+		if !says[0] || !says[1] {
+			t.Errorf("%s: the rows do not say which (%v)", arch, says)
+		}
+		for _, q := range []PlanOptions{{Device: "cpu"}, {Device: "cuda", Matmul: "fp32"}, {Device: "cuda", FrozenBase: true}, {Device: "cuda", Inference: true}} {
+			q.SeqLen, q.BatchSize = 64, 2
+			a, _ := ComputePlan(m.Cfg, q)
+			q.NoCopies = true
+			b, _ := ComputePlan(m.Cfg, q)
+			if a.TotalBytes != b.TotalBytes || a.CopyBytes != 0 {
+				t.Errorf("%s %+v: NoCopies changes a plan without copies (%d, %d)", arch, q, a.TotalBytes, b.TotalBytes)
+			}
+		}
 	}
 }

@@ -17,6 +17,7 @@ import (
 func newBenchCmd() *cobra.Command {
 	var (
 		modelDir, arch, device string
+		copies                 string
 		mask                   string
 		ratio                  float64
 		batch, seqLen, steps   int
@@ -69,6 +70,9 @@ random weights (--arch, e.g. testdata/configs/llama-42m.json), or, with
 			default:
 				return &exitError{2, fmt.Errorf("--mask %q: use bidirectional or annealed", mask)}
 			}
+			if err := benchCopies(cmd, be, m, copies, batch, seqLen, recompute); err != nil {
+				return err
+			}
 			r, err := convert.BenchStepVis(m, batch, seqLen, warmup, steps, seed, vis, recompute)
 			if err != nil {
 				return err
@@ -108,11 +112,37 @@ random weights (--arch, e.g. testdata/configs/llama-42m.json), or, with
 	f.IntVar(&steps, "steps", 10, "timed steps")
 	f.IntVar(&warmup, "warmup", 2, "untimed steps first")
 	f.BoolVar(&matmul, "matmul", false, "time matrix products instead")
+	f.StringVar(&copies, "bf16-copies", "auto", "cuda with bf16 matmuls: bf16 copies of the weights made once per step (on), a cast per product (off), auto: on when they fit the free memory")
 	f.BoolVar(&recompute, "recompute", false, "recompute each layer before its backward (keep only layer inputs)")
 	f.BoolVar(&asJSON, "json", false, "print JSON")
 	f.Uint64Var(&seed, "seed", 1, "seed of the random weights and tokens")
 	f.Float64Var(&peak, "peak-tflops", 989, "the device's peak TFLOP/s for the MFU (989: H100/H200 dense bf16)")
 	return cmd
+}
+
+// benchCopies settles --bf16-copies for the timed model as convert does,
+// with the plan of 'dllm plan --bench', saying so when auto drops them.
+func benchCopies(cmd *cobra.Command, be kernels.Backend, m *model.Model, setting string, batch, seqLen int, recompute bool) error {
+	if setting != "auto" && setting != "on" && setting != "off" {
+		return &exitError{2, fmt.Errorf("--bf16-copies %q: use auto, on or off", setting)}
+	}
+	o := convert.Defaults()
+	o.BatchSize, o.SeqLen, o.Recompute = batch, seqLen, recompute
+	dev, mm := model.PlanDevice(be)
+	avail, source := availableFor(be)
+	noCopies, _, note, err := convert.ChooseCopies(setting, func(off bool) (*model.Plan, error) {
+		q := o
+		q.BF16Copies = map[bool]string{false: "on", true: "off"}[off]
+		return model.ComputePlan(m.Cfg, benchPlanOptions(q, dev, mm))
+	}, avail, source)
+	if err != nil {
+		return &exitError{2, err}
+	}
+	if note != "" {
+		fmt.Fprintln(cmd.ErrOrStderr(), note)
+	}
+	m.SetBF16Copies(!noCopies)
+	return nil
 }
 
 // matmulShapes are 1024^3 and the products of a training step of the 42M

@@ -54,6 +54,7 @@ var convertUsage = map[string]string{
 	"device":          "auto, cpu or cuda",
 	"threads":         "CPU threads (0: all)",
 	"dtype":           "dtype of the exported weights: f32, bf16, f16 (default: the source's)",
+	"bf16-copies":     "full fine-tuning on CUDA with bf16 matmuls: bf16 copies of the weights made once per step (on, 2 bytes per weight), or a cast per product (off: same results, slower); auto: on when the run fits the device's free memory with them",
 	"eval-every":      "evaluate every N steps (default a tenth of --steps; 0: only at start and end)",
 	"eval-rows":       "held-out rows per evaluation",
 	"eval-mc":         "Monte-Carlo passes per evaluation",

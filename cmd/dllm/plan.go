@@ -52,6 +52,9 @@ plan before loading the weights.`,
 			if matmul != "bf16" && matmul != "fp32" {
 				return &exitError{2, fmt.Errorf("--matmul %q: use bf16 or fp32", matmul)}
 			}
+			if c := o.BF16Copies; c != "auto" && c != "on" && c != "off" {
+				return &exitError{2, fmt.Errorf("--bf16-copies %q: use auto, on or off", c)}
+			}
 			if kvCache && !inference {
 				return &exitError{2, fmt.Errorf("--kv-cache plans decoding: add --inference")}
 			}
@@ -60,8 +63,7 @@ plan before loading the weights.`,
 				p, err = model.ComputePlan(cfg, model.PlanOptions{SeqLen: o.SeqLen, BatchSize: o.BatchSize, Inference: true,
 					KVCache: kvCache, Device: device, Threads: o.Threads, Matmul: matmul})
 			} else if bench {
-				p, err = model.ComputePlan(cfg, model.PlanOptions{SeqLen: o.SeqLen, BatchSize: o.BatchSize, GradAccum: o.GradAccum,
-					Recompute: o.Recompute, Device: device, Threads: o.Threads, Matmul: matmul})
+				p, err = model.ComputePlan(cfg, benchPlanOptions(o, device, matmul))
 			} else {
 				p, err = convert.PlanOf(cfg, &o, device, matmul)
 			}
@@ -82,6 +84,21 @@ plan before loading the weights.`,
 				fmt.Fprintf(out, "  %-12s %12s  %s\n", r.Name, mib(r.Bytes), r.Detail)
 			}
 			fmt.Fprintf(out, "  %-12s %12s\n", "total", mib(p.TotalBytes))
+			if o.BF16Copies == "auto" && p.CopyBytes > 0 && !inference {
+				q := o
+				q.BF16Copies = "off"
+				var lean *model.Plan
+				if bench {
+					lean, err = model.ComputePlan(cfg, benchPlanOptions(q, device, matmul))
+				} else {
+					lean, err = convert.PlanOf(cfg, &q, device, matmul)
+				}
+				if err != nil {
+					return &exitError{2, err}
+				}
+				fmt.Fprintf(out, "  --bf16-copies auto: below %s free on the device the run drops the copies and needs %s (each product casts its weight)\n",
+					mib(p.TotalBytes), mib(lean.TotalBytes))
+			}
 			return nil
 		},
 	}
@@ -100,12 +117,19 @@ plan before loading the weights.`,
 		mm = "bf16"
 	}
 	f.StringVar(&matmul, "matmul", mm, "cuda: precision of matrix products, bf16 or fp32 (default $DLLM_CUDA_MATMUL, else bf16)")
+	f.StringVar(&o.BF16Copies, "bf16-copies", o.BF16Copies, "cuda, full fine-tuning: bf16 copies of the weights (on), a cast per product (off), auto: on when they fit")
 	f.IntVar(&o.Threads, "threads", 0, "CPU threads (0: all)")
 	f.BoolVar(&bench, "bench", false, "plan 'dllm bench' instead (no evaluation buffers)")
 	f.BoolVar(&inference, "inference", false, "plan forward passes only (eval, generate): weights, activations, workspace")
 	f.BoolVar(&kvCache, "kv-cache", false, "--inference: add a KV cache of --batch-size x --seq-len positions")
 	f.BoolVar(&asJSON, "json", false, "print JSON (total_bytes and each row)")
 	return cmd
+}
+
+// benchPlanOptions plan 'dllm bench': a training step without evaluation.
+func benchPlanOptions(o convert.Options, device, matmul string) model.PlanOptions {
+	return model.PlanOptions{SeqLen: o.SeqLen, BatchSize: o.BatchSize, GradAccum: o.GradAccum,
+		Recompute: o.Recompute, Device: device, Threads: o.Threads, Matmul: matmul, NoCopies: o.BF16Copies == "off"}
 }
 
 func mib(n int64) string {
