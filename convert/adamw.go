@@ -60,8 +60,10 @@ func newAdamW(set trainSet, beta1, beta2, eps, weightDecay float64, decayAll boo
 	for i, s := range set.layout.Specs {
 		d := decayAll || model.Decays(s.Name)
 		off := set.layout.Offsets[i]
-		if k := len(a.groups) - 1; k >= 0 && a.groups[k].decay == d && a.groups[k].off+a.groups[k].n == off {
-			a.groups[k].n += s.Elements()
+		// Tensors follow one another; a group spans the alignment padding
+		// between them (zero values and gradients: it stays zero).
+		if k := len(a.groups) - 1; k >= 0 && a.groups[k].decay == d {
+			a.groups[k].n = off + s.Elements() - a.groups[k].off
 			continue
 		}
 		a.groups = append(a.groups, paramGroup{off, s.Elements(), d})

@@ -81,7 +81,7 @@ func BenchStepVis(m *model.Model, B, L, warmup, steps int, seed uint64, vis kern
 	if math.IsNaN(loss) {
 		return BenchResult{}, fmt.Errorf("bench: loss is NaN")
 	}
-	n, active := m.Layout.Total, c.ActiveParamCount()
+	n, active := m.Layout.Values, c.ActiveParamCount()
 	tokens := float64(B * L)
 	flops := 6*float64(active)*tokens + 12*float64(c.Layers*L*c.QDim())*tokens
 	return BenchResult{Backend: be.Name(), Batch: B, SeqLen: L, Params: int64(n), ActiveParams: active, Steps: steps, MsPerStep: dt * 1e3,

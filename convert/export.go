@@ -179,7 +179,7 @@ func (r *run) modelCard() string {
 	fmt.Fprintf(&b, "# %s, converted to a masked-diffusion language model\n\n", filepath.Base(filepath.Clean(o.Source)))
 	fmt.Fprintf(&b, "Converted by `dllm convert` from `%s` with continued masked-diffusion training (%s).\n\n", o.Source, r.describeAttention())
 	fmt.Fprintf(&b, "| | |\n|---|---|\n")
-	fmt.Fprintf(&b, "| architecture | %s, %s parameters |\n", firstOf(r.m.Cfg.ArchitectureName, r.m.Cfg.ModelType), fmtCount(int64(r.m.Layout.Total)))
+	fmt.Fprintf(&b, "| architecture | %s, %s parameters |\n", firstOf(r.m.Cfg.ArchitectureName, r.m.Cfg.ModelType), fmtCount(int64(r.m.Layout.Values)))
 	fmt.Fprintf(&b, "| steps | %d (%s tokens) |\n", st.Step, fmtCount(st.TokensSeen))
 	fmt.Fprintf(&b, "| objective | shift %v, weighting %s, loss norm %s, t-min %g |\n", o.Shift, o.Weighting, o.LossNorm, o.TMin)
 	fmt.Fprintf(&b, "| optimizer | AdamW lr %g (%s, warmup %d, min %g), betas (%g, %g), weight decay %g, clip %g |\n",

@@ -87,7 +87,7 @@ func (r *run) setupLoRA() error {
 	r.m.SetAdapter(ad)
 	r.logf("LoRA: rank %d, alpha %g (scale %g), dropout %g on %s; %s trainable values of %s (%.3f%%)%s",
 		ad.Cfg.Rank, ad.Cfg.Alpha, ad.Cfg.Scale(), ad.Cfg.Dropout, strings.Join(ad.Cfg.Targets, ","),
-		fmtCount(int64(ad.Trainable())), fmtCount(int64(r.m.Layout.Total)), 100*float64(ad.Trainable())/float64(r.m.Layout.Total),
+		fmtCount(int64(ad.Trainable())), fmtCount(int64(r.m.Layout.Values)), 100*float64(ad.Trainable())/float64(r.m.Layout.Values),
 		map[bool]string{true: ", norms trained", false: ""}[ad.Cfg.TrainNorms])
 	if r.m.HalfHeld() {
 		r.logf("LoRA: the frozen base's matrices (%s values) held once in bf16 on the device, the rest in fp32", fmtCount(int64(r.m.Half.N)))

@@ -50,6 +50,7 @@ func PlanOf(cfg *model.Config, o *Options, device, matmul string) (*model.Plan, 
 		po.Trainable = func(string) bool { return false }
 		po.FrozenBase = true
 		po.ExtraTrainable = lc.TrainableCount(cfg, 1)
+		po.ExtraBuffer = lc.BufferLen(cfg, 1)
 		L := o.SeqLen
 		for _, rl := range po.RowLengths {
 			L = max(L, rl)

@@ -418,7 +418,7 @@ func (r *run) prepare() error {
 	}
 	r.logf("config:\n%s", cfgJSON)
 	r.logf("model: %s, %s parameters, vocab %d; data: %d train rows, %d eval rows of %d tokens; backend %s",
-		r.m.Cfg.ModelType, fmtCount(int64(r.m.Layout.Total)), r.m.Cfg.Vocab, r.data.Train.Rows(), r.data.Eval.Rows(), o.SeqLen, r.be.Name())
+		r.m.Cfg.ModelType, fmtCount(int64(r.m.Layout.Values)), r.m.Cfg.Vocab, r.data.Train.Rows(), r.data.Eval.Rows(), o.SeqLen, r.be.Name())
 	flags := os.O_CREATE | os.O_WRONLY | os.O_APPEND
 	if resumeDir == "" {
 		flags |= os.O_TRUNC

@@ -31,9 +31,10 @@ func (m *Model) enableCopies() {
 	}
 	h := copyTensors(m.Cfg, &blocks{Layers: m.Layers})
 	var n int
+	var offs []int
 	for _, s := range m.Layout.Specs {
 		if h[s.Name] {
-			n += s.Elements()
+			offs = append(offs, pack(&n, s.Elements()))
 		}
 	}
 	if n == 0 {
@@ -42,15 +43,12 @@ func (m *Model) enableCopies() {
 	if m.copies, ok = bw.AllocBF16(n); !ok {
 		return
 	}
-	off := 0
 	for i, p := range m.table {
 		if !h[p.Suffix] {
 			continue
 		}
-		k := m.Layout.Specs[i].Elements()
 		m.copyIn = append(m.copyIn, m.tensorBuf(i))
-		m.copyOut = append(m.copyOut, m.copies.Slice(off, k))
-		off += k
+		m.copyOut = append(m.copyOut, m.copies.Slice(offs[len(m.copyOut)], m.Layout.Specs[i].Elements()))
 	}
 	// Point the linears at their copies (W views match by address).
 	for _, l := range m.allLinears() {

@@ -272,16 +272,6 @@ func AdapterSpecs(c *Config, lc *LoRAConfig) []TensorSpec {
 	return out
 }
 
-func layoutOf(specs []TensorSpec) *Layout {
-	l := &Layout{Specs: specs, index: map[string]int{}}
-	for i, s := range specs {
-		l.index[s.Name] = i
-		l.Offsets = append(l.Offsets, l.Total)
-		l.Total += s.Elements()
-	}
-	return l
-}
-
 // NewLoRA allocates an adapter for m on m's backend, initialised as PEFT
 // does: A Kaiming-uniform (a = sqrt(5), so U(-1/sqrt(in), 1/sqrt(in))) from
 // seed, B zero, so the adapted model starts equal to m; trained rows and
@@ -373,7 +363,7 @@ func (a *LoRA) Free(be kernels.Backend) {
 }
 
 // Trainable is the number of trained values.
-func (a *LoRA) Trainable() int { return a.Layout.Total }
+func (a *LoRA) Trainable() int { return a.Layout.Values }
 
 // CopyInto writes the trained rows and norms into m's parameters, which
 // the forward reads.
@@ -540,6 +530,14 @@ func (lc *LoRAConfig) TrainableCount(c *Config, rows int) int64 {
 		n += int64(s.Elements())
 	}
 	return n
+}
+
+// BufferLen is the length of the buffers of an adapter of lc on cfg
+// (TrainableCount with each tensor's alignment padding).
+func (lc *LoRAConfig) BufferLen(c *Config, rows int) int64 {
+	l := *lc
+	l.TrainRows = make([]int, rows)
+	return int64(layoutOf(AdapterSpecs(c, &l)).Total)
 }
 
 // Bytes estimates what an adapter of lc adds in training on T tokens per

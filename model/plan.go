@@ -40,6 +40,9 @@ type PlanOptions struct {
 	// they keep for the backward.
 	ExtraTrainable       int64
 	ExtraActivationBytes int64
+	// ExtraBuffer is the length of the adapters' buffers (ExtraTrainable
+	// with each tensor's alignment padding); 0: ExtraTrainable.
+	ExtraBuffer int64
 	// FrozenBase: the base is loaded by LoadFrozen (LoRA). On CUDA with
 	// bf16 matmuls its linears' weights and untied lm_head are held once in
 	// bf16; Matmul "fp32" (DLLM_CUDA_MATMUL=fp32) keeps them float32.
@@ -125,27 +128,43 @@ func ComputePlan(cfg *Config, o PlanOptions) (*Plan, error) {
 		}
 		return n
 	}
-	var half map[string]bool
+	var half, copies map[string]bool
 	if o.FrozenBase && o.Device == "cuda" && o.Matmul != "fp32" {
 		half = halfTensors(cfg, b)
 	}
-	var halfN int64
-	for _, s := range cfg.Tensors() {
-		if half[s.Name] {
-			halfN += int64(s.Elements())
-		}
-	}
-	p.ParamBytes = buf(4*(p.Params-halfN)) + buf(2*halfN) + buf(4*o.ExtraTrainable)
 	// Full fine-tuning there keeps bf16 copies of the same weights (and of a
 	// tied head's matrix) for the products, made once per step.
-	var copyN int64
 	if o.CopiesApply() && !o.NoCopies {
-		half = copyTensors(cfg, b)
-		for _, s := range cfg.Tensors() {
-			if half[s.Name] {
-				copyN += int64(s.Elements())
-			}
+		copies = copyTensors(cfg, b)
+	}
+	// The buffers' lengths as the model lays them out (each tensor at an
+	// aligned offset, newModel, enableCopies, EnableGrads) and the counts.
+	var fp32Len, halfLen, copyLen, gradLen int
+	var halfN, copyN int64
+	for _, s := range cfg.Tensors() {
+		k := s.Elements()
+		if half[s.Name] {
+			pack(&halfLen, k)
+			halfN += int64(k)
+		} else {
+			pack(&fp32Len, k)
 		}
+		if copies[s.Name] {
+			pack(&copyLen, k)
+			copyN += int64(k)
+		}
+		if o.Trainable == nil || o.Trainable(s.Name) {
+			pack(&gradLen, k)
+		}
+	}
+	extraLen := o.ExtraBuffer
+	if extraLen == 0 {
+		extraLen = o.ExtraTrainable
+	}
+	trainLen := int64(gradLen) + extraLen
+	p.ParamBytes = buf(4*int64(fp32Len)) + buf(2*int64(halfLen)) + buf(4*extraLen)
+	if copies != nil {
+		half = copies // the products read them: no per-call casts
 	}
 	switch {
 	case halfN > 0:
@@ -165,13 +184,13 @@ func ComputePlan(cfg *Config, o PlanOptions) (*Plan, error) {
 		p.add("parameters", p.ParamBytes, fmt.Sprintf("%s fp32 (master weights)", fmtCount(p.Params)))
 	}
 	if copyN > 0 {
-		p.CopyBytes = buf(2 * copyN)
+		p.CopyBytes = buf(2 * int64(copyLen))
 		p.ParamBytes += p.CopyBytes
-		p.add("parameters", buf(2*copyN), fmt.Sprintf("%s bf16 copies of the weights the matmuls read, made once per step after AdamW", fmtCount(copyN)))
+		p.add("parameters", p.CopyBytes, fmt.Sprintf("%s bf16 copies of the weights the matmuls read, made once per step after AdamW", fmtCount(copyN)))
 	}
 	if !o.Inference {
-		p.GradBytes = buf(4 * p.Trainable)
-		p.OptimizerBytes = 2 * buf(4*p.Trainable)
+		p.GradBytes = buf(4 * trainLen)
+		p.OptimizerBytes = 2 * buf(4*trainLen)
 		p.add("gradients", p.GradBytes, fmt.Sprintf("%s trainable fp32", fmtCount(p.Trainable)))
 		p.add("optimizer", p.OptimizerBytes, "AdamW first and second moments, fp32")
 	}

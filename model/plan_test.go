@@ -130,9 +130,9 @@ func TestPlanCopiesOnOff(t *testing.T) {
 		}
 		o.NoCopies = true
 		off, _ := ComputePlan(m.Cfg, o)
-		var n int // every linear's weight and the head's matrix
+		var n int // every linear's weight and the head's matrix, aligned
 		for _, l := range m.allLinears() {
-			n += l.In * l.Out
+			pack(&n, l.In*l.Out)
 		}
 		want := int64(poolClass(uint64(2 * n)))
 		if on.CopyBytes != want || off.CopyBytes != 0 || on.ParamBytes-off.ParamBytes != want {
