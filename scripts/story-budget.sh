@@ -33,7 +33,7 @@ mkdir -p "$WORK"
 export_one() {
   local run=$RUNS/$1 d=$WORK/$1-$2
   [ -f "$d/final/model.safetensors" ] && return 0
-  [ -d "$run/checkpoint-$2" ] || { echo "no $run/checkpoint-$2 (the run has not reached step $2?)" >&2; exit 1; }
+  [ -d "$run/checkpoint-$2" ] || { echo "no $run/checkpoint-$2 (not reached yet, or removed by the run's --keep)" >&2; exit 1; }
   rm -rf "$d" && mkdir -p "$d"
   cp "$run/run_config.json" "$d/" && cp -r "$run/cache" "$run/checkpoint-$2" "$d/"
   nice -n 15 "$BIN" convert --out "$d" --resume --steps "$2" --threads "$THREADS" --quiet > "$d/convert.log" 2>&1 ||

@@ -7,6 +7,7 @@
 # OUT (keep each model's --json output there).
 # Below the table: how often the true continuation outscores each kind of
 # distractor (word-shuffled, swapped sentences, another story's sentences).
+# scripts/story-budget.sh: the same task over seeds and the long runs' budgets.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SRC=${SRC:-../shared/models/stories260K}
