@@ -124,7 +124,7 @@ if mcs:
         rs = runs(mcmodel, m)
         if rs:
             right = [[max(range(len(e["scores"])), key=e["scores"].__getitem__) == e["label"] for e in r["examples"]] for _, r in rs]
-            flips = sum(len(set(v)) > 1 for v in zip(*right))
-            print("| %s | %s | %s | %s | %d of %d | %s | %.0f |" % (m, ",".join(str(s) for s, _ in rs), cell(rs, "accuracy"),
-                  cell(rs, "accuracy_norm"), flips, len(right[0]), pooled(rs), statistics.mean(r["seconds"] for _, r in rs)))
+            flips = "%d of %d" % (sum(len(set(v)) > 1 for v in zip(*right)), len(right[0])) if len(rs) > 1 else "-"
+            print("| %s | %s | %s | %s | %s | %s | %.0f |" % (m, ",".join(str(s) for s, _ in rs), cell(rs, "accuracy"),
+                  cell(rs, "accuracy_norm"), flips, pooled(rs), statistics.mean(r["seconds"] for _, r in rs)))
 PY
