@@ -42,21 +42,11 @@ func halfTensors(c *Config, b *blocks) map[string]bool {
 // everything is float32, as Load. Tensors are read and uploaded one at a
 // time, so the device never holds a float32 copy of the bf16 ones.
 func LoadFrozen(dir string, be kernels.Backend, grow int) (*Model, error) {
-	cfg, err := LoadConfig(dir)
-	if err != nil {
-		return nil, err
-	}
-	r, err := safetensors.Open(dir)
+	cfg, r, tiedAs, err := openChecked(dir)
 	if err != nil {
 		return nil, err
 	}
 	defer r.Close()
-	problems, tiedAs := cfg.Check(r)
-	for _, p := range problems {
-		if p.Kind != "unexpected" {
-			return nil, fmt.Errorf("%s does not match its config.json: %s (run 'dllm inspect %s' for the full list)", dir, p, dir)
-		}
-	}
 	src := &frozenSource{dir: dir, vocab: cfg.Vocab, hidden: cfg.Hidden, tied: cfg.TieEmbeddings}
 	if grow > 0 {
 		cfg = grownConfig(cfg, grow)

@@ -202,21 +202,11 @@ func (m *Model) bind(buf kernels.Buf, grad bool) {
 
 // Load reads config.json and the weights of an HF model directory.
 func Load(dir string, be kernels.Backend) (*Model, error) {
-	cfg, err := LoadConfig(dir)
-	if err != nil {
-		return nil, err
-	}
-	r, err := safetensors.Open(dir)
+	cfg, r, tiedAs, err := openChecked(dir)
 	if err != nil {
 		return nil, err
 	}
 	defer r.Close()
-	problems, tiedAs := cfg.Check(r)
-	for _, p := range problems {
-		if p.Kind != "unexpected" {
-			return nil, fmt.Errorf("%s does not match its config.json: %s (run 'dllm inspect %s' for the full list)", dir, p, dir)
-		}
-	}
 	m := New(cfg, be)
 	if tiedAs == "lm_head" {
 		m.TiedAs = "lm_head"
@@ -225,6 +215,36 @@ func Load(dir string, be kernels.Backend) (*Model, error) {
 		return nil, err
 	}
 	return m, be.Err()
+}
+
+// OpenDir reads the config.json of the HF model directory dir and opens
+// its safetensors files; the caller closes r.
+func OpenDir(dir string) (*Config, *safetensors.Reader, error) {
+	cfg, err := LoadConfig(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	r, err := safetensors.Open(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	return cfg, r, nil
+}
+
+// openChecked is OpenDir refusing, in one line, weights that do not match
+// the config (extra tensors pass); tiedAs is Config.Check's.
+func openChecked(dir string) (cfg *Config, r *safetensors.Reader, tiedAs string, err error) {
+	if cfg, r, err = OpenDir(dir); err != nil {
+		return nil, nil, "", err
+	}
+	problems, tiedAs := cfg.Check(r)
+	for _, p := range problems {
+		if p.Kind != "unexpected" {
+			r.Close()
+			return nil, nil, "", fmt.Errorf("%s does not match its config.json: %s (run 'dllm inspect %s' for the full list)", dir, p, dir)
+		}
+	}
+	return cfg, r, tiedAs, nil
 }
 
 // LoadWeights copies every expected tensor of r into the parameter buffer.

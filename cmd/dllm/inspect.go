@@ -12,7 +12,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/dllm-dev/dllm/model"
-	"github.com/dllm-dev/dllm/safetensors"
 )
 
 type tensorRow struct {
@@ -94,11 +93,7 @@ func inspect(dir string, listTensors bool) (*inspectReport, error) {
 	} else if !st.IsDir() {
 		return nil, fmt.Errorf("%s is not a directory: point inspect at a model folder holding config.json and *.safetensors", dir)
 	}
-	cfg, err := model.LoadConfig(dir)
-	if err != nil {
-		return nil, err
-	}
-	r, err := safetensors.Open(dir)
+	cfg, r, err := model.OpenDir(dir)
 	if err != nil {
 		return nil, err
 	}
