@@ -2,7 +2,6 @@ package model
 
 import (
 	"fmt"
-	"math"
 
 	"github.com/dllm-dev/dllm/kernels"
 	"github.com/dllm-dev/dllm/safetensors"
@@ -70,7 +69,7 @@ func LoadFrozen(dir string, be kernels.Backend, grow int) (*Model, error) {
 		if v.Half && !m.halfNonFinite {
 			// What the device holds: a finite float32 can round to infinity.
 			for _, f := range dst {
-				if x := roundBF16(f); math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
+				if safetensors.BF16Bits(f)&0x7f80 == 0x7f80 { // all-ones exponent: Inf or NaN
 					m.halfNonFinite = true
 					break
 				}
@@ -148,15 +147,6 @@ func grownConfig(c *Config, n int) *Config {
 	g.Vocab += n
 	g.Raw["vocab_size"] = g.Vocab
 	return &g
-}
-
-// roundBF16 is f rounded to bfloat16 (nearest even) and widened back.
-func roundBF16(f float32) float32 {
-	b := math.Float32bits(f)
-	if b&0x7fffffff > 0x7f800000 {
-		return f
-	}
-	return math.Float32frombits((b + 0x7fff + (b>>16)&1) &^ 0xffff)
 }
 
 // HasNonFinite reports whether any parameter is NaN or infinite (for the

@@ -5,6 +5,7 @@ import (
 	"unsafe"
 
 	"github.com/dllm-dev/dllm/kernels"
+	"github.com/dllm-dev/dllm/safetensors"
 )
 
 var _ kernels.BF16Weights = (*Backend)(nil)
@@ -26,16 +27,6 @@ func (be *Backend) AllocBF16(n int) (kernels.Buf, bool) {
 	return kernels.Buf{Dev: a, N: n, Half: true}, true
 }
 
-// bf16Bits is cast_f32_bf16 (src/elementwise.cu) on the host: round to
-// nearest even, NaN kept a quiet NaN.
-func bf16Bits(f float32) uint16 {
-	b := math.Float32bits(f)
-	if b&0x7fffffff > 0x7f800000 {
-		return uint16(b>>16) | 0x40
-	}
-	return uint16((b + 0x7fff + (b>>16)&1) >> 16)
-}
-
 // halfChunk is how many values a bf16 upload or download converts at once.
 const halfChunk = 1 << 22
 
@@ -45,7 +36,7 @@ func (be *Backend) uploadHalf(dst kernels.Buf, src []float32) {
 	for off := 0; off < n && !be.failed.Load(); off += len(h) {
 		k := min(len(h), n-off)
 		for i, f := range src[off : off+k] {
-			h[i] = bf16Bits(f)
+			h[i] = safetensors.BF16Bits(f) // cast_f32_bf16 (src/elementwise.cu) on the host
 		}
 		a := dst.Dev + uintptr(off)*2
 		if err := be.call(func() error { return be.drv.htod(a, unsafe.Pointer(&h[0]), uintptr(k)*2) }); err != nil {
