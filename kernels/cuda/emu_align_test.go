@@ -74,17 +74,7 @@ func TestEmulatorAlignedViews(t *testing.T) {
 				}
 			}
 			train := func(copies bool) []float64 {
-				be := newEmuBackend(t, "bf16")
-				m, err := model.Load(dir, be)
-				if err != nil {
-					t.Fatal(err)
-				}
-				m.SetBF16Copies(copies)
-				m.EnableGrads()
-				p, err := model.ComputePlan(m.Cfg, model.PlanOptions{SeqLen: 8, BatchSize: 1, Device: "cuda", Matmul: "bf16", NoCopies: !copies})
-				if err != nil || p.ParamBytes+p.GradBytes != be.MemStats().InUse {
-					t.Errorf("plan: %d parameter and %d gradient bytes (%v), the pool holds %d", p.ParamBytes, p.GradBytes, err, be.MemStats().InUse)
-				}
+				m, be, _ := loadCopies(t, dir, copies)
 				if copies != (m.BF16Copies() > 0) {
 					t.Fatalf("bf16 copies: %d values, want them %v", m.BF16Copies(), copies)
 				}

@@ -101,20 +101,8 @@ func TestEmulatorBF16Copies(t *testing.T) {
 			dir := float32Copy(t, "../../testdata/tiny/"+arch)
 			var inUse [2]int64
 			run := func(copies bool) ([]float64, []float32) {
-				be := newEmuBackend(t, "bf16")
-				m, err := model.Load(dir, be)
-				if err != nil {
-					t.Fatal(err)
-				}
-				m.SetBF16Copies(copies)
-				m.EnableGrads()
-				// The plan's parameters (with or without the copies) and
-				// gradients are what the pool handed out.
-				p, err := model.ComputePlan(m.Cfg, model.PlanOptions{SeqLen: 8, BatchSize: 1, Device: "cuda", Matmul: "bf16", NoCopies: !copies})
+				m, be, p := loadCopies(t, dir, copies)
 				inUse[map[bool]int{false: 0, true: 1}[copies]] = be.MemStats().InUse
-				if err != nil || p.ParamBytes+p.GradBytes != be.MemStats().InUse {
-					t.Errorf("plan: %d parameter and %d gradient bytes (%v), the pool holds %d", p.ParamBytes, p.GradBytes, err, be.MemStats().InUse)
-				}
 				if copies && p.CopyBytes == 0 {
 					t.Error("the plan counts no bf16 copies")
 				}
@@ -157,4 +145,23 @@ func TestEmulatorBF16Copies(t *testing.T) {
 			}
 		})
 	}
+}
+
+// loadCopies loads dir on a bf16 emulator with the bf16 copies on or off
+// and gradients enabled, and checks that the plan's parameters (with or
+// without the copies) and gradients are what the pool handed out.
+func loadCopies(t *testing.T, dir string, copies bool) (*model.Model, *Backend, *model.Plan) {
+	t.Helper()
+	be := newEmuBackend(t, "bf16")
+	m, err := model.Load(dir, be)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.SetBF16Copies(copies)
+	m.EnableGrads()
+	p, err := model.ComputePlan(m.Cfg, model.PlanOptions{SeqLen: 8, BatchSize: 1, Device: "cuda", Matmul: "bf16", NoCopies: !copies})
+	if err != nil || p.ParamBytes+p.GradBytes != be.MemStats().InUse {
+		t.Errorf("plan: %d parameter and %d gradient bytes (%v), the pool holds %d", p.ParamBytes, p.GradBytes, err, be.MemStats().InUse)
+	}
+	return m, be, p
 }
