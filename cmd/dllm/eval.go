@@ -123,17 +123,18 @@ func runEval(cmd *cobra.Command, dir string, e *evalFlags) error {
 			e.seqLen = min(e.seqLen, cfg.MaxPositions)
 		}
 	}
+	var info diffusion.Info
+	if e.mode == "diffusion" {
+		if info, err = diffusion.InfoFrom(cfg); err != nil {
+			return fmt.Errorf("%v; --mode ar measures an AR model", err)
+		}
+	}
 	be, err := openBackend(e.device, e.threads, cmd.ErrOrStderr())
 	if err != nil {
 		return err
 	}
 	defer be.Close()
-	width := e.seqLen
-	if info, err := diffusion.InfoFrom(cfg); err == nil && e.mode == "diffusion" && info.BlockSize > 0 {
-		width *= 2
-	}
-	if err := checkMemory(be, cfg, model.PlanOptions{SeqLen: width, BatchSize: e.batch, Threads: e.threads},
-		fmt.Sprintf("the weights and activations of %d x %d tokens", e.batch, width), "lower --batch-size or --seq-len"); err != nil {
+	if err := checkScoring(be, cfg, info.BlockSize, e.batch, e.seqLen, e.threads); err != nil {
 		return err
 	}
 	if err := ck.LoadModel(be); err != nil {
@@ -159,10 +160,6 @@ func runEval(cmd *cobra.Command, dir string, e *evalFlags) error {
 		fmt.Fprintf(out, "AR cross-entropy %.4f nats/token (perplexity %.3f) over %d tokens in %d documents\n",
 			res.CrossEntropy, res.Perplexity, res.Tokens, res.Documents)
 		return nil
-	}
-	info, err := diffusion.InfoFrom(cfg)
-	if err != nil {
-		return fmt.Errorf("%v; --mode ar measures an AR model", err)
 	}
 	var c *corpus.Corpus
 	if e.sft {

@@ -163,12 +163,7 @@ func taskOne(cmd *cobra.Command, be kernels.Backend, tk *task.Task, dir, adapter
 			align := max(info.BlockSize, 32)
 			L = min(L, (n+align-1)/align*align)
 		}
-		width := L
-		if info.BlockSize > 0 {
-			width = 2 * L
-		}
-		if err := checkMemory(be, cfg, model.PlanOptions{SeqLen: width, BatchSize: e.batch, Threads: e.threads},
-			fmt.Sprintf("the weights and activations of %d x %d tokens", e.batch, width), "lower --batch-size or --seq-len"); err != nil {
+		if err := checkScoring(be, cfg, info.BlockSize, e.batch, L, e.threads); err != nil {
 			return taskRun{}, err
 		}
 	}

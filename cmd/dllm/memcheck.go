@@ -33,3 +33,15 @@ func checkMemory(be kernels.Backend, cfg *model.Config, o model.PlanOptions, wha
 	return fmt.Errorf("not enough memory: %s need %s (%s, workspace %s) but %s is available (%s): %s",
 		what, f(p.TotalBytes), parts, f(p.WorkspaceBytes), model.FormatBytes(avail), source, fix)
 }
+
+// checkScoring is checkMemory for eval's scoring passes: batch rows of
+// seqLen tokens, twice as wide for block models (the noisy sequence beside
+// the clean one).
+func checkScoring(be kernels.Backend, cfg *model.Config, blockSize, batch, seqLen, threads int) error {
+	width := seqLen
+	if blockSize > 0 {
+		width *= 2
+	}
+	return checkMemory(be, cfg, model.PlanOptions{SeqLen: width, BatchSize: batch, Threads: threads},
+		fmt.Sprintf("the weights and activations of %d x %d tokens", batch, width), "lower --batch-size or --seq-len")
+}
