@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/binary"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"slices"
@@ -95,19 +94,11 @@ func TestMemoryPlanRefusal(t *testing.T) {
 	final, src := filepath.Join(out, "final"), filepath.Join(moduleRoot(t), "testdata/tiny/llama")
 	defer func() { availableFor = model.Available }()
 	planned := func(args ...string) int64 {
-		stdout, stderr, err := dllm(t, append([]string{"plan", final, "--inference", "--threads", "1", "--json"}, args...)...)
-		if err != nil {
-			t.Fatalf("plan %v: %v\n%s", args, err, stderr)
+		p := planJSON(t, append([]string{final, "--inference", "--threads", "1"}, args...)...)
+		if p.TotalBytes <= 0 || (p.KVCacheBytes > 0) != slices.Contains(args, "--kv-cache") {
+			t.Fatalf("plan %v: %+v", args, p)
 		}
-		var p struct {
-			Total int64 `json:"total_bytes"`
-			KV    int64 `json:"kv_cache_bytes"`
-		}
-		json.Unmarshal([]byte(stdout), &p)
-		if p.Total <= 0 || (p.KV > 0) != slices.Contains(args, "--kv-cache") {
-			t.Fatalf("plan %v: %s", args, stdout)
-		}
-		return p.Total
+		return p.TotalBytes
 	}
 	for _, c := range []struct {
 		total int64

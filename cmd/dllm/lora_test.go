@@ -60,16 +60,8 @@ func TestPlanLoRA(t *testing.T) {
 	cfg := filepath.Join(t.TempDir(), "config.json")
 	os.WriteFile(cfg, []byte(`{"model_type":"qwen2","hidden_size":3584,"num_hidden_layers":28,"num_attention_heads":28,"num_key_value_heads":4,"intermediate_size":18944,"vocab_size":152064,"rms_norm_eps":1e-6,"rope_theta":1000000,"tie_word_embeddings":false,"max_position_embeddings":32768}`), 0o644)
 	total := func(extra ...string) (float64, int64) {
-		stdout, stderr, err := dllm(t, append([]string{"plan", cfg, "--seq-len", "2048", "--batch-size", "1", "--device", "cuda", "--recompute", "--json"}, extra...)...)
-		if err != nil {
-			t.Fatalf("plan %v: %v\n%s", extra, err, stderr)
-		}
-		var p struct {
-			Total     float64 `json:"total_bytes"`
-			Trainable int64   `json:"trainable_params"`
-		}
-		json.Unmarshal([]byte(stdout), &p)
-		return p.Total, p.Trainable
+		p := planJSON(t, append([]string{cfg, "--seq-len", "2048", "--batch-size", "1", "--device", "cuda", "--recompute"}, extra...)...)
+		return float64(p.TotalBytes), p.Trainable
 	}
 	lora, trained := total("--lora-rank", "16")
 	full, _ := total()

@@ -5,7 +5,23 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/dllm-dev/dllm/model"
 )
+
+// planJSON runs dllm plan ARGS --json and decodes its plan.
+func planJSON(t *testing.T, args ...string) model.Plan {
+	t.Helper()
+	stdout, stderr, err := dllm(t, append(append([]string{"plan"}, args...), "--json")...)
+	if err != nil {
+		t.Fatalf("plan %v: %v\n%s", args, err, stderr)
+	}
+	var p model.Plan
+	if err := json.Unmarshal([]byte(stdout), &p); err != nil {
+		t.Fatalf("plan %v: %v: %s", args, err, stdout)
+	}
+	return p
+}
 
 // TestPlanCommand: dllm plan on a bare config.json and on a model folder;
 // --json has total_bytes; --recompute plans less; bad flags are one line.
@@ -13,17 +29,7 @@ func TestPlanCommand(t *testing.T) {
 	root := moduleRoot(t)
 	qwen := filepath.Join(root, "testdata", "configs", "qwen2.5-7b.json")
 	total := func(args ...string) int64 {
-		out, _, err := dllm(t, append([]string{"plan", qwen, "--seq-len", "2048", "--batch-size", "1", "--device", "cuda", "--json"}, args...)...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var p struct {
-			TotalBytes int64 `json:"total_bytes"`
-			Params     int64 `json:"params"`
-		}
-		if err := json.Unmarshal([]byte(out), &p); err != nil {
-			t.Fatalf("%v: %s", err, out)
-		}
+		p := planJSON(t, append([]string{qwen, "--seq-len", "2048", "--batch-size", "1", "--device", "cuda"}, args...)...)
 		if p.Params != 7615616512 {
 			t.Errorf("Qwen2.5-7B has %d parameters, want 7615616512", p.Params)
 		}
