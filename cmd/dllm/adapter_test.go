@@ -280,17 +280,6 @@ func loraMoE(t *testing.T, arch string, targets []string) {
 	if moved == 0 || same == 0 || (experts && movedExperts == 0) {
 		t.Fatalf("%d adapted tensors moved (%d of experts), %d others kept", moved, movedExperts, same)
 	}
-	evalArgs := []string{"--data", data, "--mode", "diffusion", "--eval-fraction", "0.2", "--rows", "6", "--batch-size", "4",
-		"--seq-len", "32", "--mc", "3", "--seed", "9", "--threads", "2", "--json"}
-	nelbo := func(args ...string) float64 {
-		stdout, stderr, err := dllm(t, append(append([]string{"eval"}, args...), evalArgs...)...)
-		if err != nil {
-			t.Fatalf("eval %v: %v\n%s", args, err, stderr)
-		}
-		var ev struct{ NELBO float64 }
-		json.Unmarshal([]byte(stdout), &ev)
-		return ev.NELBO
-	}
 	// final/ is stored in the source's BF16, --adapter merges in fp32; the
 	// run moved the bound by far more than that.
 	var sum struct {
@@ -298,7 +287,7 @@ func loraMoE(t *testing.T, arch string, targets []string) {
 	}
 	raw, _ := os.ReadFile(filepath.Join(out, "summary.json"))
 	json.Unmarshal(raw, &sum)
-	m, ad := nelbo(final), nelbo(src, "--adapter", filepath.Join(final, "adapter"))
+	m, ad := adapterNELBO(t, data, final), adapterNELBO(t, data, src, "--adapter", filepath.Join(final, "adapter"))
 	if m == 0 || math.Abs(m-ad) > 1e-5*m || !(math.Abs(sum.Before.NELBO-m) > 1e-4*m) {
 		t.Fatalf("NELBO of final/ %v, of the source with --adapter %v, before the run %v", m, ad, sum.Before.NELBO)
 	}

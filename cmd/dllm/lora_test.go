@@ -9,26 +9,29 @@ import (
 	"testing"
 )
 
+// adapterNELBO is eval's diffusion NELBO of ARGS on data's held-out rows,
+// the setting the adapter tests compare final/ and --adapter in.
+func adapterNELBO(t *testing.T, data string, args ...string) float64 {
+	t.Helper()
+	stdout, stderr, err := dllm(t, append(append([]string{"eval"}, args...), "--data", data, "--mode", "diffusion", "--eval-fraction", "0.2",
+		"--rows", "6", "--batch-size", "4", "--seq-len", "32", "--mc", "3", "--seed", "9", "--threads", "2", "--json")...)
+	if err != nil {
+		t.Fatalf("eval %v: %v\n%s", args, err, stderr)
+	}
+	var ev struct{ NELBO float64 }
+	if err := json.Unmarshal([]byte(stdout), &ev); err != nil {
+		t.Fatal(err)
+	}
+	return ev.NELBO
+}
+
 // TestAdapterFlag: a LoRA conversion's PEFT adapter, merged into the source
 // on load by --adapter, evaluates and samples as the merged final/ does.
 func TestAdapterFlag(t *testing.T) {
 	out, data := convertTiny(t, "--lora-rank", "4", "--lora-alpha", "8", "--lr", "0.01")
 	src := filepath.Join(moduleRoot(t), "testdata/tiny/llama")
-	evalArgs := []string{"--data", data, "--mode", "diffusion", "--eval-fraction", "0.2", "--rows", "6", "--batch-size", "4",
-		"--seq-len", "32", "--mc", "3", "--seed", "9", "--threads", "2", "--json"}
-	nelbo := func(args ...string) float64 {
-		stdout, stderr, err := dllm(t, append(append([]string{"eval"}, args...), evalArgs...)...)
-		if err != nil {
-			t.Fatalf("eval %v: %v\n%s", args, err, stderr)
-		}
-		var ev struct{ NELBO float64 }
-		if err := json.Unmarshal([]byte(stdout), &ev); err != nil {
-			t.Fatal(err)
-		}
-		return ev.NELBO
-	}
-	merged := nelbo(filepath.Join(out, "final"))
-	adapted := nelbo(src, "--adapter", filepath.Join(out, "final", "adapter"))
+	merged := adapterNELBO(t, data, filepath.Join(out, "final"))
+	adapted := adapterNELBO(t, data, src, "--adapter", filepath.Join(out, "final", "adapter"))
 	if merged == 0 || math.Abs(merged-adapted) > 1e-5*merged {
 		t.Fatalf("NELBO of final/ %v, of the source with --adapter %v", merged, adapted)
 	}
