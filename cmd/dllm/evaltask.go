@@ -62,13 +62,8 @@ func runTask(cmd *cobra.Command, dir string, e *evalFlags) error {
 			return &exitError{2, fmt.Errorf("--extract: %v", err)}
 		}
 	}
-	fl := cmd.Flags()
-	if !fl.Changed("mc") {
-		e.mc = 32
-	}
-	if !fl.Changed("stratified") {
-		e.stratified = true
-	}
+	unlessGiven(cmd.Flags(), "mc", &e.mc, 32)
+	unlessGiven(cmd.Flags(), "stratified", &e.stratified, true)
 	be, err := openBackend(e.device, e.threads, cmd.ErrOrStderr())
 	if err != nil {
 		return err

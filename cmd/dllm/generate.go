@@ -342,28 +342,22 @@ func addSamplerFlags(f *pflag.FlagSet, s *samplerFlags, prefix string, genLen in
 // defaults sets the flags the user did not give from dir's
 // generation_config.json.
 func (s *samplerFlags) defaults(cmd *cobra.Command, dir string) {
-	d := diffusion.GenDefaults(dir)
-	changed := cmd.Flags().Changed
-	set := func(flag string, dst *int, v int) {
-		if !changed(flag) {
-			*dst = v
-		}
-	}
-	setF := func(flag string, dst *float64, v float64) {
-		if !changed(flag) {
-			*dst = v
-		}
-	}
-	set("gen-len", &s.genLen, d.GenLen)
-	set("steps", &s.steps, d.Steps)
-	set("block-len", &s.blockLen, d.BlockLen)
-	set("top-k", &s.topK, d.TopK)
-	setF("temperature", &s.temperature, d.Temperature)
-	setF("top-p", &s.topP, d.TopP)
-	setF("alg-temp", &s.algTemp, d.AlgTemp)
-	setF("threshold", &s.threshold, d.Threshold)
-	if !changed("alg") {
-		s.alg = string(d.Alg)
+	d, f := diffusion.GenDefaults(dir), cmd.Flags()
+	unlessGiven(f, "gen-len", &s.genLen, d.GenLen)
+	unlessGiven(f, "steps", &s.steps, d.Steps)
+	unlessGiven(f, "block-len", &s.blockLen, d.BlockLen)
+	unlessGiven(f, "top-k", &s.topK, d.TopK)
+	unlessGiven(f, "temperature", &s.temperature, d.Temperature)
+	unlessGiven(f, "top-p", &s.topP, d.TopP)
+	unlessGiven(f, "alg-temp", &s.algTemp, d.AlgTemp)
+	unlessGiven(f, "threshold", &s.threshold, d.Threshold)
+	unlessGiven(f, "alg", &s.alg, string(d.Alg))
+}
+
+// unlessGiven sets *dst to v when flag was not on the command line.
+func unlessGiven[T any](f *pflag.FlagSet, flag string, dst *T, v T) {
+	if !f.Changed(flag) {
+		*dst = v
 	}
 }
 
