@@ -123,8 +123,8 @@ random weights (--arch, e.g. testdata/configs/llama-42m.json), or, with
 // benchCopies settles --bf16-copies for the timed model as convert does,
 // with the plan of 'dllm plan --bench', saying so when auto drops them.
 func benchCopies(cmd *cobra.Command, be kernels.Backend, m *model.Model, setting string, batch, seqLen int, recompute bool) error {
-	if setting != "auto" && setting != "on" && setting != "off" {
-		return &exitError{2, fmt.Errorf("--bf16-copies %q: use auto, on or off", setting)}
+	if err := checkCopies(setting); err != nil {
+		return err
 	}
 	o := convert.Defaults()
 	o.BatchSize, o.SeqLen, o.Recompute = batch, seqLen, recompute

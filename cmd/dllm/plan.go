@@ -52,21 +52,23 @@ plan before loading the weights.`,
 			if matmul != "bf16" && matmul != "fp32" {
 				return &exitError{2, fmt.Errorf("--matmul %q: use bf16 or fp32", matmul)}
 			}
-			if c := o.BF16Copies; c != "auto" && c != "on" && c != "off" {
-				return &exitError{2, fmt.Errorf("--bf16-copies %q: use auto, on or off", c)}
+			if err := checkCopies(o.BF16Copies); err != nil {
+				return err
 			}
 			if kvCache && !inference {
 				return &exitError{2, fmt.Errorf("--kv-cache plans decoding: add --inference")}
 			}
-			var p *model.Plan
-			if inference {
-				p, err = model.ComputePlan(cfg, model.PlanOptions{SeqLen: o.SeqLen, BatchSize: o.BatchSize, Inference: true,
-					KVCache: kvCache, Device: device, Threads: o.Threads, Matmul: matmul})
-			} else if bench {
-				p, err = model.ComputePlan(cfg, benchPlanOptions(o, device, matmul))
-			} else {
-				p, err = convert.PlanOf(cfg, &o, device, matmul)
+			planOf := func(o convert.Options) (*model.Plan, error) {
+				switch {
+				case inference:
+					return model.ComputePlan(cfg, model.PlanOptions{SeqLen: o.SeqLen, BatchSize: o.BatchSize, Inference: true,
+						KVCache: kvCache, Device: device, Threads: o.Threads, Matmul: matmul})
+				case bench:
+					return model.ComputePlan(cfg, benchPlanOptions(o, device, matmul))
+				}
+				return convert.PlanOf(cfg, &o, device, matmul)
 			}
+			p, err := planOf(o)
 			if err != nil {
 				return &exitError{2, err}
 			}
@@ -87,12 +89,7 @@ plan before loading the weights.`,
 			if o.BF16Copies == "auto" && p.CopyBytes > 0 && !inference {
 				q := o
 				q.BF16Copies = "off"
-				var lean *model.Plan
-				if bench {
-					lean, err = model.ComputePlan(cfg, benchPlanOptions(q, device, matmul))
-				} else {
-					lean, err = convert.PlanOf(cfg, &q, device, matmul)
-				}
+				lean, err := planOf(q)
 				if err != nil {
 					return &exitError{2, err}
 				}
@@ -124,6 +121,14 @@ plan before loading the weights.`,
 	f.BoolVar(&kvCache, "kv-cache", false, "--inference: add a KV cache of --batch-size x --seq-len positions")
 	f.BoolVar(&asJSON, "json", false, "print JSON (total_bytes and each row)")
 	return cmd
+}
+
+// checkCopies refuses a --bf16-copies that is not auto, on or off.
+func checkCopies(setting string) error {
+	if setting != "auto" && setting != "on" && setting != "off" {
+		return &exitError{2, fmt.Errorf("--bf16-copies %q: use auto, on or off", setting)}
+	}
+	return nil
 }
 
 // benchPlanOptions plan 'dllm bench': a training step without evaluation.
