@@ -3,8 +3,9 @@ package model
 import (
 	"fmt"
 	"math"
-	"math/bits"
 	"runtime"
+
+	"github.com/dllm-dev/dllm/kernels"
 )
 
 // PlanOptions describe the run a memory plan is for: a training step of
@@ -124,7 +125,7 @@ func ComputePlan(cfg *Config, o PlanOptions) (*Plan, error) {
 	// One buffer each, rounded on the GPU to the pool's size class.
 	buf := func(n int64) int64 {
 		if o.Device == "cuda" && n > 0 {
-			return int64(poolClass(uint64(n)))
+			return int64(kernels.PoolClass(uint64(n)))
 		}
 		return n
 	}
@@ -280,29 +281,10 @@ func activationBytes(c *Config, layers []*Layer, B, L int, o ActOptions, pool, f
 	}
 	dev := 4*floats + 4*5*int64(T) // the float and the int arena
 	if pool {
-		dev = int64(poolClass(uint64(4*floats))) + int64(poolClass(uint64(4*5*T)))
+		dev = int64(kernels.PoolClass(uint64(4*floats))) + int64(kernels.PoolClass(uint64(4*5*T)))
 	}
 	host := 4 * 8 * int64(T) // IDs, Pos, Docs, Rows, Targets, Weights, row losses and hits
 	return dev + host
-}
-
-// poolClass mirrors the CUDA pool's size classes (kernels/cuda/pool.go):
-// multiples of 256 bytes up to 1 MiB, then four classes per power of two
-// up to 64 MiB, then multiples of 2 MiB.
-func poolClass(n uint64) uint64 {
-	const small, large, grain = 1 << 20, 64 << 20, 2 << 20
-	if n <= 256 {
-		return 256
-	}
-	if n <= small {
-		return (n + 255) &^ 255
-	}
-	if n > large {
-		return (n + grain - 1) &^ (grain - 1)
-	}
-	e := bits.Len64(n - 1)
-	step := uint64(1) << (e - 3)
-	return (n + step - 1) &^ (step - 1)
 }
 
 // cpuWorkspaceBytes mirrors kernels/cpu's per-worker buffers: an A panel
@@ -327,11 +309,11 @@ func bf16CopyBytes(c *Config, b *blocks, T int, training, frozen, fp32, headLogi
 			return
 		}
 		count := map[uint64]int{}
-		sb := poolClass(uint64(m * k * 2))
+		sb := kernels.PoolClass(uint64(m * k * 2))
 		count[sb]++
 		pair := sb
 		if !bHalf {
-			sa := poolClass(uint64(k * n * 2))
+			sa := kernels.PoolClass(uint64(k * n * 2))
 			count[sa]++
 			pair += sa
 		}
@@ -372,7 +354,7 @@ func bf16CopyBytes(c *Config, b *blocks, T int, training, frozen, fp32, headLogi
 			}
 		}
 		for _, n := range sizes {
-			need[poolClass(uint64(n))]++
+			need[kernels.PoolClass(uint64(n))]++
 		}
 	} else {
 		lin(&b.Head, T, headHalf)

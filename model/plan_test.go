@@ -3,6 +3,8 @@ package model
 import (
 	"strings"
 	"testing"
+
+	"github.com/dllm-dev/dllm/kernels"
 )
 
 // TestPlanIsTheArena: the plan's activations are exactly what
@@ -66,8 +68,8 @@ func TestPlanCUDA(t *testing.T) {
 		t.Errorf("cuda plan: parameters %d (cpu %d), workspace %d", c.ParamBytes, h.ParamBytes, c.WorkspaceBytes)
 	}
 	for _, n := range []uint64{1, 256, 257, 1 << 20, 1<<20 + 1, 3 << 20} {
-		if cl := poolClass(n); cl < n || cl > n+n/4+256 {
-			t.Errorf("poolClass(%d) = %d", n, cl)
+		if cl := kernels.PoolClass(n); cl < n || cl > n+n/4+256 {
+			t.Errorf("kernels.PoolClass(%d) = %d", n, cl)
 		}
 	}
 }
@@ -134,7 +136,7 @@ func TestPlanCopiesOnOff(t *testing.T) {
 		for _, l := range m.allLinears() {
 			pack(&n, l.In*l.Out)
 		}
-		want := int64(poolClass(uint64(2 * n)))
+		want := int64(kernels.PoolClass(uint64(2 * n)))
 		if on.CopyBytes != want || off.CopyBytes != 0 || on.ParamBytes-off.ParamBytes != want {
 			t.Errorf("%s: copies %d (want %d), parameters %d with them, %d without", arch, on.CopyBytes, want, on.ParamBytes, off.ParamBytes)
 		}

@@ -3,33 +3,15 @@ package cuda
 import (
 	"errors"
 	"fmt"
-	"math/bits"
 	"sort"
 	"sync"
+
+	"github.com/dllm-dev/dllm/kernels"
 )
 
-// sizeClass rounds a request up to the size the pool allocates: multiples
-// of 256 bytes up to 1 MiB, then four classes per power of two (1.25, 1.5,
-// 1.75 and 2 times the power below) up to 64 MiB, so at most a quarter is
-// wasted; larger blocks (the parameters, the activation arena, a 7B
-// model's biggest scratch) are rounded to 2 MiB only, where a quarter
-// would waste gigabytes. A cached block is handed out again for the same
-// class only.
-func sizeClass(n uintptr) uintptr {
-	const small, large, grain = 1 << 20, 64 << 20, 2 << 20
-	if n <= 256 {
-		return 256
-	}
-	if n <= small {
-		return (n + 255) &^ 255
-	}
-	if n > large {
-		return (n + grain - 1) &^ (grain - 1)
-	}
-	e := bits.Len64(uint64(n - 1)) // 2^(e-1) <= n-1 < 2^e
-	step := uintptr(1) << (e - 3)
-	return (n + step - 1) &^ (step - 1)
-}
+// sizeClass is kernels.PoolClass: a cached block is handed out again for
+// the same class only.
+func sizeClass(n uintptr) uintptr { return uintptr(kernels.PoolClass(uint64(n))) }
 
 // pool is a caching allocator of device memory: freed blocks are kept by
 // size class and handed out again, so a training step allocates nothing
