@@ -68,13 +68,7 @@ func TestEmulatorLoRAGradients(t *testing.T) {
 				}
 				a.Upload(be)
 				vis := kernels.Visibility{Mode: kernels.Bidirectional}
-				m.Forward(a, vis)
-				loss, _ := m.Loss(a, float64(len(rows)), true)
-				if err := m.Backward(a, vis); err != nil {
-					t.Fatal(err)
-				}
-				g := make([]float32, ad.Grads.N)
-				be.Download(g, ad.Grads)
+				loss, g := lossAndGrads(t, m, a, vis, len(rows), ad.Grads)
 				if err := be.Err(); err != nil {
 					t.Fatal(err)
 				}
@@ -170,13 +164,7 @@ func TestEmulatorLoRABF16Base(t *testing.T) {
 					}
 					a.Upload(be)
 					be.Zero(ad.Grads)
-					m.Forward(a, vis)
-					loss, _ := m.Loss(a, float64(len(rows)), true)
-					if err := m.Backward(a, vis); err != nil {
-						t.Fatal(err)
-					}
-					g := make([]float32, ad.Grads.N)
-					be.Download(g, ad.Grads)
+					loss, g := lossAndGrads(t, m, a, vis, len(rows), ad.Grads)
 					res.losses, res.grads = append(res.losses, loss), append(res.grads, g)
 					bc1, bc2 := 1-math.Pow(0.9, float64(step)), 1-math.Pow(0.999, float64(step))
 					be.AdamWStep(ad.Params, ad.Grads, mom, vel, ad.Params.N, kernels.AdamW{LR: 0.02, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8,
@@ -358,4 +346,18 @@ func TestEmulatorLoRAConvert(t *testing.T) {
 	if adapted == 0 || frozen == 0 {
 		t.Errorf("%d adapted and %d frozen tensors checked", adapted, frozen)
 	}
+}
+
+// lossAndGrads runs a's forward, its loss over n rows and the backward,
+// and returns the loss and the gradients in grads (an adapter's).
+func lossAndGrads(t *testing.T, m *model.Model, a *model.Activations, vis kernels.Visibility, n int, grads kernels.Buf) (float64, []float32) {
+	t.Helper()
+	m.Forward(a, vis)
+	loss, _ := m.Loss(a, float64(n), true)
+	if err := m.Backward(a, vis); err != nil {
+		t.Fatal(err)
+	}
+	g := make([]float32, grads.N)
+	m.BE.Download(g, grads)
+	return loss, g
 }
