@@ -127,11 +127,11 @@ func (be *Backend) Zero(b kernels.Buf) {
 // Copy copies min(dst.N, src.N) values between device buffers; into a bf16
 // buffer it rounds float32 values as Upload does.
 func (be *Backend) Copy(dst, src kernels.Buf) {
-	if n := min(dst.N, src.N); n > 0 && dst.Half && !src.Half {
+	switch n := min(dst.N, src.N); {
+	case n <= 0:
+	case dst.Half && !src.Half:
 		be.cast(kCastBF16, dst.Dev, src.Dev, n)
-		return
-	}
-	if n := min(dst.N, src.N); n > 0 && !be.halfOperand("Copy", dst, src) {
+	case !be.halfOperand("Copy", dst, src):
 		be.async(func() error { return be.drv.dtod(dst.Dev, src.Dev, uintptr(n)*4) })
 	}
 }
