@@ -98,7 +98,7 @@ func ChooseCopies(setting string, plan func(noCopies bool) (*model.Plan, error),
 
 // checkFits runs the plan before anything is allocated and refuses, in one
 // line, a run that does not fit, naming the options that would. It settles
-// --bf16-copies (r.copies, r.noCopies) with the same plan.
+// --bf16-copies (r.copies) with the same plan.
 func (r *run) checkFits(cfg *model.Config) error {
 	dev, mm := model.PlanDevice(r.be)
 	avail, source := availableFor(r.be)
@@ -113,7 +113,7 @@ func (r *run) checkFits(cfg *model.Config) error {
 		return err
 	}
 	if po := (model.PlanOptions{Device: dev, Matmul: mm, FrozenBase: r.opt.LoRARank > 0}); po.CopiesApply() {
-		r.noCopies, r.copies = noCopies, map[bool]string{false: "on", true: "off"}[noCopies]
+		r.copies = map[bool]string{false: "on", true: "off"}[noCopies]
 	}
 	if note != "" {
 		r.logf("%s", note)

@@ -70,8 +70,7 @@ type run struct {
 	adam *AdamW
 	// --bf16-copies as checkFits resolved it ("on", "off"; "" where no
 	// copies apply).
-	copies   string
-	noCopies bool
+	copies string
 	// MoE: the load-balancing loss's coefficient, and this step's aux loss
 	// and tokens per expert (sparse layer x expert) over its micro-batches.
 	auxCoef float64
@@ -335,7 +334,7 @@ func (r *run) prepare() error {
 			}
 		}
 	} else {
-		r.m.SetBF16Copies(!r.noCopies)
+		r.m.SetBF16Copies(r.copies != "off")
 		r.m.EnableGrads()
 	}
 	if me := r.m.Cfg.MoE; me != nil {
