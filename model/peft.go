@@ -213,11 +213,7 @@ func (p *PEFTAdapter) Merge(m *Model) (*Model, error) {
 		return nil, fmt.Errorf("--adapter %s: %w", p.Dir, err)
 	}
 	defer r.Close()
-	need := p.Vocab
-	for _, row := range p.TrainRows {
-		need = max(need, row+1)
-	}
-	if need > m.Cfg.Vocab {
+	if need := p.vocab(); need > m.Cfg.Vocab {
 		g, err := m.GrowVocab(need - m.Cfg.Vocab)
 		if err != nil {
 			return nil, err
@@ -325,7 +321,6 @@ func MergeLoRA(be kernels.Backend, W kernels.Buf, A, B []float32, out, in, r int
 	defer fp32Products(be)()
 	be.Upload(ab, A)
 	be.Upload(bb, B)
-	defer fp32Products(be)()
 	be.MatMul(ba, bb, ab, out, in, r, false, false, 0)
 	be.Scale(ba, scale, out*in)
 	be.Add(W, W, ba, out*in)
@@ -338,9 +333,15 @@ func (p *PEFTAdapter) Describe(c *Config) {
 	if p.DLLM != nil {
 		c.DLLM = p.DLLM
 	}
+	c.Vocab = max(c.Vocab, p.vocab())
+}
+
+// vocab is the vocabulary the adapter needs: its own, and room for its
+// trained rows.
+func (p *PEFTAdapter) vocab() int {
 	need := p.Vocab
 	for _, r := range p.TrainRows {
 		need = max(need, r+1)
 	}
-	c.Vocab = max(c.Vocab, need)
+	return need
 }
