@@ -117,12 +117,7 @@ func runEval(cmd *cobra.Command, dir string, e *evalFlags) error {
 	if e.mode == "ar" && cfg.DLLM != nil {
 		fmt.Fprintf(cmd.ErrOrStderr(), "note: %s is a diffusion model; --mode ar scores it as a causal next-token predictor, which is not what it was trained for (use --mode diffusion)\n", dir)
 	}
-	if e.seqLen <= 0 {
-		e.seqLen = 512
-		if cfg.MaxPositions > 0 {
-			e.seqLen = min(e.seqLen, cfg.MaxPositions)
-		}
-	}
+	e.seqLen = evalSeqLen(cfg, e.seqLen)
 	var info diffusion.Info
 	if e.mode == "diffusion" {
 		if info, err = diffusion.InfoFrom(cfg); err != nil {
@@ -225,4 +220,16 @@ func runEval(cmd *cobra.Command, dir string, e *evalFlags) error {
 		fmt.Fprintf(out, "masked-token accuracy at t=%.2f: %.4f (%d masked tokens)\n", a.T, a.Accuracy, a.Masked)
 	}
 	return nil
+}
+
+// evalSeqLen is --seq-len, or when not given 512 tokens within the
+// model's context.
+func evalSeqLen(cfg *model.Config, seqLen int) int {
+	if seqLen > 0 {
+		return seqLen
+	}
+	if cfg.MaxPositions > 0 {
+		return min(512, cfg.MaxPositions)
+	}
+	return 512
 }

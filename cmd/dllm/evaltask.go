@@ -141,13 +141,7 @@ func taskOne(cmd *cobra.Command, be kernels.Backend, tk *task.Task, dir, adapter
 			return taskRun{}, fmt.Errorf("%v; --mode ar measures an AR model", err)
 		}
 	}
-	L := e.seqLen
-	if L <= 0 {
-		L = 512
-		if cfg.MaxPositions > 0 {
-			L = min(L, cfg.MaxPositions)
-		}
-	}
+	L := evalSeqLen(cfg, e.seqLen)
 	if tk.Format != task.Gen {
 		if !cmd.Flags().Changed("seq-len") {
 			// Rows as short as the longest segment: attention costs grow with L.
