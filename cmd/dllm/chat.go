@@ -35,12 +35,13 @@ func openChat(cmd *cobra.Command, dir string, g *generateFlags) (*chatSession, e
 		return nil, err
 	}
 	g.defaults(cmd, ck.Find("generation_config.json"))
-	ct, err := tokenizer.LoadChatTemplate(ck.Find("tokenizer_config.json"), g.chatTemplate)
+	tdir := ck.Find("tokenizer_config.json")
+	ct, err := tokenizer.LoadChatTemplate(tdir, g.chatTemplate)
 	if err != nil {
 		return nil, err
 	}
 	if ct == nil {
-		return nil, fmt.Errorf("%s has no chat_template in tokenizer_config.json: pass --chat-template FILE", ck.Find("tokenizer_config.json"))
+		return nil, fmt.Errorf("%s has no chat_template in tokenizer_config.json: pass --chat-template FILE", tdir)
 	}
 	s := &chatSession{g: g, tok: ck.Tok, ct: ct, cfg: ck.Cfg}
 	if !g.ar {

@@ -171,12 +171,13 @@ func taskOne(cmd *cobra.Command, be kernels.Backend, tk *task.Task, dir, adapter
 		eos := append([]int32(nil), ck.EOS...)
 		var prompt func(string) ([]int32, error)
 		if tf.chat || tf.chatTemplate != "" {
-			ct, err := tokenizer.LoadChatTemplate(ck.Find("tokenizer_config.json"), tf.chatTemplate)
+			tdir := ck.Find("tokenizer_config.json")
+			ct, err := tokenizer.LoadChatTemplate(tdir, tf.chatTemplate)
 			if err != nil {
 				return run, err
 			}
 			if ct == nil {
-				return run, &exitError{2, fmt.Errorf("%s has no chat_template in tokenizer_config.json: pass --chat-template FILE", ck.Find("tokenizer_config.json"))}
+				return run, &exitError{2, fmt.Errorf("%s has no chat_template in tokenizer_config.json: pass --chat-template FILE", tdir)}
 			}
 			if id, ok := tok.ID(ct.EndOfTurn()); ok && ct.EndOfTurn() != "" {
 				eos = append(eos, int32(id))
