@@ -171,10 +171,6 @@ too (one message per line, answers only on stdout).`,
 	f.StringVar(&g.system, "system", "", "system message at the start of the conversation")
 	f.StringVar(&g.chatTemplate, "chat-template", "", "Jinja chat template file (default: DIR's tokenizer_config.json)")
 	addDecodeFlags(f, &g)
-	f.BoolVar(&g.noCache, "no-cache", false, "block models: recompute finished blocks every step")
-	f.StringVar(&g.device, "device", "auto", "auto, cpu or cuda")
-	f.IntVar(&g.threads, "threads", 0, "CPU threads (0: all)")
-	adapterFlag(f, &g.adapter)
 	return cmd
 }
 

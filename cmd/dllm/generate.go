@@ -56,14 +56,10 @@ Defaults come from the model's generation_config.json.
 	f.IntVar(&g.batch, "batch", 1, "samples at once")
 	f.BoolVar(&g.stopAtEOS, "stop-at-eos", false, "cut each sample at its first end-of-sequence token")
 	f.BoolVar(&g.show, "show", false, "draw the denoising live in the terminal")
-	f.BoolVar(&g.noCache, "no-cache", false, "block models: recompute finished blocks every step")
 	f.BoolVar(&g.asJSON, "json", false, "print JSON")
-	f.StringVar(&g.device, "device", "auto", "auto, cpu or cuda")
-	f.IntVar(&g.threads, "threads", 0, "CPU threads (0: all)")
 	f.BoolVar(&g.chat, "chat", false, "render the prompt as a user message with the chat template and its generation prompt; print only the answer, cut at the end of the turn")
 	f.StringVar(&g.system, "system", "", "--chat: system message before the prompt")
 	f.StringVar(&g.chatTemplate, "chat-template", "", "--chat: Jinja chat template file (default: DIR's tokenizer_config.json)")
-	adapterFlag(f, &g.adapter)
 	return cmd
 }
 
@@ -311,11 +307,16 @@ func showStep(w io.Writer, tok *tokenizer.Tokenizer, mask int32, promptLen int) 
 	}
 }
 
-// addDecodeFlags declares the decoding flags generate and chat share.
+// addDecodeFlags declares the decoding, device and adapter flags generate
+// and chat share.
 func addDecodeFlags(f *pflag.FlagSet, g *generateFlags) {
 	f.BoolVar(&g.ar, "ar", false, "autoregressive decoding with a KV cache (for AR source models)")
 	addSamplerFlags(f, &g.samplerFlags, "", diffusion.DefaultGenLen)
 	f.Uint64Var(&g.seed, "seed", 0, "random seed")
+	f.BoolVar(&g.noCache, "no-cache", false, "block models: recompute finished blocks every step")
+	f.StringVar(&g.device, "device", "auto", "auto, cpu or cuda")
+	f.IntVar(&g.threads, "threads", 0, "CPU threads (0: all)")
+	adapterFlag(f, &g.adapter)
 }
 
 // samplerFlags are the sampler settings of generate, chat and eval --task.
