@@ -24,3 +24,14 @@ func PoolClass(n uint64) uint64 {
 	step := uint64(1) << (e - 3)
 	return (n + step - 1) &^ (step - 1)
 }
+
+// HeadChunkFloats is the most logits kernels/cuda's HeadLoss holds at once
+// (128 MiB).
+const HeadChunkFloats = 1 << 25
+
+// HeadCols is the width of that HeadLoss's vocabulary chunks (and what the
+// plan counts) for rows rows of at most maxFloats logits: a multiple of
+// 128 columns (128 where fewer fit), at most vocab.
+func HeadCols(rows, vocab, maxFloats int) int {
+	return min(vocab, max(128, (maxFloats/rows)/128*128))
+}

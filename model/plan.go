@@ -342,10 +342,7 @@ func bf16CopyBytes(c *Config, b *blocks, T int, training, frozen, fp32, headLogi
 		// (whole multiples of 128 columns), per-row stats, bf16 x and W
 		// (W not when held in bf16).
 		V, H := c.Vocab, c.Hidden
-		cols := min(V, ((1<<25)/T/128)*128)
-		if (1<<25)/T < 128 {
-			cols = min(V, 128)
-		}
+		cols := kernels.HeadCols(T, V, kernels.HeadChunkFloats)
 		sizes := []int{T * cols * 4, T * 5 * 4}
 		if !fp32 {
 			sizes = append(sizes, T*H*2)

@@ -59,8 +59,8 @@ type Backend struct {
 	mu     sync.Mutex
 	err    error
 	pool   *pool
-	// headChunk overrides headChunkFloats (tests: several chunks on small
-	// shapes).
+	// headChunk overrides kernels.HeadChunkFloats (tests: several chunks
+	// on small shapes).
 	headChunk int
 }
 

@@ -4,15 +4,6 @@ import "github.com/dllm-dev/dllm/kernels"
 
 var _ kernels.HeadLoss = (*Backend)(nil)
 
-// headChunkFloats is the most logits HeadLoss holds at once (128 MiB).
-const headChunkFloats = 1 << 25
-
-// headCols is the width of HeadLoss's vocabulary chunks: a multiple of 128
-// columns, at most max floats for the rows.
-func headCols(rows, vocab, max int) int {
-	return min(vocab, ((max/rows)/128)*128+128*boolInt(max/rows < 128))
-}
-
 func boolInt(b bool) int {
 	if b {
 		return 1
@@ -37,12 +28,12 @@ func (be *Backend) HeadLoss(loss, correct, dx, dW, x, W kernels.Buf, targets ker
 	}
 	maxFloats := be.headChunk
 	if maxFloats == 0 {
-		maxFloats = headChunkFloats
+		maxFloats = kernels.HeadChunkFloats
 	}
 	// Scratch is sized by x's capacity in rows, not by this call's rows: the
 	// same blocks serve every step, however many rows each one scores.
 	rcap := x.N / hidden
-	vc := headCols(rcap, vocab, maxFloats)
+	vc := kernels.HeadCols(rcap, vocab, maxFloats)
 	chunk := be.scratch(rcap * vc * 4)
 	stats := be.scratch(rcap * 5 * 4)
 	if chunk == 0 || stats == 0 {
