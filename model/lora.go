@@ -523,21 +523,21 @@ func (a *LoRA) backwardRows(m *Model, act *Activations, xs kernels.Buf) {
 // TrainableCount is the number of values an adapter of lc trains on cfg
 // (rows: how many embedding rows).
 func (lc *LoRAConfig) TrainableCount(c *Config, rows int) int64 {
-	l := *lc
-	l.TrainRows = make([]int, rows)
-	var n int64
-	for _, s := range AdapterSpecs(c, &l) {
-		n += int64(s.Elements())
-	}
-	return n
+	return int64(lc.layout(c, rows).Values)
 }
 
 // BufferLen is the length of the buffers of an adapter of lc on cfg
 // (TrainableCount with each tensor's alignment padding).
 func (lc *LoRAConfig) BufferLen(c *Config, rows int) int64 {
+	return int64(lc.layout(c, rows).Total)
+}
+
+// layout is the buffer layout of an adapter of lc on c training rows
+// embedding rows.
+func (lc *LoRAConfig) layout(c *Config, rows int) *Layout {
 	l := *lc
 	l.TrainRows = make([]int, rows)
-	return int64(layoutOf(AdapterSpecs(c, &l)).Total)
+	return layoutOf(AdapterSpecs(c, &l))
 }
 
 // Bytes estimates what an adapter of lc adds in training on T tokens per
