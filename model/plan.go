@@ -236,7 +236,7 @@ func ComputePlan(cfg *Config, o PlanOptions) (*Plan, error) {
 		p.WorkspaceBytes = cpuWorkspaceBytes(threads, longest)
 		p.add("workspace", p.WorkspaceBytes, fmt.Sprintf("GEMM packing and attention scores of %d workers, visibility mask", threads))
 	} else {
-		copies, cached := bf16CopyBytes(cfg, b, o.BatchSize*longest, !o.Inference, o.FrozenBase, o.Matmul == "fp32", o.HeadLogits, half)
+		copies, cached := bf16CopyBytes(cfg, b, o.BatchSize*longest, &o, half)
 		p.WorkspaceBytes = cached
 		detail := fmt.Sprintf("bf16 copies of matmul operands (largest pair %s)", FormatBytes(float64(copies)))
 		if len(half) > 0 {
@@ -302,7 +302,8 @@ func cpuWorkspaceBytes(threads, L int) int64 {
 // operand copies and what the pool keeps cached: one block per size class,
 // two where one product needs two of a class. A weight in half (held in
 // bf16) needs no copy.
-func bf16CopyBytes(c *Config, b *blocks, T int, training, frozen, fp32, headLogits bool, half map[string]bool) (largest, cached int64) {
+func bf16CopyBytes(c *Config, b *blocks, T int, o *PlanOptions, half map[string]bool) (largest, cached int64) {
+	training, frozen, fp32 := !o.Inference, o.FrozenBase, o.Matmul == "fp32"
 	need := map[uint64]int{}
 	product := func(m, n, k int, bHalf bool) {
 		if fp32 {
@@ -337,7 +338,7 @@ func bf16CopyBytes(c *Config, b *blocks, T int, training, frozen, fp32, headLogi
 		}
 	}
 	headHalf := half[LMHeadName] || half[EmbedName] && c.TieEmbeddings
-	if training && !headLogits {
+	if training && !o.HeadLogits {
 		// kernels/cuda HeadLoss: logits in chunks of at most 2^25 floats
 		// (whole multiples of 128 columns), per-row stats, bf16 x and W
 		// (W not when held in bf16).
