@@ -32,9 +32,11 @@ func (m *Model) enableCopies() {
 	h := copyTensors(m.Cfg, &blocks{Layers: m.Layers})
 	var n int
 	var offs []int
-	for _, s := range m.Layout.Specs {
+	var ins []kernels.Buf
+	for i, s := range m.Layout.Specs {
 		if h[s.Name] {
 			offs = append(offs, pack(&n, s.Elements()))
+			ins = append(ins, m.tensorBuf(i))
 		}
 	}
 	if n == 0 {
@@ -43,12 +45,9 @@ func (m *Model) enableCopies() {
 	if m.copies, ok = bw.AllocBF16(n); !ok {
 		return
 	}
-	for i, p := range m.table {
-		if !h[p.Suffix] {
-			continue
-		}
-		m.copyIn = append(m.copyIn, m.tensorBuf(i))
-		m.copyOut = append(m.copyOut, m.copies.Slice(offs[len(m.copyOut)], m.Layout.Specs[i].Elements()))
+	m.copyIn = ins
+	for j, in := range ins {
+		m.copyOut = append(m.copyOut, m.copies.Slice(offs[j], in.N))
 	}
 	// Point the linears at their copies (W views match by address).
 	for _, l := range m.allLinears() {
