@@ -60,7 +60,7 @@ func (c *LoRAConfig) Validate() error {
 // last name component, Mixtral's expert w1/w3/w2 as gate/up/down_proj. A
 // MoE router ("mlp.gate") and shared-expert gate answer to none.
 func targetOf(name string) string {
-	last := name[strings.LastIndex(name, ".")+1:]
+	last := lastName(name)
 	switch last {
 	case "w1":
 		return "gate_proj"
@@ -71,6 +71,9 @@ func targetOf(name string) string {
 	}
 	return last
 }
+
+// lastName is a module path's last component.
+func lastName(path string) string { return path[strings.LastIndex(path, ".")+1:] }
 
 // adaptedLinears lists, per layer and in the layer's order, the linears
 // the targets adapt: on a mixture-of-experts model gate/up/down_proj are

@@ -39,8 +39,7 @@ func (a *LoRA) PEFTConfig(base string, c *Config) map[string]any {
 		seen := map[string]bool{}
 		for _, s := range a.Layout.Specs {
 			if strings.Contains(s.Name, "norm") {
-				n := strings.TrimSuffix(s.Name, ".weight")
-				n = n[strings.LastIndex(n, ".")+1:]
+				n := lastName(strings.TrimSuffix(s.Name, ".weight"))
 				if !seen[n] {
 					seen[n] = true
 					modules = append(modules, n)
@@ -71,7 +70,7 @@ func (a *LoRA) modules() []string {
 	var out []string
 	for _, ls := range a.Layers {
 		for _, l := range ls {
-			if n := l.mod[strings.LastIndex(l.mod, ".")+1:]; !slices.Contains(out, n) {
+			if n := lastName(l.mod); !slices.Contains(out, n) {
 				out = append(out, n)
 			}
 		}
