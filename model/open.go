@@ -51,7 +51,7 @@ func Open(dir string, o OpenOptions) (*Checkpoint, error) {
 	tokDir := dir
 	if o.Adapter != "" {
 		if c.adapter, err = LoadPEFT(o.Adapter); err != nil {
-			return nil, err
+			return nil, &AdapterError{err}
 		}
 		c.adapter.Describe(cfg)
 		tokDir = c.Find("tokenizer.json")
@@ -79,6 +79,13 @@ func Open(dir string, o OpenOptions) (*Checkpoint, error) {
 	}
 	return c, nil
 }
+
+// AdapterError is Open's refusal of OpenOptions.Adapter (the folder is not
+// a LoRA adapter dllm can apply); its message is the wrapped error's.
+type AdapterError struct{ Err error }
+
+func (e *AdapterError) Error() string { return e.Err.Error() }
+func (e *AdapterError) Unwrap() error { return e.Err }
 
 // LoadModel reads the weights onto be.
 func (c *Checkpoint) LoadModel(be kernels.Backend) error {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -105,7 +106,8 @@ func runGenerate(cmd *cobra.Command, dir string, g *generateFlags) error {
 	}
 	ck, err := model.Open(dir, model.OpenOptions{NoTokenizer: g.ids != "", Adapter: g.adapter})
 	if err != nil {
-		if g.ids == "" && !strings.HasPrefix(err.Error(), "--adapter") {
+		var ae *model.AdapterError
+		if g.ids == "" && !errors.As(err, &ae) {
 			return fmt.Errorf("%v (or give the prompt as --ids)", err)
 		}
 		return err

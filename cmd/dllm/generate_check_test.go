@@ -139,3 +139,24 @@ func TestMemoryPlanRefusal(t *testing.T) {
 		}
 	}
 }
+
+// TestGenerateOpenHint: a folder generate cannot open gets the hint that
+// --ids needs no tokenizer; an --adapter refusal, which --ids does not
+// mend, does not.
+func TestGenerateOpenHint(t *testing.T) {
+	src := filepath.Join(moduleRoot(t), "testdata/tiny/llama")
+	noTok := t.TempDir()
+	b, err := os.ReadFile(filepath.Join(src, "config.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(noTok, "config.json"), b, 0o644)
+	const hint = "(or give the prompt as --ids)"
+	if _, _, err := dllm(t, "generate", noTok, "--prompt", "hi"); err == nil || !strings.HasSuffix(err.Error(), hint) {
+		t.Errorf("no tokenizer.json: %v; want the %q hint", err, hint)
+	}
+	_, _, err = dllm(t, "generate", src, "--prompt", "hi", "--adapter", t.TempDir())
+	if err == nil || !strings.HasPrefix(err.Error(), "--adapter ") || strings.Contains(err.Error(), "--ids") {
+		t.Errorf("a folder that is no adapter: %v; want the --adapter refusal without the --ids hint", err)
+	}
+}
