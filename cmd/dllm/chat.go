@@ -35,13 +35,9 @@ func openChat(cmd *cobra.Command, dir string, g *generateFlags) (*chatSession, e
 		return nil, err
 	}
 	g.defaults(cmd, ck.Find("generation_config.json"))
-	tdir := ck.Find("tokenizer_config.json")
-	ct, err := tokenizer.LoadChatTemplate(tdir, g.chatTemplate)
+	ct, err := loadChatTemplate(ck.Find("tokenizer_config.json"), g.chatTemplate)
 	if err != nil {
 		return nil, err
-	}
-	if ct == nil {
-		return nil, fmt.Errorf("%s has no chat_template in tokenizer_config.json: pass --chat-template FILE", tdir)
 	}
 	s := &chatSession{g: g, tok: ck.Tok, ct: ct, cfg: ck.Cfg}
 	if !g.ar {

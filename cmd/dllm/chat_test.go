@@ -126,14 +126,19 @@ func TestChatCommands(t *testing.T) {
 		}
 		os.WriteFile(filepath.Join(bare, en.Name()), b, 0o644)
 	}
-	for _, args := range [][]string{
-		{"generate", bare, "--chat", "--prompt", "hi"},
-		{"chat", bare},
-		{"eval", bare, "--data", data, "--sft"},
+	// (eval --sft: corpus' refusal of a "messages" row, exit 1.)
+	for _, c := range []struct {
+		args []string
+		code int
+	}{
+		{[]string{"generate", bare, "--chat", "--prompt", "hi"}, 2},
+		{[]string{"chat", bare}, 2},
+		{[]string{"eval", bare, "--task", writeFile(t, "g.jsonl", `{"prompt": "a", "answer": "b"}`), "--chat"}, 2},
+		{[]string{"eval", bare, "--data", data, "--sft"}, 1},
 	} {
-		_, _, err := dllm(t, args...)
-		if err == nil || !strings.Contains(err.Error(), "pass --chat-template") || strings.Contains(err.Error(), "\n") {
-			t.Errorf("%v: %v", args, err)
+		_, _, err := dllm(t, c.args...)
+		if err == nil || !strings.Contains(err.Error(), "pass --chat-template") || strings.Contains(err.Error(), "\n") || exitCode(err) != c.code {
+			t.Errorf("%v: %v (exit %d); want one line saying to pass --chat-template, exit %d", c.args, err, exitCode(err), c.code)
 		}
 	}
 }

@@ -78,7 +78,7 @@ func runTask(cmd *cobra.Command, dir string, e *evalFlags) error {
 	for _, j := range jobs {
 		r, err := taskOne(cmd, be, tk, j.dir, j.adapter, j.mode, extract, e)
 		if err != nil {
-			return fmt.Errorf("%s: %v", j.dir, err)
+			return fmt.Errorf("%s: %w", j.dir, err) // %w: the exit code of an exitError
 		}
 		runs = append(runs, r)
 	}
@@ -171,13 +171,9 @@ func taskOne(cmd *cobra.Command, be kernels.Backend, tk *task.Task, dir, adapter
 		eos := append([]int32(nil), ck.EOS...)
 		var prompt func(string) ([]int32, error)
 		if tf.chat || tf.chatTemplate != "" {
-			tdir := ck.Find("tokenizer_config.json")
-			ct, err := tokenizer.LoadChatTemplate(tdir, tf.chatTemplate)
+			ct, err := loadChatTemplate(ck.Find("tokenizer_config.json"), tf.chatTemplate)
 			if err != nil {
 				return run, err
-			}
-			if ct == nil {
-				return run, &exitError{2, fmt.Errorf("%s has no chat_template in tokenizer_config.json: pass --chat-template FILE", tdir)}
 			}
 			if id, ok := tok.ID(ct.EndOfTurn()); ok && ct.EndOfTurn() != "" {
 				eos = append(eos, int32(id))

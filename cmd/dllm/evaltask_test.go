@@ -126,17 +126,18 @@ func TestEvalTaskErrors(t *testing.T) {
 	for _, c := range []struct {
 		args []string
 		want string
+		code int
 	}{
-		{[]string{"eval", src, "--task", filepath.Join(t.TempDir(), "none.jsonl")}, "--task"},
-		{[]string{"eval", src, "--task", tk, "--data", tk}, "not both"},
-		{[]string{"eval", src, "--task", tk, "--mode", "diffusion"}, "--mode ar"},
-		{[]string{"eval", src, "--task", writeFile(t, "bad.jsonl", `{"x": 1}`)}, "--task-format"},
-		{[]string{"eval", src, "--task", writeFile(t, "g.jsonl", `{"prompt": "a", "answer": "b"}`), "--extract", "("}, "--extract"},
-		{[]string{"eval", src, "--task", writeFile(t, "g2.jsonl", `{"prompt": "a", "answer": "b"}`), "--chat"}, "--chat-template"},
+		{[]string{"eval", src, "--task", filepath.Join(t.TempDir(), "none.jsonl")}, "--task", 2},
+		{[]string{"eval", src, "--task", tk, "--data", tk}, "not both", 2},
+		{[]string{"eval", src, "--task", tk, "--mode", "diffusion"}, "--mode ar", 1},
+		{[]string{"eval", src, "--task", writeFile(t, "bad.jsonl", `{"x": 1}`)}, "--task-format", 2},
+		{[]string{"eval", src, "--task", writeFile(t, "g.jsonl", `{"prompt": "a", "answer": "b"}`), "--extract", "("}, "--extract", 2},
+		{[]string{"eval", src, "--task", writeFile(t, "g2.jsonl", `{"prompt": "a", "answer": "b"}`), "--chat"}, "--chat-template", 2},
 	} {
 		_, _, err := dllm(t, c.args...)
-		if err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "\n") {
-			t.Errorf("%v: error %v, want one line mentioning %q", c.args[3:], err, c.want)
+		if err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "\n") || exitCode(err) != c.code {
+			t.Errorf("%v: error %v (exit %d), want one line mentioning %q, exit %d", c.args[3:], err, exitCode(err), c.want, c.code)
 		}
 	}
 }

@@ -41,11 +41,15 @@ func main() {
 	if err == nil {
 		return
 	}
-	code := 1
+	fmt.Fprintf(os.Stderr, "dllm: %v\n", err)
+	os.Exit(exitCode(err))
+}
+
+// exitCode is an exitError's code (2: bad input), else 1.
+func exitCode(err error) int {
 	var ee *exitError
 	if errors.As(err, &ee) {
-		code = ee.code
+		return ee.code
 	}
-	fmt.Fprintf(os.Stderr, "dllm: %v\n", err)
-	os.Exit(code)
+	return 1
 }

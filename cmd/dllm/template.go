@@ -39,12 +39,9 @@ apply_chat_template(tokenize=False) does, and prints the text and nothing else.`
 			if err != nil {
 				return fmt.Errorf("%s: %v", messages, err)
 			}
-			ct, err := tokenizer.LoadChatTemplate(args[0], override)
+			ct, err := loadChatTemplate(args[0], override)
 			if err != nil {
 				return err
-			}
-			if ct == nil {
-				return fmt.Errorf("%s has no chat_template in tokenizer_config.json: pass --chat-template FILE", args[0])
 			}
 			s, err := ct.Render(msgs, genPrompt)
 			if err != nil {
@@ -59,4 +56,14 @@ apply_chat_template(tokenize=False) does, and prints the text and nothing else.`
 	f.BoolVar(&genPrompt, "generation-prompt", false, "end with the template's assistant prompt (add_generation_prompt)")
 	f.StringVar(&override, "chat-template", "", "Jinja file (or JSON with chat_template) to use instead of DIR's template")
 	return cmd
+}
+
+// loadChatTemplate is tokenizer.LoadChatTemplate refusing a model without
+// a template when no override is given (bad input: exit 2).
+func loadChatTemplate(dir, override string) (*tokenizer.ChatTemplate, error) {
+	ct, err := tokenizer.LoadChatTemplate(dir, override)
+	if err == nil && ct == nil {
+		err = &exitError{2, fmt.Errorf("%s has no chat_template in tokenizer_config.json: pass --chat-template FILE", dir)}
+	}
+	return ct, err
 }

@@ -93,5 +93,8 @@ func TestTemplateCommand(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), c.want) || out != "" {
 			t.Errorf("%v: %q, %v; want error %q", c.args, out, err, c.want)
 		}
+		if strings.Contains(c.want, "--chat-template") && exitCode(err) != 2 {
+			t.Errorf("%v: exit %d, want 2 (bad input)", c.args, exitCode(err))
+		}
 	}
 }
