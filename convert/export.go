@@ -115,11 +115,7 @@ func (r *run) exportMerged(tmp string) error {
 	}
 	m := r.m
 	dt := r.exportDType()
-	fetch := m.FetchFrom(m.Params)
-	if r.lora() {
-		fetch = r.ad.MergedFetch(m)
-	}
-	if _, err := safetensors.Write(tmp, m.ExportSpecs(), fetch, safetensors.WriteOptions{DType: dt}); err != nil {
+	if err := r.exportWeights(tmp, dt); err != nil {
 		return fmt.Errorf("export weights: %w", err)
 	}
 	cfg := map[string]any{}
@@ -144,6 +140,24 @@ func (r *run) exportMerged(tmp string) error {
 		}
 	}
 	return writeJSON(filepath.Join(tmp, "generation_config.json"), r.generationConfig())
+}
+
+// exportWeights writes the weights into tmp: the parameters, or with LoRA
+// the merged ones, which read the source files through one reader.
+func (r *run) exportWeights(tmp string, dt safetensors.DType) error {
+	m := r.m
+	fetch, closeSrc := m.FetchFrom(m.Params), func() error { return nil }
+	if r.lora() {
+		var err error
+		if fetch, closeSrc, err = r.ad.OpenMerged(m); err != nil {
+			return err
+		}
+	}
+	_, err := safetensors.Write(tmp, m.ExportSpecs(), fetch, safetensors.WriteOptions{DType: dt})
+	if cerr := closeSrc(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // generationConfig keeps the source's generation_config.json and adds the

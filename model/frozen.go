@@ -15,7 +15,7 @@ import (
 // written each step), a tied head (the embedding), norms and biases stay
 // float32. The products are bit-identical to casting float32 weights per
 // call; what changes is the memory. An export reads the base from the
-// source files (m.source), never the rounded copy.
+// source files (m.OpenSource), never the rounded copy.
 
 // halfTensors are the tensors a frozen base holds in bf16: every layer
 // linear's weight (a mixture of experts' router, experts and shared-expert
@@ -76,17 +76,7 @@ func LoadFrozen(dir string, be kernels.Backend, grow int) (*Model, error) {
 			}
 		}
 	}
-	m.source = func(name string, dst []float32) error {
-		if name == LMHeadName && m.Cfg.TieEmbeddings {
-			name = EmbedName
-		}
-		r, err := safetensors.Open(dir)
-		if err != nil {
-			return err
-		}
-		defer r.Close()
-		return src.read(r, name, dst)
-	}
+	m.source = src
 	return m, be.Err()
 }
 
@@ -179,12 +169,23 @@ func (m *Model) tensorBuf(i int) kernels.Buf {
 	return m.Half.Slice(^m.place[i], n)
 }
 
-// SourceFetch reads the float32 values the model was loaded with (export
-// names, as ExportSpecs): from the source files for a LoadFrozen model, else
+// OpenSource reads the float32 values the model was loaded with (export
+// names, as ExportSpecs) until closed: for a LoadFrozen model out of one
+// reader of the source files (opened here, its headers parsed once), else
 // from the device.
-func (m *Model) SourceFetch() safetensors.Fetch {
-	if m.source != nil {
-		return m.source
+func (m *Model) OpenSource() (safetensors.Fetch, func() error, error) {
+	if m.source == nil {
+		return m.FetchFrom(m.Params), func() error { return nil }, nil
 	}
-	return m.FetchFrom(m.Params)
+	r, err := safetensors.Open(m.source.dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	fetch := func(name string, dst []float32) error {
+		if name == LMHeadName && m.Cfg.TieEmbeddings {
+			name = EmbedName
+		}
+		return m.source.read(r, name, dst)
+	}
+	return fetch, r.Close, nil
 }

@@ -385,12 +385,16 @@ func (a *LoRA) CopyInto(m *Model) {
 // A, B and embedding rows yes, norms no.
 func (a *LoRA) Decays(name string) bool { return !strings.Contains(name, "norm") }
 
-// MergedFetch reads m's tensors with the adapter merged, W + (alpha/r) B A
+// OpenMerged reads m's tensors with the adapter merged, W + (alpha/r) B A
 // in float32 (B A on the backend), and the trained rows and norms as the
-// adapter holds them. Names are as in m.ExportSpecs. W is the source's
-// value (m.SourceFetch), never a bf16 copy the device holds.
-func (a *LoRA) MergedFetch(m *Model) safetensors.Fetch {
-	base := m.SourceFetch()
+// adapter holds them, until closed. Names are as in m.ExportSpecs. W is the
+// source's value (m.OpenSource: the source files are opened once), never a
+// bf16 copy the device holds.
+func (a *LoRA) OpenMerged(m *Model) (safetensors.Fetch, func() error, error) {
+	base, closeBase, err := m.OpenSource()
+	if err != nil {
+		return nil, nil, err
+	}
 	return func(name string, dst []float32) error {
 		if err := base(name, dst); err != nil {
 			return err
@@ -435,7 +439,7 @@ func (a *LoRA) MergedFetch(m *Model) safetensors.Fetch {
 			dst[i] += float32(s * delta[i])
 		}
 		return m.BE.Err()
-	}
+	}, closeBase, nil
 }
 
 // SetAdapter freezes m's base (no gradient buffer, no dW in any linear)

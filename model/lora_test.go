@@ -224,7 +224,7 @@ func TestAdapterInit(t *testing.T) {
 // PEFT folder, checks its names and config, merges it into a fresh copy of
 // the base and compares every tensor with W + (alpha/r) B A computed here
 // in float64 (and untouched tensors bit for bit); the export path
-// (MergedFetch) must give the same.
+// (OpenMerged) must give the same.
 func TestPEFTRoundTrip(t *testing.T) {
 	be := cpu.New(1)
 	for _, name := range []string{"llama", "qwen2"} {
@@ -351,7 +351,11 @@ func TestPEFTRoundTrip(t *testing.T) {
 		if merged.Cfg.Vocab != c.Vocab+1 {
 			t.Fatalf("merged vocab %d, want %d", merged.Cfg.Vocab, c.Vocab+1)
 		}
-		fetch := a.MergedFetch(g)
+		fetch, closeFetch, err := a.OpenMerged(g)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer closeFetch()
 		for _, s := range merged.Layout.Specs {
 			v, _ := merged.Layout.View(merged.Params, s.Name)
 			got := make([]float32, v.N)

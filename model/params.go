@@ -110,7 +110,7 @@ type Model struct {
 	// With Half: tensor i sits at place[i] in Params, or at ^place[i] in Half.
 	place         []int
 	halfNonFinite bool
-	source        safetensors.Fetch // LoadFrozen: the source's values
+	source        *frozenSource // LoadFrozen: where the source's values are
 }
 
 // blocks are the model's blocks for cfg, without views.

@@ -176,13 +176,24 @@ func TestEmulatorLoRABF16Base(t *testing.T) {
 					q := m.Layers[0].Attn.Q.W
 					held, src := make([]float32, q.N), make([]float32, q.N)
 					be.Download(held, q)
-					m.SourceFetch()(model.LayerPrefix(0)+"self_attn.q_proj.weight", src)
+					fetch, closeSrc, err := m.OpenSource()
+					if err != nil {
+						t.Fatal(err)
+					}
+					if err := fetch(model.LayerPrefix(0)+"self_attn.q_proj.weight", src); err != nil {
+						t.Fatal(err)
+					}
+					closeSrc()
 					for i := range held {
 						res.rounded = res.rounded || held[i] != src[i]
 					}
 				}
 				res.merged = map[string][]float32{}
-				fetch := ad.MergedFetch(m)
+				fetch, closeFetch, err := ad.OpenMerged(m)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer closeFetch()
 				for _, s := range m.ExportSpecs() {
 					n := 1
 					for _, d := range s.Shape {
