@@ -149,7 +149,7 @@ func (r *run) saveCheckpoint() (string, error) {
 		if err := r.ad.WritePEFT(tmp, r.opt.Source, m); err != nil {
 			return "", fmt.Errorf("checkpoint adapter: %w", err)
 		}
-	} else if _, err := safetensors.Write(tmp, m.ExportSpecs(), m.FetchFrom(m.Params), safetensors.WriteOptions{DType: safetensors.F32}); err != nil {
+	} else if _, err := safetensors.Write(tmp, m.ExportSpecs(), m.ParamFetch(), safetensors.WriteOptions{DType: safetensors.F32}); err != nil {
 		return "", fmt.Errorf("checkpoint weights: %w", err)
 	}
 	if err := r.adam.Save(tmp); err != nil {

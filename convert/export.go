@@ -146,7 +146,7 @@ func (r *run) exportMerged(tmp string) error {
 // the merged ones, which read the source files through one reader.
 func (r *run) exportWeights(tmp string, dt safetensors.DType) error {
 	m := r.m
-	fetch, closeSrc := m.FetchFrom(m.Params), func() error { return nil }
+	fetch, closeSrc := m.ParamFetch(), func() error { return nil }
 	if r.lora() {
 		var err error
 		if fetch, closeSrc, err = r.ad.OpenMerged(m); err != nil {

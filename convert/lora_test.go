@@ -249,7 +249,7 @@ func TestLoRAResume(t *testing.T) {
 	names := f.Names()
 	f.Close()
 	m, _ := model.Load(srcCopy, cpu.New(1))
-	fetch := m.FetchFrom(m.Params)
+	fetch := m.ParamFetch()
 	changed := func(name string, dst []float32) error {
 		if err := fetch(name, dst); err != nil {
 			return err

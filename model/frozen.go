@@ -175,7 +175,7 @@ func (m *Model) tensorBuf(i int) kernels.Buf {
 // from the device.
 func (m *Model) OpenSource() (safetensors.Fetch, func() error, error) {
 	if m.source == nil {
-		return m.FetchFrom(m.Params), func() error { return nil }, nil
+		return m.ParamFetch(), func() error { return nil }, nil
 	}
 	r, err := safetensors.Open(m.source.dir)
 	if err != nil {

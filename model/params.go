@@ -352,21 +352,25 @@ func (m *Model) ExportSpecs() []safetensors.Spec {
 	return out
 }
 
-// FetchFrom returns a safetensors.Fetch reading tensors out of buf (the
-// parameters, or an optimizer state with the same layout).
+// ParamFetch reads the model's parameters (export names, as ExportSpecs)
+// where they are held: float32, or bf16 (HalfHeld) widened.
+func (m *Model) ParamFetch() safetensors.Fetch {
+	return m.fetch(m.Tensor)
+}
+
+// FetchFrom reads tensors out of buf, a buffer laid out as m.Layout (an
+// optimizer state): never the parameters, which a HalfHeld model does not
+// hold in that layout (ParamFetch reads those).
 func (m *Model) FetchFrom(buf kernels.Buf) safetensors.Fetch {
-	params := m.place != nil && buf.Dev == m.Params.Dev && buf.N == m.Params.N // a bf16-holding model's parameters
+	return m.fetch(func(name string) (kernels.Buf, bool) { return m.Layout.View(buf, name) })
+}
+
+func (m *Model) fetch(view func(string) (kernels.Buf, bool)) safetensors.Fetch {
 	return func(name string, dst []float32) error {
 		if name == LMHeadName && m.Cfg.TieEmbeddings {
 			name = EmbedName
 		}
-		var v kernels.Buf
-		var ok bool
-		if params {
-			v, ok = m.Tensor(name)
-		} else {
-			v, ok = m.Layout.View(buf, name)
-		}
+		v, ok := view(name)
 		if !ok {
 			return fmt.Errorf("no parameter %q", name)
 		}

@@ -44,7 +44,7 @@ func oddModel(t *testing.T, arch string) string {
 	m := model.New(cfg, cpu.New(1))
 	m.InitRandom(11)
 	dir := t.TempDir()
-	if _, err := safetensors.Write(dir, m.ExportSpecs(), m.FetchFrom(m.Params), safetensors.WriteOptions{}); err != nil {
+	if _, err := safetensors.Write(dir, m.ExportSpecs(), m.ParamFetch(), safetensors.WriteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "config.json"), b, 0o644); err != nil {

@@ -187,6 +187,32 @@ func TestEmulatorLoRABF16Base(t *testing.T) {
 					for i := range held {
 						res.rounded = res.rounded || held[i] != src[i]
 					}
+					// ParamFetch reads what the device holds, bf16 and float32
+					// parts alike; FetchFrom a buffer laid out as m.Layout.
+					lay := be.Alloc(m.Layout.Total)
+					hostLay := make([]float32, lay.N)
+					for i := range hostLay {
+						hostLay[i] = float32(i)
+					}
+					be.Upload(lay, hostLay)
+					for _, name := range []string{model.LayerPrefix(0) + "self_attn.q_proj.weight", model.NormName} {
+						want, _ := m.Tensor(name)
+						w, got, fromLay := make([]float32, want.N), make([]float32, want.N), make([]float32, want.N)
+						be.Download(w, want)
+						lv, _ := m.Layout.View(kernels.Buf{Host: hostLay, N: len(hostLay)}, name)
+						if err := m.ParamFetch()(name, got); err != nil {
+							t.Fatal(err)
+						}
+						if err := m.FetchFrom(lay)(name, fromLay); err != nil {
+							t.Fatal(err)
+						}
+						for i := range w {
+							if got[i] != w[i] || fromLay[i] != lv.Host[i] {
+								t.Fatalf("%s[%d]: ParamFetch %v, held %v; FetchFrom %v, laid out %v", name, i, got[i], w[i], fromLay[i], lv.Host[i])
+							}
+						}
+					}
+					be.Free(lay)
 				}
 				res.merged = map[string][]float32{}
 				fetch, closeFetch, err := ad.OpenMerged(m)
@@ -252,7 +278,7 @@ func float32Copy(t *testing.T, dir string) string {
 		m.Params.Host[i] = v * float32(1+1e-3*math.Sin(float64(i)))
 	}
 	out := t.TempDir()
-	if _, err := safetensors.Write(out, m.ExportSpecs(), m.FetchFrom(m.Params), safetensors.WriteOptions{}); err != nil {
+	if _, err := safetensors.Write(out, m.ExportSpecs(), m.ParamFetch(), safetensors.WriteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	for _, f := range []string{"config.json", "tokenizer.json", "tokenizer_config.json"} {
