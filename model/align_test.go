@@ -1,34 +1,19 @@
 package model
 
 import (
-	"encoding/json"
 	"math"
-	"os"
 	"path/filepath"
 	"testing"
 
+	"github.com/dllm-dev/dllm/internal/oddshapes"
 	"github.com/dllm-dev/dllm/kernels/cpu"
 )
 
-// oddConfig is the tiny arch with stories260K-like odd shapes: vocabulary
-// 513, width 36 (3 heads of 12 over 1 KV head), FFN 37, experts of 13.
+// oddConfig is the tiny arch with odd shapes (internal/oddshapes).
 func oddConfig(t *testing.T, arch string) *Config {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join("..", "testdata", "tiny", arch, "config.json"))
+	b, err := oddshapes.Config(filepath.Join("..", "testdata", "tiny", arch))
 	if err != nil {
-		t.Fatal(err)
-	}
-	var raw map[string]any
-	if err := json.Unmarshal(b, &raw); err != nil {
-		t.Fatal(err)
-	}
-	for k, v := range map[string]any{"vocab_size": 513, "hidden_size": 36, "intermediate_size": 37, "num_attention_heads": 3,
-		"num_key_value_heads": 1, "moe_intermediate_size": 13, "shared_expert_intermediate_size": 19} {
-		if _, ok := raw[k]; ok {
-			raw[k] = v
-		}
-	}
-	if b, err = json.Marshal(raw); err != nil {
 		t.Fatal(err)
 	}
 	c, err := ParseConfig(b)

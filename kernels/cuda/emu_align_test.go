@@ -3,7 +3,6 @@
 package cuda
 
 import (
-	"encoding/json"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -11,32 +10,21 @@ import (
 	"testing"
 
 	"github.com/dllm-dev/dllm/convert"
+	"github.com/dllm-dev/dllm/internal/oddshapes"
 	"github.com/dllm-dev/dllm/kernels"
 	"github.com/dllm-dev/dllm/kernels/cpu"
 	"github.com/dllm-dev/dllm/model"
 	"github.com/dllm-dev/dllm/safetensors"
 )
 
-// oddModel writes the tiny arch with stories260K-like odd shapes
-// (vocabulary 513, width 36 of 3 heads over 1 KV head, FFN 37, experts of
-// 13) and random weights to a folder.
+// oddModel writes the tiny arch with odd shapes (internal/oddshapes) and
+// random weights to a folder.
 func oddModel(t *testing.T, arch string) string {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join("../../testdata/tiny", arch, "config.json"))
+	b, err := oddshapes.Config(filepath.Join("../../testdata/tiny", arch))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var raw map[string]any
-	if err := json.Unmarshal(b, &raw); err != nil {
-		t.Fatal(err)
-	}
-	for k, v := range map[string]any{"vocab_size": 513, "hidden_size": 36, "intermediate_size": 37, "num_attention_heads": 3,
-		"num_key_value_heads": 1, "moe_intermediate_size": 13, "shared_expert_intermediate_size": 19, "torch_dtype": "float32"} {
-		if _, ok := raw[k]; ok {
-			raw[k] = v
-		}
-	}
-	b, _ = json.Marshal(raw)
 	cfg, err := model.ParseConfig(b)
 	if err != nil {
 		t.Fatal(err)
