@@ -31,12 +31,11 @@ func (m *Model) enableCopies() {
 	}
 	h := copyTensors(m.Cfg, &blocks{Layers: m.Layers})
 	var n int
-	var offs []int
-	var ins []kernels.Buf
+	var offs, ins []int // each copy's offset in the copies, its tensor's in Params
 	for i, s := range m.Layout.Specs {
 		if h[s.Name] {
 			offs = append(offs, pack(&n, s.Elements()))
-			ins = append(ins, m.tensorBuf(i))
+			ins = append(ins, i)
 		}
 	}
 	if n == 0 {
@@ -45,19 +44,40 @@ func (m *Model) enableCopies() {
 	if m.copies, ok = bw.AllocBF16(n); !ok {
 		return
 	}
-	m.copyIn = ins
-	for j, in := range ins {
-		m.copyOut = append(m.copyOut, m.copies.Slice(offs[j], in.N))
-	}
 	// Point the linears at their copies (W views match by address).
-	for _, l := range m.allLinears() {
-		for j, in := range m.copyIn {
+	lins := m.allLinears()
+	for j, i := range ins {
+		in := m.tensorBuf(i)
+		out := m.copies.Slice(offs[j], in.N)
+		for _, l := range lins {
 			if l.W.Dev == in.Dev && l.W.N == in.N {
-				l.W16 = m.copyOut[j]
+				l.W16 = out
 			}
 		}
 	}
+	m.copyRuns = copyRuns(m.Layout, ins, offs)
 	m.ParamsWritten()
+}
+
+// A copyRun is one cast of ParamsWritten: n values from Params at src to
+// the copies at dst, tensors that follow one another in both (the padding
+// between them cast too, read by nobody).
+type copyRun struct{ dst, src, n int }
+
+// copyRuns groups the copied tensors, layout tensors ins placed at offs in
+// the copies, into runs of neighbours in the layout that keep their
+// distances in the copies.
+func copyRuns(l *Layout, ins, offs []int) []copyRun {
+	var runs []copyRun
+	for j, i := range ins {
+		src, n := l.Offsets[i], l.Specs[i].Elements()
+		if k := len(runs) - 1; k >= 0 && ins[j-1] == i-1 && offs[j]-runs[k].dst == src-runs[k].src {
+			runs[k].n = offs[j] + n - runs[k].dst
+			continue
+		}
+		runs = append(runs, copyRun{offs[j], src, n})
+	}
+	return runs
 }
 
 // allLinears are the head and every layer's linears.
@@ -82,15 +102,15 @@ func (m *Model) SetBF16Copies(on bool) {
 			l.W16 = kernels.Buf{}
 		}
 		m.BE.Free(m.copies)
-		m.copies, m.copyIn, m.copyOut = kernels.Buf{}, nil, nil
+		m.copies, m.copyRuns = kernels.Buf{}, nil
 	}
 }
 
 // ParamsWritten remakes the bf16 copies from the parameters (nothing
 // without copies). Call it after anything writes m.Params.
 func (m *Model) ParamsWritten() {
-	for j, in := range m.copyIn {
-		m.BE.Copy(m.copyOut[j], in)
+	for _, r := range m.copyRuns {
+		m.BE.Copy(m.copies.Slice(r.dst, r.n), m.Params.Slice(r.src, r.n))
 	}
 }
 

@@ -101,10 +101,10 @@ type Model struct {
 	ropeLen          int
 
 	// Full fine-tuning on a bf16-matmul GPU: bf16 copies of the weights the
-	// products read (copyTensors), made from Params by ParamsWritten.
+	// products read (copyTensors), made from Params by ParamsWritten, one
+	// cast per run of tensors that follow one another in both.
 	copies   kernels.Buf
-	copyOut  []kernels.Buf
-	copyIn   []kernels.Buf
+	copyRuns []copyRun
 	noCopies bool // SetBF16Copies(false)
 
 	// With Half: tensor i sits at place[i] in Params, or at ^place[i] in Half.

@@ -5,6 +5,7 @@ package cuda
 import (
 	"math"
 	"math/rand/v2"
+	"sync/atomic"
 	"testing"
 
 	"github.com/dllm-dev/dllm/convert"
@@ -12,6 +13,7 @@ import (
 	"github.com/dllm-dev/dllm/kernels/cpu"
 	"github.com/dllm-dev/dllm/kernels/kernelcheck"
 	"github.com/dllm-dev/dllm/model"
+	"github.com/dllm-dev/dllm/safetensors"
 )
 
 // TestEmulatorTrainingSteps runs whole training steps of the tiny llama,
@@ -164,4 +166,93 @@ func loadCopies(t *testing.T, dir string, copies bool) (*model.Model, *Backend, 
 		t.Errorf("plan: %d parameter and %d gradient bytes (%v), the pool holds %d", p.ParamBytes, p.GradBytes, err, be.MemStats().InUse)
 	}
 	return m, be, p
+}
+
+// castCounter counts the bf16 casts launched through it.
+type castCounter struct {
+	driver
+	casts atomic.Int64
+}
+
+func (d *castCounter) launch(k kernel, grid, block dim3, p *params) error {
+	if k == kCastBF16 {
+		d.casts.Add(1)
+	}
+	return d.driver.launch(k, grid, block, p)
+}
+
+// TestEmulatorCopyRuns: ParamsWritten remakes the bf16 copies with one cast
+// per run of copied tensors that are neighbours in the layout (fewer casts
+// than tensors), and every linear's copy is then its weight rounded to bf16.
+func TestEmulatorCopyRuns(t *testing.T) {
+	path := buildEmu(t)
+	for _, arch := range []string{"llama", "qwen2", "qwen3"} {
+		t.Run(arch, func(t *testing.T) {
+			d := &castCounter{}
+			be, err := newBackend(false, func() (driver, error) {
+				var err error
+				d.driver, err = openEmu(path)
+				return d, err
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer be.Close()
+			m, err := model.Load(float32Copy(t, "../../testdata/tiny/"+arch), be)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m.EnableGrads()
+			lins := []*model.Linear{&m.Head}
+			for _, ly := range m.Layers {
+				lins = append(lins, ly.Linears()...)
+			}
+			// The copied tensors, counted from the layout: runs of neighbours.
+			copied := map[uintptr]bool{}
+			for _, l := range lins {
+				if l.W16.N == 0 {
+					t.Fatalf("%s has no bf16 copy", l.Name)
+				}
+				copied[l.W.Dev] = true
+			}
+			var tensors, runs int
+			prev := false
+			for _, s := range m.Layout.Specs {
+				v, _ := m.Tensor(s.Name)
+				c := copied[v.Dev]
+				if c {
+					tensors++
+					if !prev {
+						runs++
+					}
+				}
+				prev = c
+			}
+			host := make([]float32, m.Params.N)
+			rng := rand.New(rand.NewPCG(3, 4))
+			for i := range host {
+				host[i] = float32(rng.NormFloat64())
+			}
+			be.Upload(m.Params, host)
+			before := d.casts.Load()
+			m.ParamsWritten()
+			if err := be.Err(); err != nil {
+				t.Fatal(err)
+			}
+			if got := d.casts.Load() - before; got != int64(runs) || runs >= tensors {
+				t.Errorf("ParamsWritten launched %d casts for %d copied tensors in %d runs", got, tensors, runs)
+			}
+			for _, l := range lins {
+				w, w16 := make([]float32, l.W.N), make([]float32, l.W16.N)
+				be.Download(w, l.W)
+				be.Download(w16, l.W16)
+				for i := range w {
+					if want := math.Float32frombits(uint32(safetensors.BF16Bits(w[i])) << 16); math.Float32bits(w16[i]) != math.Float32bits(want) {
+						t.Fatalf("%s copy [%d] = %g, bf16 of %g is %g", l.Name, i, w16[i], w[i], want)
+					}
+				}
+			}
+			t.Logf("%d casts for %d copied tensors", runs, tensors)
+		})
+	}
 }
