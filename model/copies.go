@@ -44,15 +44,19 @@ func (m *Model) enableCopies() {
 	if m.copies, ok = bw.AllocBF16(n); !ok {
 		return
 	}
-	// Point the linears at their copies (W views match by address).
-	lins := m.allLinears()
+	// Point the linears at their copies.
+	at := map[string]kernels.Buf{}
 	for j, i := range ins {
-		in := m.tensorBuf(i)
-		out := m.copies.Slice(offs[j], in.N)
-		for _, l := range lins {
-			if l.W.Dev == in.Dev && l.W.N == in.N {
-				l.W16 = out
-			}
+		at[m.Layout.Specs[i].Name] = m.copies.Slice(offs[j], m.Layout.Specs[i].Elements())
+	}
+	head := LMHeadName
+	if m.Cfg.TieEmbeddings {
+		head = EmbedName
+	}
+	m.Head.W16 = at[head]
+	for i, ly := range m.Layers {
+		for _, l := range ly.Linears() {
+			l.W16 = at[LayerPrefix(i)+l.Name+".weight"]
 		}
 	}
 	m.copyRuns = copyRuns(m.Layout, ins, offs)

@@ -186,7 +186,7 @@ func (d *castCounter) launch(k kernel, grid, block dim3, p *params) error {
 // than tensors), and every linear's copy is then its weight rounded to bf16.
 func TestEmulatorCopyRuns(t *testing.T) {
 	path := buildEmu(t)
-	for _, arch := range []string{"llama", "qwen2", "qwen3"} {
+	for _, arch := range []string{"llama", "qwen2", "qwen3", "qwen2_moe"} {
 		t.Run(arch, func(t *testing.T) {
 			d := &castCounter{}
 			be, err := newBackend(false, func() (driver, error) {
