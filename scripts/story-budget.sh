@@ -63,7 +63,11 @@ score() {
   mv "$out.tmp" "$out"
 }
 
-[ -s "$WORK/ar.json" ] || nice -n 15 "$BIN" eval "$SRC" --task "$TASK" --mode ar --json --threads "$THREADS" 2>/dev/null > "$WORK/ar.json"
+if [ ! -s "$WORK/ar.json" ]; then
+  nice -n 15 "$BIN" eval "$SRC" --task "$TASK" --mode ar --json --threads "$THREADS" 2> "$WORK/ar.json.log" > "$WORK/ar.json.tmp" ||
+    { echo "AR eval of $SRC failed: $(tail -n 3 "$WORK/ar.json.log")" >&2; exit 1; }
+  mv "$WORK/ar.json.tmp" "$WORK/ar.json"
+fi
 for step in $STEPS; do
   for name in pretrained random; do
     export_one "$name" "$step"
