@@ -4,8 +4,11 @@
 Loads FINAL (a converted model's final/ folder) with AutoModelForCausalLM,
 no remote code, in float32, and runs IDS under an all-visible 4-D attention
 mask (the diffusion model's bidirectional attention: an additive float mask
-of zeros, shape (1, 1, L, L), which transformers >= 4.40 uses as given), with
-the eager and the sdpa attention of transformers; compares the logits with
+of zeros, shape (1, 1, L, L), which transformers >= 4.40 uses as given: in
+5.x masking_utils._preprocess_mask_arguments returns any 4-D mask untouched,
+eager adds it to the scores and sdpa passes it to
+scaled_dot_product_attention), with the eager and the sdpa attention of
+transformers, each checked to be the one the model runs; compares the logits with
 DLLM_LOGITS, the float32 L x vocab file `dllm logits --model FINAL --ids IDS`
 wrote. The same ids without a mask (transformers' causal default) must
 differ from dllm's logits by far more than the bidirectional run does, or the
@@ -68,6 +71,9 @@ def main():
         V = int(json.load(open(os.path.join(args.final, "config.json")))["vocab_size"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         die(f"{args.final}/config.json: no vocab_size ({e}); is it a converted model's final/?")
+    bad = [i for i in ids if not 0 <= i < V]
+    if bad:
+        die(f"--ids {bad[0]}: not a token id of this model (vocab_size {V} in {args.final}/config.json)")
     L = len(ids)
     try:
         raw = open(args.dllm_logits, "rb").read()
@@ -99,6 +105,9 @@ def main():
         try:
             model = load(args.final, impl, dev)
             res["class"] = type(model).__name__
+            used = getattr(model.config, "_attn_implementation", impl)
+            if used != impl:  # a silent fallback would compare the other implementation twice
+                raise ValueError(f"asked for {impl}, the model runs {used}")
             mask = torch.zeros(1, 1, L, L, dtype=torch.float32, device=dev)
             with torch.no_grad():
                 out = model(input_ids=x, attention_mask=mask, use_cache=False).logits[0].double().cpu()

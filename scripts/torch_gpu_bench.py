@@ -15,10 +15,15 @@ and backward under torch.autocast(bfloat16) (bf16 matmuls and attention,
 RMSNorm and the loss in fp32). dllm runs bf16 matmuls with fp32 accumulation
 and its attention in fp32.
 
-Masks are additive float masks (0 visible, the dtype's minimum hidden) of
-shape (B, 1, L, L), which transformers >= 4.40 uses as given; a bool mask
-is refused by 4.40-4.41 ("inverted form with max==0") and would be added as
-0/1 by eager attention.
+Bidirectional attention: every attention module's is_causal is set False
+and no mask is passed, so sdpa may use its flash kernel (transformers 5.x
+and >= 4.48: sdpa's is_causal is that flag when no mask is given), if a
+check shows that this is bidirectional; else (eager, or a transformers whose
+sdpa is causal without a mask) an all-zeros 4-D mask. The annealed mask and
+that fallback are additive float masks (0 visible, the dtype's minimum
+hidden) of shape (B, 1, L, L), which transformers >= 4.40 uses as given; a
+bool mask is refused by 4.40-4.47 ("inverted form with max==0") and would be
+added as 0/1 by eager attention (5.x adds a 4-D mask as given).
 
 Each shape and mask: warm-up steps, then the median of timed steps (CUDA
 events). Prints one JSON object per shape and mask. --device cpu (float32
@@ -41,19 +46,19 @@ import transformers  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
 
 
-def build(config_path, seed, dev):
+def build(config_path, seed, dev, attn="sdpa"):
     raw = json.load(open(config_path))
     model_type = raw.pop("model_type")
     raw.pop("torch_dtype", None)
     raw.pop("dtype", None)
     config = AutoConfig.for_model(model_type, **raw)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=attn)
     model = model.float().to(dev)
     for m in model.modules():  # no causal shortcut anywhere
         if hasattr(m, "is_causal"):
             m.is_causal = False
-    return config, model
+    return model.config, model
 
 
 def additive(visible, dtype):
@@ -62,21 +67,21 @@ def additive(visible, dtype):
 
 
 @torch.no_grad()
-def attention_is_bidirectional(model, vocab, dev):
+def attention_is_bidirectional(model, vocab, dev, zeros_mask):
     # In fp32: does changing the last token change the first position's
     # logits? (Under a causal mask they stay bit for bit the same.)
     model.eval()
     x = torch.randint(0, vocab - 1, (1, 16), device=dev)
     y = x.clone()
     y[0, -1] = (y[0, -1] + 1) % (vocab - 1)
-    mask = torch.zeros(1, 1, 16, 16, device=dev)
+    mask = torch.zeros(1, 1, 16, 16, device=dev) if zeros_mask else None
     a = model(input_ids=x, attention_mask=mask, use_cache=False).logits[0, 0]
     b = model(input_ids=y, attention_mask=mask, use_cache=False).logits[0, 0]
     model.train()
     return not torch.equal(a, b)
 
 
-def run(config, model, B, L, steps, warmup, peak, seed, mask="bidirectional", ratio=0.5, dev="cuda"):
+def run(config, model, B, L, steps, warmup, peak, seed, mask="bidirectional", ratio=0.5, dev="cuda", zeros_mask=True):
     V = config.vocab_size
     mask_id = V - 1
     params = sum(p.numel() for p in model.parameters())
@@ -86,8 +91,8 @@ def run(config, model, B, L, steps, warmup, peak, seed, mask="bidirectional", ra
     fused = {"fused": True} if cuda else {}
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, **fused)
     g = torch.Generator(device=dev).manual_seed(seed)
-    # The mask in the dtype the attention runs in under autocast.
-    attn = torch.zeros(B, 1, L, L, dtype=torch.bfloat16, device=dev)
+    # The mask in the dtype the attention runs in under autocast; None: bidirectional through is_causal=False.
+    attn = torch.zeros(B, 1, L, L, dtype=torch.bfloat16, device=dev) if zeros_mask else None
     causal = torch.tril(torch.ones(L, L, dtype=torch.bool, device=dev))
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -142,6 +147,8 @@ def run(config, model, B, L, steps, warmup, peak, seed, mask="bidirectional", ra
         "steps": steps, "warmup": warmup, "ms_per_step": ms, "tokens_per_second": tokens / (ms / 1e3),
         "flops_per_step": flops, "tflops": tflops, "peak_tflops": peak, "mfu": tflops / peak,
         "loss": float(loss), "precision": "fp32 master weights, bf16 autocast", "mask": mask,
+        "attn_implementation": getattr(config, "_attn_implementation", None),
+        "mask_passed": "none (is_causal=False)" if attn is None else f"4-D {str(attn.dtype).replace('torch.', '')}",
         "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
     }
 
@@ -164,6 +171,7 @@ def main():
     ap.add_argument("--mask", nargs="+", default=["bidirectional"], choices=["bidirectional", "annealed"])
     ap.add_argument("--ratio", type=float, default=0.5, help="the annealed mask's ratio of visible future keys")
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: only to dry-run this script")
+    ap.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="transformers' attention implementation")
     args = ap.parse_args()
     try:
         shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes] if args.shapes else [(B, args.seq_len) for B in args.batch]
@@ -173,12 +181,14 @@ def main():
         die(f"--shapes {' '.join(args.shapes)}: each must be BxL, e.g. 4x512")
     if args.device == "cuda" and not torch.cuda.is_available():
         die("no CUDA device")
-    config, model = build(args.config, args.seed, args.device)
-    bidir = attention_is_bidirectional(model, config.vocab_size, args.device)
-    print(f"attention: {'bidirectional (checked)' if bidir else 'CAUSAL: the 4-D mask was not honoured'}", file=sys.stderr)
+    config, model = build(args.config, args.seed, args.device, args.attn)
+    zeros_mask = not attention_is_bidirectional(model, config.vocab_size, args.device, zeros_mask=False)
+    bidir = not zeros_mask or attention_is_bidirectional(model, config.vocab_size, args.device, zeros_mask=True)
+    print(f"attention: {'CAUSAL: the 4-D mask was not honoured' if not bidir else 'bidirectional (checked), ' + ('through a 4-D zeros mask' if zeros_mask else 'through is_causal=False, no mask')}",
+          file=sys.stderr)
     for B, L in shapes:
         for mask in args.mask:
-            r = run(config, model, B, L, args.steps, args.warmup, args.peak_tflops, args.seed, mask, args.ratio, args.device)
+            r = run(config, model, B, L, args.steps, args.warmup, args.peak_tflops, args.seed, mask, args.ratio, args.device, zeros_mask)
             r["attention"] = "bidirectional" if bidir else "causal"
             print(json.dumps(r), flush=True)
             if args.device == "cuda":
