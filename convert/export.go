@@ -118,14 +118,7 @@ func (r *run) exportMerged(tmp string) error {
 	if err := r.exportWeights(tmp, dt); err != nil {
 		return fmt.Errorf("export weights: %w", err)
 	}
-	cfg := map[string]any{}
-	for k, v := range m.Cfg.Raw {
-		cfg[k] = v
-	}
-	cfg["vocab_size"] = m.Cfg.Vocab
-	cfg["torch_dtype"] = map[safetensors.DType]string{safetensors.F32: "float32", safetensors.BF16: "bfloat16", safetensors.F16: "float16"}[dt]
-	cfg["dllm"] = r.dllmBlock()
-	if err := writeJSON(filepath.Join(tmp, "config.json"), cfg); err != nil {
+	if err := writeJSON(filepath.Join(tmp, "config.json"), exportConfig(m.Cfg.Raw, m.Cfg.Vocab, dt, r.dllmBlock())); err != nil {
 		return err
 	}
 	if err := r.tok.Save(tmp); err != nil {
@@ -158,6 +151,24 @@ func (r *run) exportWeights(tmp string, dt safetensors.DType) error {
 		err = cerr
 	}
 	return err
+}
+
+// exportConfig is the source's config.json with the vocabulary, dtype and
+// "dllm" block of the export. transformers 5 reads "dtype" before
+// "torch_dtype", so a source saved by it has both rewritten.
+func exportConfig(raw map[string]any, vocab int, dt safetensors.DType, info model.DLLMInfo) map[string]any {
+	cfg := map[string]any{}
+	for k, v := range raw {
+		cfg[k] = v
+	}
+	cfg["vocab_size"] = vocab
+	name := map[safetensors.DType]string{safetensors.F32: "float32", safetensors.BF16: "bfloat16", safetensors.F16: "float16"}[dt]
+	cfg["torch_dtype"] = name
+	if _, ok := cfg["dtype"]; ok {
+		cfg["dtype"] = name
+	}
+	cfg["dllm"] = info
+	return cfg
 }
 
 // generationConfig keeps the source's generation_config.json and adds the
