@@ -154,12 +154,22 @@ func (r *run) exportWeights(tmp string, dt safetensors.DType) error {
 }
 
 // exportConfig is the source's config.json with the vocabulary, dtype and
-// "dllm" block of the export. transformers 5 reads "dtype" before
-// "torch_dtype", so a source saved by it has both rewritten.
+// "dllm" block of the export. A source saved by transformers 5 has "dtype"
+// (read before "torch_dtype": both are rewritten) and rope_parameters
+// instead of rope_theta and rope_scaling, which transformers 4 reads: they
+// are added from it.
 func exportConfig(raw map[string]any, vocab int, dt safetensors.DType, info model.DLLMInfo) map[string]any {
 	cfg := map[string]any{}
 	for k, v := range raw {
 		cfg[k] = v
+	}
+	if rp, ok := cfg["rope_parameters"].(map[string]any); ok {
+		if th, ok := rp["rope_theta"]; ok && cfg["rope_theta"] == nil {
+			cfg["rope_theta"] = th
+		}
+		if t, _ := rp["rope_type"].(string); t != "" && t != "default" && cfg["rope_scaling"] == nil {
+			cfg["rope_scaling"] = rp
+		}
 	}
 	cfg["vocab_size"] = vocab
 	name := map[safetensors.DType]string{safetensors.F32: "float32", safetensors.BF16: "bfloat16", safetensors.F16: "float16"}[dt]

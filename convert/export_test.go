@@ -1,6 +1,7 @@
 package convert
 
 import (
+	"encoding/json"
 	"testing"
 
 	"github.com/dllm-dev/dllm/model"
@@ -38,6 +39,38 @@ func TestExportConfigDType(t *testing.T) {
 		}
 		if c.raw["vocab_size"] == 33 || c.raw["torch_dtype"] == "float32" || c.raw["dtype"] == "float32" {
 			t.Errorf("%s: the source's map was changed: %v", c.name, c.raw)
+		}
+	}
+}
+
+// TestExportConfigRope: a source saved by transformers 5 has only
+// rope_parameters; the export adds the rope_theta and rope_scaling that
+// transformers 4 reads (5 reads rope_parameters first: unchanged for it).
+func TestExportConfigRope(t *testing.T) {
+	rp := map[string]any{"rope_theta": 5e5, "rope_type": "llama3", "factor": 32.0}
+	got := exportConfig(map[string]any{"rope_parameters": rp}, 10, safetensors.BF16, model.DLLMInfo{})
+	if got["rope_theta"] != 5e5 || got["rope_scaling"] == nil || got["rope_parameters"] == nil {
+		t.Errorf("llama3 rope_parameters exported as %v", got)
+	}
+	got = exportConfig(map[string]any{"rope_parameters": map[string]any{"rope_theta": 1e6, "rope_type": "default"}}, 10, safetensors.BF16, model.DLLMInfo{})
+	if got["rope_theta"] != 1e6 || got["rope_scaling"] != nil {
+		t.Errorf("default rope_parameters exported as %v", got)
+	}
+	// A config with both keeps its own.
+	got = exportConfig(map[string]any{"rope_theta": 1e4, "rope_scaling": nil, "rope_parameters": rp}, 10, safetensors.BF16, model.DLLMInfo{})
+	if got["rope_theta"] != 1e4 {
+		t.Errorf("top-level rope_theta replaced: %v", got["rope_theta"])
+	}
+	// Each export reads back as the source's RoPE.
+	for _, raw := range []map[string]any{{"rope_parameters": rp}, {"rope_theta": 5e5, "rope_scaling": rp}} {
+		cfg := exportConfig(raw, 100, safetensors.BF16, model.DLLMInfo{})
+		for k, v := range map[string]any{"model_type": "llama", "hidden_size": 64.0, "intermediate_size": 128.0, "num_hidden_layers": 2.0, "num_attention_heads": 4.0} {
+			cfg[k] = v
+		}
+		b, _ := json.Marshal(cfg)
+		c, err := model.ParseConfig(b)
+		if err != nil || c.RopeTheta != 5e5 || c.RopeScaling == nil || c.RopeScaling.Factor != 32 {
+			t.Errorf("%v read back: %+v, %v", raw, c, err)
 		}
 	}
 }

@@ -182,8 +182,20 @@ func ParseConfig(b []byte) (*Config, error) {
 			}
 		}
 	}
-	if rs, ok := raw["rope_scaling"].(map[string]any); ok && rs != nil {
+	// transformers 5 saves rope_theta and the scaling in rope_parameters (no
+	// top-level rope_theta); like it, a non-null rope_scaling comes first.
+	rs, _ := raw["rope_scaling"].(map[string]any)
+	if rp, ok := raw["rope_parameters"].(map[string]any); ok && rs == nil {
+		for _, k := range sortedKeys(rp) {
+			if _, perLayer := rp[k].(map[string]any); perLayer {
+				return nil, fmt.Errorf("rope_parameters per layer type (%q, ...) is not supported", k)
+			}
+		}
+		rs = rp
+	}
+	if rs != nil {
 		sg := getter{raw: rs}
+		c.RopeTheta = sg.float("rope_theta", c.RopeTheta)
 		t := sg.str("rope_type")
 		if t == "" {
 			t = sg.str("type")
@@ -197,6 +209,9 @@ func ParseConfig(b []byte) (*Config, error) {
 		case "default", "":
 		default:
 			return nil, fmt.Errorf("rope_scaling type %q is not supported (llama3, linear)", t)
+		}
+		if sg.err != nil {
+			return nil, fmt.Errorf("rope: %w", sg.err)
 		}
 	}
 	if d, ok := raw["dllm"]; ok && d != nil {

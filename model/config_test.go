@@ -205,6 +205,41 @@ func TestParseConfigErrors(t *testing.T) {
 	}
 }
 
+// TestParseConfigRopeParameters: transformers 5 saves rope_theta and the
+// scaling in rope_parameters, with no top-level rope_theta; read as the
+// default 10000, a Qwen's 1e6 would be silently wrong.
+func TestParseConfigRopeParameters(t *testing.T) {
+	base := `"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 100`
+	c := mustParse(t, `{`+base+`, "rope_parameters": {"rope_theta": 1000000.0, "rope_type": "default"}}`)
+	if c.RopeTheta != 1e6 || c.RopeScaling != nil {
+		t.Errorf("default rope_parameters: theta %g, scaling %+v", c.RopeTheta, c.RopeScaling)
+	}
+	c = mustParse(t, `{`+base+`, "rope_parameters": {"rope_theta": 500000.0, "rope_type": "llama3", "factor": 32.0,
+	  "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}}`)
+	want := RopeScaling{Type: "llama3", Factor: 32, LowFreqFactor: 1, HighFreqFactor: 4, OriginalMaxPositions: 8192}
+	if c.RopeTheta != 5e5 || c.RopeScaling == nil || *c.RopeScaling != want {
+		t.Errorf("llama3 rope_parameters: theta %g, scaling %+v", c.RopeTheta, c.RopeScaling)
+	}
+	// A non-null rope_scaling comes first, as in transformers 5; the top-level theta stays.
+	c = mustParse(t, `{`+base+`, "rope_theta": 20000, "rope_scaling": {"rope_type": "linear", "factor": 2},
+	  "rope_parameters": {"rope_theta": 1000000.0, "rope_type": "default"}}`)
+	if c.RopeTheta != 20000 || c.RopeScaling == nil || c.RopeScaling.Type != "linear" {
+		t.Errorf("rope_scaling and rope_parameters: theta %g, scaling %+v", c.RopeTheta, c.RopeScaling)
+	}
+	for _, e := range []struct{ js, want string }{
+		{`"rope_parameters": {"full_attention": {"rope_theta": 1e6}, "sliding_attention": {"rope_theta": 1e4}}`,
+			`rope_parameters per layer type ("full_attention", ...) is not supported`},
+		{`"rope_parameters": {"rope_theta": "1e6"}`, "rope: rope_theta must be a number"},
+		{`"rope_parameters": {"rope_theta": 0}`, "rope_theta must be a positive number"},
+		{`"rope_parameters": {"rope_theta": 1e6, "rope_type": "yarn", "factor": 4}`, `"yarn" is not supported`},
+		{`"rope_scaling": {"rope_type": "linear", "factor": "2"}`, "rope: factor must be a number"},
+	} {
+		if _, err := ParseConfig([]byte(`{` + base + `, ` + e.js + `}`)); err == nil || !strings.Contains(err.Error(), e.want) {
+			t.Errorf("%s:\n error %v, want %q", e.js, err, e.want)
+		}
+	}
+}
+
 func TestLoadConfig(t *testing.T) {
 	dir := t.TempDir()
 	if _, err := LoadConfig(dir); err == nil || !strings.Contains(err.Error(), "cannot read model config") {
