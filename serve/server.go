@@ -34,12 +34,17 @@ type Config struct {
 	MaxQueue  int           // requests waiting or running at once; more get 503 (default 64)
 	MaxBatch  int           // rows decoded together in one forward (default 8; 1: no batching)
 	MaxTokens int           // largest max_tokens a request may ask for (0: the model's positions)
+	MaxLen    int           // largest prompt + max_tokens of a request (0: the model's positions)
 	Timeout   time.Duration // per request, queueing included (0: none)
 	MaxBody   int64         // request body bytes; more get 413 (default 1 MiB)
 	Log       io.Writer     // one line per request (nil: none)
 	// ChatTemplate is a Jinja file used instead of the model's
 	// chat_template ("" : the model's, if it has one).
 	ChatTemplate string
+	// Fits, when set, refuses (400) a request whose decoding would not fit
+	// the memory: rows of tokens (prompt and max_tokens), its n rows or,
+	// batched with others of its length, MaxBatch.
+	Fits func(rows, tokens int) error
 }
 
 // Server serves one model.
@@ -348,6 +353,16 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request, chat bool) {
 	if mp := s.m.Cfg.MaxPositions; mp > 0 && len(ids)+opt.GenLen > mp {
 		writeError(w, badRequest("max_tokens", "the prompt (%d tokens) plus max_tokens (%d) is over the model's %d positions", len(ids), opt.GenLen, mp))
 		return
+	}
+	if ml := s.cfg.MaxLen; ml > 0 && len(ids)+opt.GenLen > ml {
+		writeError(w, badRequest("max_tokens", "the prompt (%d tokens) plus max_tokens (%d) is over this server's limit of %d tokens", len(ids), opt.GenLen, ml))
+		return
+	}
+	if s.cfg.Fits != nil {
+		if err := s.cfg.Fits(max(n, s.cfg.MaxBatch), len(ids)+opt.GenLen); err != nil {
+			writeError(w, errorWith(http.StatusBadRequest, "invalid_request_error", "not_enough_memory", "%v", err))
+			return
+		}
 	}
 	rl.promptTok = len(ids)
 

@@ -86,12 +86,9 @@ func Extract(re *regexp.Regexp, s string) string {
 
 // RunGen generates an answer for every prompt and scores exact match.
 func RunGen(t *Task, tok TextCodec, gen Generator, opt GenOptions) (*GenResult, error) {
-	if len(t.Gen) == 0 {
-		return nil, fmt.Errorf("the task has no generation examples (format %s)", t.Format)
-	}
-	exs := t.Gen
-	if opt.Limit > 0 && opt.Limit < len(exs) {
-		exs = exs[:opt.Limit]
+	exs, err := opt.examples(t)
+	if err != nil {
+		return nil, err
 	}
 	re := opt.Extract
 	if re == nil {
@@ -102,15 +99,9 @@ func RunGen(t *Task, tok TextCodec, gen Generator, opt GenOptions) (*GenResult, 
 	start := time.Now()
 	var hits []float64
 	for i, ex := range exs {
-		var prompt []int32
-		if opt.Prompt != nil {
-			p, err := opt.Prompt(ex.Prompt)
-			if err != nil {
-				return nil, fmt.Errorf("example %d: %v", i+1, err)
-			}
-			prompt = p
-		} else {
-			prompt = to32(tok.Encode(ex.Prompt, true))
+		prompt, err := opt.encode(tok, ex.Prompt)
+		if err != nil {
+			return nil, fmt.Errorf("example %d: %v", i+1, err)
 		}
 		out, err := gen(prompt)
 		if err != nil {
@@ -141,6 +132,44 @@ func RunGen(t *Task, tok TextCodec, gen Generator, opt GenOptions) (*GenResult, 
 		res.TokensPerSec = float64(res.Tokens) / res.Seconds
 	}
 	return res, nil
+}
+
+// LongestPrompt is the length in tokens of the longest prompt RunGen
+// gives the generator with opt (the first opt.Limit examples).
+func LongestPrompt(t *Task, tok Encoder, opt GenOptions) (int, error) {
+	exs, err := opt.examples(t)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for i, ex := range exs {
+		p, err := opt.encode(tok, ex.Prompt)
+		if err != nil {
+			return 0, fmt.Errorf("example %d: %v", i+1, err)
+		}
+		n = max(n, len(p))
+	}
+	return n, nil
+}
+
+// examples are the generation examples opt runs.
+func (opt GenOptions) examples(t *Task) ([]GenExample, error) {
+	if len(t.Gen) == 0 {
+		return nil, fmt.Errorf("the task has no generation examples (format %s)", t.Format)
+	}
+	exs := t.Gen
+	if opt.Limit > 0 && opt.Limit < len(exs) {
+		exs = exs[:opt.Limit]
+	}
+	return exs, nil
+}
+
+// encode is the generator's input for an example's prompt.
+func (opt GenOptions) encode(tok Encoder, prompt string) ([]int32, error) {
+	if opt.Prompt != nil {
+		return opt.Prompt(prompt)
+	}
+	return to32(tok.Encode(prompt, true)), nil
 }
 
 // ARGenerator decodes with the model's KV cache, left to right, stopping

@@ -27,9 +27,16 @@ type chatSession struct {
 	info diffusion.Info
 	stop []int32 // EOS ids and the end-of-turn token
 	cfg  *model.Config
+	// mem is the memory measured before the weights were loaded, that each
+	// turn's decoding must fit; fix says what to lower when it does not.
+	mem memBudget
+	fix string
 }
 
-func openChat(cmd *cobra.Command, dir string, g *generateFlags) (*chatSession, error) {
+// openChat opens the model in dir for a conversation that starts with
+// first (nil: empty), refusing before the weights are loaded a first turn
+// whose decoding does not fit the memory.
+func openChat(cmd *cobra.Command, dir string, g *generateFlags, first []tokenizer.Message, fix string) (*chatSession, error) {
 	ck, err := model.Open(dir, model.OpenOptions{Adapter: g.adapter})
 	if err != nil {
 		return nil, err
@@ -39,7 +46,7 @@ func openChat(cmd *cobra.Command, dir string, g *generateFlags) (*chatSession, e
 	if err != nil {
 		return nil, err
 	}
-	s := &chatSession{g: g, tok: ck.Tok, ct: ct, cfg: ck.Cfg}
+	s := &chatSession{g: g, tok: ck.Tok, ct: ct, cfg: ck.Cfg, fix: fix}
 	if !g.ar {
 		if s.info, err = diffusion.InfoFrom(ck.Cfg); err != nil {
 			return nil, err
@@ -52,7 +59,16 @@ func openChat(cmd *cobra.Command, dir string, g *generateFlags) (*chatSession, e
 	if s.be, err = openBackend(g.device, g.threads, cmd.ErrOrStderr()); err != nil {
 		return nil, err
 	}
-	if err := ck.LoadModel(s.be); err != nil {
+	s.mem = budgetOf(s.be)
+	if first != nil {
+		_, err = s.prompt(first)
+	} else {
+		err = s.fits(0) // no turn yet: the answer alone
+	}
+	if err == nil {
+		err = ck.LoadModel(s.be)
+	}
+	if err != nil {
 		s.be.Close()
 		return nil, err
 	}
@@ -62,16 +78,39 @@ func openChat(cmd *cobra.Command, dir string, g *generateFlags) (*chatSession, e
 
 func (s *chatSession) Close() { s.be.Close() }
 
-// reply generates the assistant's answer to msgs.
-func (s *chatSession) reply(msgs []tokenizer.Message) (string, error) {
+// fits refuses a turn whose decoding after promptLen tokens does not fit
+// the memory.
+func (s *chatSession) fits(promptLen int) error {
+	d := s.g.decoding(s.info, promptLen)
+	d.batch = 1
+	return s.mem.checkDecoding(s.cfg, d, s.fix)
+}
+
+// prompt is msgs rendered with the generation prompt and encoded, once it
+// fits the memory.
+func (s *chatSession) prompt(msgs []tokenizer.Message) ([]int32, error) {
 	text, err := s.ct.Render(msgs, true)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	var prompt []int32
 	for _, id := range s.tok.Encode(text, false) {
 		prompt = append(prompt, int32(id))
 	}
+	return prompt, s.fits(len(prompt))
+}
+
+// reply generates the assistant's answer to msgs.
+func (s *chatSession) reply(msgs []tokenizer.Message) (string, error) {
+	prompt, err := s.prompt(msgs)
+	if err != nil {
+		return "", err
+	}
+	return s.answer(prompt)
+}
+
+// answer decodes the answer after prompt, cut at the end of the turn.
+func (s *chatSession) answer(prompt []int32) (string, error) {
 	g := s.g
 	var out []int32
 	if g.ar {
@@ -132,16 +171,17 @@ func runChatGenerate(cmd *cobra.Command, dir string, g *generateFlags) error {
 	if strings.TrimSpace(text) == "" {
 		return &exitError{2, fmt.Errorf("--chat needs a --prompt (or the question on stdin)")}
 	}
-	s, err := openChat(cmd, dir, g)
-	if err != nil {
-		return err
-	}
-	defer s.Close()
 	var msgs []tokenizer.Message
 	if g.system != "" {
 		msgs = append(msgs, tokenizer.Message{Role: "system", Content: g.system})
 	}
-	answer, err := s.reply(append(msgs, tokenizer.Message{Role: "user", Content: text}))
+	msgs = append(msgs, tokenizer.Message{Role: "user", Content: text})
+	s, err := openChat(cmd, dir, g, msgs, "lower --gen-len or shorten the prompt")
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	answer, err := s.reply(msgs)
 	if err != nil {
 		return err
 	}
@@ -159,7 +199,9 @@ keeping the conversation: each answer is generated from the whole
 conversation rendered with the chat template (DIR's, or --chat-template)
 and its generation prompt, and cut at the end of the turn. /reset starts
 over; /exit or end of input (Ctrl-D) ends. Works with stdin not a terminal
-too (one message per line, answers only on stdout).`,
+too (one message per line, answers only on stdout). A turn whose decoding
+would not fit the memory measured at the start is refused (on a terminal
+the message is dropped and the chat goes on: /reset, or a shorter one).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error { return runChat(cmd, args[0], &g) },
 	}
@@ -171,7 +213,7 @@ too (one message per line, answers only on stdout).`,
 }
 
 func runChat(cmd *cobra.Command, dir string, g *generateFlags) error {
-	s, err := openChat(cmd, dir, g)
+	s, err := openChat(cmd, dir, g, nil, "lower --gen-len or shorten the conversation (/reset starts over)")
 	if err != nil {
 		return err
 	}
@@ -210,7 +252,17 @@ func runChat(cmd *cobra.Command, dir string, g *generateFlags) error {
 			continue
 		}
 		msgs = append(msgs, tokenizer.Message{Role: "user", Content: line})
-		answer, err := s.reply(msgs)
+		prompt, err := s.prompt(msgs)
+		if err != nil && tty {
+			// The conversation stays as it was: /reset, or a shorter message.
+			fmt.Fprintf(errw, "dllm: %v\n", err)
+			msgs = msgs[:len(msgs)-1]
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		answer, err := s.answer(prompt)
 		if err != nil {
 			return err
 		}

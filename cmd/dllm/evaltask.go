@@ -141,35 +141,19 @@ func taskOne(cmd *cobra.Command, be kernels.Backend, tk *task.Task, dir, adapter
 			return taskRun{}, fmt.Errorf("%v; --mode ar measures an AR model", err)
 		}
 	}
-	L := evalSeqLen(cfg, e.seqLen)
-	if tk.Format != task.Gen {
-		if !cmd.Flags().Changed("seq-len") {
-			// Rows as short as the longest segment: attention costs grow with L.
-			n, err := task.Longest(tk, tok, e.task.delimiter, e.task.limit)
-			if err != nil {
-				return taskRun{}, err
-			}
-			align := max(info.BlockSize, 32)
-			L = min(L, (n+align-1)/align*align)
-		}
-		if err := checkScoring(be, cfg, info.BlockSize, e.batch, L, e.threads); err != nil {
-			return taskRun{}, err
-		}
-	}
-	if err := ck.LoadModel(be); err != nil {
-		return taskRun{}, err
-	}
-	m := ck.Model
 	name := dir
 	if adapter != "" {
 		name = dir + " + " + adapter
 	}
 	label := fmt.Sprintf("%s (%s)", name, mode)
 	run := taskRun{Model: name, Mode: mode}
+	L := evalSeqLen(cfg, e.seqLen)
+	tf := &e.task
+	var sf samplerFlags
+	var gopt task.GenOptions
+	eos := append([]int32(nil), ck.EOS...)
 	if tk.Format == task.Gen {
-		tf := &e.task
-		eos := append([]int32(nil), ck.EOS...)
-		var prompt func(string) ([]int32, error)
+		gopt = task.GenOptions{Extract: extract, Until: tf.until, Limit: tf.limit, Progress: cmd.ErrOrStderr(), Label: label}
 		if tf.chat || tf.chatTemplate != "" {
 			ct, err := loadChatTemplate(ck.Find("tokenizer_config.json"), tf.chatTemplate)
 			if err != nil {
@@ -178,7 +162,7 @@ func taskOne(cmd *cobra.Command, be kernels.Backend, tk *task.Task, dir, adapter
 			if id, ok := tok.ID(ct.EndOfTurn()); ok && ct.EndOfTurn() != "" {
 				eos = append(eos, int32(id))
 			}
-			prompt = func(p string) ([]int32, error) {
+			gopt.Prompt = func(p string) ([]int32, error) {
 				s, err := ct.Render([]tokenizer.Message{{Role: "user", Content: p}}, true)
 				if err != nil {
 					return nil, err
@@ -193,18 +177,46 @@ func taskOne(cmd *cobra.Command, be kernels.Backend, tk *task.Task, dir, adapter
 		}
 		// AR decoding takes the flags as given, diffusion the model's
 		// generation_config.json for the flags not given.
-		sf := tf.samplerFlags
+		sf = tf.samplerFlags
+		if mode != "ar" {
+			sf.defaults(cmd, ck.Find("generation_config.json"))
+		}
+		n, err := task.LongestPrompt(tk, tok, gopt)
+		if err != nil {
+			return run, err
+		}
+		d := decoding{ar: mode == "ar", info: info, batch: 1, promptLen: n, genLen: sf.genLen, threads: e.threads}
+		if err := budgetOf(be).checkDecoding(cfg, d, "lower --gen-len"); err != nil {
+			return run, err
+		}
+	} else {
+		if !cmd.Flags().Changed("seq-len") {
+			// Rows as short as the longest segment: attention costs grow with L.
+			n, err := task.Longest(tk, tok, tf.delimiter, tf.limit)
+			if err != nil {
+				return run, err
+			}
+			align := max(info.BlockSize, 32)
+			L = min(L, (n+align-1)/align*align)
+		}
+		if err := checkScoring(be, cfg, info.BlockSize, e.batch, L, e.threads); err != nil {
+			return run, err
+		}
+	}
+	if err := ck.LoadModel(be); err != nil {
+		return run, err
+	}
+	m := ck.Model
+	if tk.Format == task.Gen {
 		var gen task.Generator
 		if mode == "ar" {
 			gen = task.ARGenerator(m, sf.genLen, sf.sampling(), e.seed, eos)
 		} else {
-			sf.defaults(cmd, ck.Find("generation_config.json"))
 			o := sf.options()
 			o.Seed, o.EOS = e.seed, eos
 			gen = task.DiffusionGenerator(m, info, o)
 		}
-		res, err := task.RunGen(tk, tok, gen, task.GenOptions{Extract: extract, Until: tf.until, Limit: tf.limit,
-			Progress: cmd.ErrOrStderr(), Label: label, Prompt: prompt})
+		res, err := task.RunGen(tk, tok, gen, gopt)
 		if err != nil {
 			return run, err
 		}

@@ -147,8 +147,7 @@ func runGenerate(cmd *cobra.Command, dir string, g *generateFlags) error {
 		return err
 	}
 	defer be.Close()
-	po, what := generatePlan(g, info, len(prompt))
-	if err := checkMemory(be, cfg, po, what, "lower --gen-len or --batch"); err != nil {
+	if err := budgetOf(be).checkDecoding(cfg, g.decoding(info, len(prompt)), "lower --gen-len or --batch"); err != nil {
 		return err
 	}
 	if err := ck.LoadModel(be); err != nil {
@@ -259,24 +258,9 @@ func checkGenerate(cfg *model.Config, g *generateFlags, promptLen int) error {
 	return nil
 }
 
-// generatePlan is the memory plan of generate's decoding: AR, one row with
-// a prefill, a step and a KV cache; diffusion, rows of the whole sequence
-// and, with the block cache, the cache and rows of one block (an upper
-// bound of the prefix and block rows the sampler keeps).
-func generatePlan(g *generateFlags, info diffusion.Info, promptLen int) (model.PlanOptions, string) {
-	n := promptLen + g.genLen
-	o := model.PlanOptions{SeqLen: n, BatchSize: g.batch, Threads: g.threads}
-	switch {
-	case g.ar:
-		o.BatchSize, o.KVCache, o.RowLengths = 1, true, []int{max(promptLen, 1), 1}
-	case info.BlockSize > 0 && !g.noCache:
-		o.KVCache, o.RowLengths = true, []int{n, min(info.BlockSize, n)}
-	}
-	what := "the weights and activations"
-	if o.KVCache {
-		what = "the weights, activations and KV cache"
-	}
-	return o, fmt.Sprintf("%s of %d x %d tokens", what, o.BatchSize, n)
+// decoding is what generate decodes after a prompt of promptLen tokens.
+func (g *generateFlags) decoding(info diffusion.Info, promptLen int) decoding {
+	return decoding{ar: g.ar, noCache: g.noCache, info: info, batch: g.batch, promptLen: promptLen, genLen: g.genLen, threads: g.threads}
 }
 
 // showStep redraws the sample of row 0 after every step: masked positions

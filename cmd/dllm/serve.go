@@ -12,6 +12,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/dllm-dev/dllm/diffusion"
+	"github.com/dllm-dev/dllm/kernels"
 	"github.com/dllm-dev/dllm/model"
 	"github.com/dllm-dev/dllm/serve"
 )
@@ -20,7 +22,7 @@ type serveFlags struct {
 	host, device, apiKey, name, chatTemplate string
 	adapter                                  string
 	port, threads, maxQueue, maxBatch        int
-	maxTokens                                int
+	maxTokens, maxLen                        int
 	maxBody                                  int64
 	timeout, grace                           time.Duration
 }
@@ -38,7 +40,10 @@ max_tokens, temperature, top_p, seed, stop, n, stream) and the sampler's
 model's generation_config.json as defaults: a request gives the tokens
 'dllm generate --stop-at-eos' gives with the same settings. Requests wait in
 one queue; those with the same settings and prompt length are decoded
-together, up to --max-batch rows, each as it would be alone.
+together, up to --max-batch rows, each as it would be alone. Before the
+weights are loaded, --max-batch rows of the longest request (--max-model-len,
+else the model's positions) must fit the memory; a request whose rows would
+not gets a 400.
 
 SIGINT or SIGTERM stops accepting, lets requests in flight finish for
 --shutdown-timeout, cancels the rest and exits 0.`,
@@ -56,6 +61,7 @@ SIGINT or SIGTERM stops accepting, lets requests in flight finish for
 	fl.IntVar(&f.maxQueue, "max-queue", 64, "requests waiting or running at once; more get 503")
 	fl.IntVar(&f.maxBatch, "max-batch", 8, "rows decoded together in one forward (1: no batching)")
 	fl.IntVar(&f.maxTokens, "max-tokens", 0, "largest max_tokens a request may ask for (0: the model's positions)")
+	fl.IntVar(&f.maxLen, "max-model-len", 0, "largest prompt + max_tokens of a request (0: the model's positions); --max-batch rows of it must fit the memory")
 	fl.Int64Var(&f.maxBody, "max-body", 1<<20, "largest request body in bytes; more get 413")
 	fl.DurationVar(&f.timeout, "timeout", 5*time.Minute, "per-request limit, queueing included (0: none)")
 	fl.DurationVar(&f.grace, "shutdown-timeout", 30*time.Second, "on SIGINT/SIGTERM, how long requests in flight may take to finish")
@@ -63,34 +69,70 @@ SIGINT or SIGTERM stops accepting, lets requests in flight finish for
 	return cmd
 }
 
+// openServer loads the model in dir for the server, once --max-batch rows
+// of the longest request (--max-model-len, else the model's positions) fit
+// the memory; each request is checked when it comes (its n rows may be
+// more, and a model without max_position_embeddings has no longest).
+func openServer(cmd *cobra.Command, dir string, f *serveFlags) (*serve.Server, kernels.Backend, error) {
+	ck, err := model.Open(dir, model.OpenOptions{Adapter: f.adapter})
+	if err != nil {
+		return nil, nil, err
+	}
+	info, err := diffusion.InfoFrom(ck.Cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	be, err := openBackend(f.device, f.threads, cmd.ErrOrStderr())
+	if err != nil {
+		return nil, nil, err
+	}
+	mem := budgetOf(be)
+	fits := func(rows, tokens int, fix string) error {
+		return mem.checkDecoding(ck.Cfg, decoding{info: info, batch: rows, genLen: tokens, threads: f.threads}, fix)
+	}
+	n := ck.Cfg.MaxPositions
+	if f.maxLen > 0 && (n == 0 || f.maxLen < n) {
+		n = f.maxLen
+	}
+	err = fits(f.maxBatch, max(n, 1), "lower --max-batch or --max-model-len")
+	if err == nil {
+		err = ck.LoadModel(be)
+	}
+	var srv *serve.Server
+	if err == nil {
+		request := func(rows, tokens int) error {
+			if rows <= f.maxBatch && tokens <= n {
+				return nil // within what was checked above
+			}
+			return fits(rows, tokens, "lower max_tokens or n, or shorten the prompt")
+		}
+		srv, err = serve.New(ck, serve.Config{Name: f.name, APIKey: f.apiKey, MaxQueue: f.maxQueue, MaxBatch: f.maxBatch,
+			MaxTokens: f.maxTokens, MaxLen: f.maxLen, Timeout: f.timeout, MaxBody: f.maxBody, Log: cmd.ErrOrStderr(),
+			ChatTemplate: f.chatTemplate, Fits: request})
+	}
+	if err != nil {
+		be.Close()
+		return nil, nil, err
+	}
+	return srv, be, nil
+}
+
 func runServe(cmd *cobra.Command, dir string, f *serveFlags) error {
 	for _, c := range []struct {
 		name string
 		bad  bool
 	}{{"--port", f.port < 0 || f.port > 65535}, {"--max-queue", f.maxQueue < 1}, {"--max-batch", f.maxBatch < 1},
-		{"--max-tokens", f.maxTokens < 0}, {"--max-body", f.maxBody < 1}, {"--timeout", f.timeout < 0},
+		{"--max-tokens", f.maxTokens < 0}, {"--max-model-len", f.maxLen < 0}, {"--max-body", f.maxBody < 1}, {"--timeout", f.timeout < 0},
 		{"--shutdown-timeout", f.grace < 0}} {
 		if c.bad {
 			return &exitError{2, fmt.Errorf("%s is out of range (see 'dllm serve --help')", c.name)}
 		}
 	}
-	ck, err := model.Open(dir, model.OpenOptions{Adapter: f.adapter})
-	if err != nil {
-		return err
-	}
-	be, err := openBackend(f.device, f.threads, cmd.ErrOrStderr())
+	srv, be, err := openServer(cmd, dir, f)
 	if err != nil {
 		return err
 	}
 	defer be.Close()
-	if err := ck.LoadModel(be); err != nil {
-		return err
-	}
-	srv, err := serve.New(ck, serve.Config{Name: f.name, APIKey: f.apiKey, MaxQueue: f.maxQueue, MaxBatch: f.maxBatch,
-		MaxTokens: f.maxTokens, Timeout: f.timeout, MaxBody: f.maxBody, Log: cmd.ErrOrStderr(), ChatTemplate: f.chatTemplate})
-	if err != nil {
-		return err
-	}
 	defer srv.Close()
 	l, err := net.Listen("tcp", net.JoinHostPort(f.host, strconv.Itoa(f.port)))
 	if err != nil {

@@ -1,0 +1,195 @@
+package main
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/spf13/cobra"
+
+	"github.com/dllm-dev/dllm/kernels"
+	"github.com/dllm-dev/dllm/model"
+	"github.com/dllm-dev/dllm/tokenizer"
+)
+
+// TestMemoryPlanDecoding: generate --chat, chat, eval --task (generation)
+// and serve refuse, before loading the weights (of a copy whose weights are
+// NaN: loading them is refused), decoding whose memory plan (the one 'dllm
+// plan --inference' prints) exceeds what is available by one byte, and run
+// when exactly that much is available; chat checks each turn, serve each
+// request, against the memory measured at the start.
+func TestMemoryPlanDecoding(t *testing.T) {
+	out, _ := convertTiny(t)
+	final, nan := filepath.Join(out, "final"), t.TempDir()
+	entries, err := os.ReadDir(final)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, en := range entries {
+		b, err := os.ReadFile(filepath.Join(final, en.Name()))
+		if err != nil || en.IsDir() {
+			continue
+		}
+		if strings.HasSuffix(en.Name(), ".safetensors") {
+			for i := 8 + int(binary.LittleEndian.Uint64(b)); i < len(b); i++ {
+				b[i] = 0xff
+			}
+		}
+		os.WriteFile(filepath.Join(nan, en.Name()), b, 0o644)
+	}
+	if _, _, err := dllm(t, "generate", nan, "--ids", "1,5", "--gen-len", "4", "--threads", "1"); err == nil || !strings.Contains(err.Error(), "NaN") {
+		t.Fatalf("the NaN copy: %v", err)
+	}
+	tmpl := filepath.Join(moduleRoot(t), "testdata/chat/chatml.jinja")
+	defer func() { availableFor = model.Available }()
+	budget := func(n int64) {
+		availableFor = func(kernels.Backend) (float64, string) { return float64(n), "MemAvailable" }
+	}
+	planned := func(batch, seqLen int) int64 {
+		p := planJSON(t, final, "--inference", "--threads", "1", "--batch-size", fmt.Sprint(batch), "--seq-len", fmt.Sprint(seqLen))
+		if p.TotalBytes <= 0 || p.KVCacheBytes != 0 {
+			t.Fatalf("plan %d x %d: %+v", batch, seqLen, p)
+		}
+		return p.TotalBytes
+	}
+	refused := func(err error, total int64, fix string) bool {
+		return err != nil && strings.HasPrefix(err.Error(), "not enough memory: ") &&
+			strings.Contains(err.Error(), "need "+model.FormatBytes(float64(total))+" (") && strings.HasSuffix(err.Error(), ": "+fix) &&
+			!strings.Contains(err.Error(), "\n")
+	}
+	ck, err := model.Open(final, model.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ct, err := tokenizer.LoadChatTemplate(final, tmpl)
+	if err != nil || ct == nil {
+		t.Fatal(ct, err)
+	}
+	user := tokenizer.Message{Role: "user", Content: "Once upon a time"}
+	text, err := ct.Render([]tokenizer.Message{user}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	turn := len(ck.Tok.Encode(text, false)) + 8 // the rendered prompt and --gen-len
+	gen := []string{"--gen-len", "8", "--steps", "2", "--threads", "1", "--chat-template", tmpl}
+
+	// generate --chat: one row of the rendered prompt and --gen-len.
+	total := planned(1, turn)
+	args := append([]string{"generate", nan, "--chat", "--prompt", user.Content}, gen...)
+	budget(total - 1)
+	if _, _, err := dllm(t, args...); !refused(err, total, "lower --gen-len or shorten the prompt") {
+		t.Errorf("generate --chat with %d bytes: %v", total-1, err)
+	}
+	args[1] = final
+	budget(total)
+	if _, stderr, err := dllm(t, args...); err != nil {
+		t.Errorf("generate --chat with the plan's %d bytes: %v\n%s", total, err, stderr)
+	}
+
+	// chat: at the start, one row of --gen-len (no turn yet); then each
+	// turn's conversation.
+	chat := func(dir, in string) error {
+		root := newRoot()
+		root.SetIn(strings.NewReader(in))
+		root.SetOut(io.Discard)
+		root.SetErr(io.Discard)
+		root.SetArgs(append([]string{"chat", dir}, gen...))
+		return root.Execute()
+	}
+	fix := "lower --gen-len or shorten the conversation (/reset starts over)"
+	start := planned(1, 8)
+	budget(start - 1)
+	if err := chat(nan, ""); !refused(err, start, fix) {
+		t.Errorf("chat with %d bytes: %v", start-1, err)
+	}
+	budget(start)
+	if err := chat(final, ""); err != nil {
+		t.Errorf("chat with the plan's %d bytes, no message: %v", start, err)
+	}
+	if err := chat(final, user.Content+"\n"); !refused(err, total, fix) {
+		t.Errorf("chat with %d bytes, a turn of %d tokens: %v", start, turn, err)
+	}
+	budget(total)
+	if err := chat(final, user.Content+"\n"); err != nil {
+		t.Errorf("chat with the turn's %d bytes: %v", total, err)
+	}
+
+	// eval --task, generation: one row of the longest prompt and --gen-len.
+	tk := writeFile(t, "gen.jsonl", "{\"prompt\": \"Once upon a time\", \"answer\": \"#### 3\"}\n{\"prompt\": \"The cat\", \"answer\": \"#### 4\"}\n")
+	total = planned(1, len(ck.Tok.Encode("Once upon a time", true))+8)
+	args = []string{"eval", nan, "--task", tk, "--gen-len", "8", "--steps", "2", "--threads", "1"}
+	budget(total - 1)
+	if _, _, err := dllm(t, args...); err == nil || !refused(errors.Unwrap(err), total, "lower --gen-len") {
+		t.Errorf("eval --task (generation) with %d bytes: %v", total-1, err)
+	}
+	args[1] = final
+	budget(total)
+	if _, stderr, err := dllm(t, args...); err != nil {
+		t.Errorf("eval --task (generation) with the plan's %d bytes: %v\n%s", total, err, stderr)
+	}
+	// AR decoding plans its KV cache.
+	budget(1 << 10)
+	src := filepath.Join(moduleRoot(t), "testdata/tiny/llama")
+	if _, _, err := dllm(t, "eval", src, "--task", tk, "--gen-len", "8", "--threads", "1"); err == nil ||
+		!strings.Contains(err.Error(), ": not enough memory: the weights, activations and KV cache of 1 x ") {
+		t.Errorf("eval --task (generation) --mode ar with 1 KiB: %v", err)
+	}
+
+	// serve: at the start, --max-batch rows of the model's 256 positions or
+	// of --max-model-len; each request, its rows (n, or --max-batch when
+	// batched) of its prompt and max_tokens.
+	f := serveFlags{device: "cpu", threads: 1, maxBatch: 2, maxQueue: 4, maxBody: 1 << 20}
+	quiet := &cobra.Command{}
+	quiet.SetErr(io.Discard)
+	total = planned(2, 256)
+	budget(total - 1)
+	if _, _, err := openServer(quiet, nan, &f); !refused(err, total, "lower --max-batch or --max-model-len") {
+		t.Errorf("serve with %d bytes: %v", total-1, err)
+	}
+	budget(total)
+	srv, be, err := openServer(quiet, final, &f)
+	if err != nil {
+		t.Fatalf("serve with the plan's %d bytes: %v", total, err)
+	}
+	srv.Close()
+	be.Close()
+	f.maxLen = 64
+	budget(planned(2, 64))
+	if srv, be, err = openServer(quiet, final, &f); err != nil {
+		t.Fatalf("serve --max-model-len 64 with its plan's bytes: %v", err)
+	}
+	defer be.Close()
+	defer srv.Close()
+	ts := httptest.NewServer(srv.Handler())
+	defer ts.Close()
+	prompt := ck.Tok.Encode("Once", true)
+	ids, _ := json.Marshal(prompt)
+	for _, c := range []struct {
+		n, maxTokens, status int
+		want                 string
+	}{
+		{2, 64 - len(prompt), 200, ""},
+		{8, 64 - len(prompt), 400, "not enough memory: the weights and activations of 8 x 64 tokens need"},
+		{1, 65 - len(prompt), 400, "over this server's limit of 64 tokens"},
+	} {
+		body := fmt.Sprintf(`{"prompt": %s, "max_tokens": %d, "n": %d, "steps": 2}`, ids, c.maxTokens, c.n)
+		resp, err := http.Post(ts.URL+"/v1/completions", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got map[string]any
+		err = json.NewDecoder(resp.Body).Decode(&got)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != c.status || !strings.Contains(fmt.Sprint(got["error"]), c.want) {
+			t.Errorf("%s: %d %v %v; want %d %q", body, resp.StatusCode, got, err, c.status, c.want)
+		}
+	}
+}
