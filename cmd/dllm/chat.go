@@ -63,7 +63,7 @@ func openChat(cmd *cobra.Command, dir string, g *generateFlags, first []tokenize
 	if first != nil {
 		_, err = s.prompt(first)
 	} else {
-		err = s.fits(0) // no turn yet: the answer alone
+		err = s.check(0) // no turn yet: the answer alone
 	}
 	if err == nil {
 		err = ck.LoadModel(s.be)
@@ -78,16 +78,19 @@ func openChat(cmd *cobra.Command, dir string, g *generateFlags, first []tokenize
 
 func (s *chatSession) Close() { s.be.Close() }
 
-// fits refuses a turn whose decoding after promptLen tokens does not fit
-// the memory.
-func (s *chatSession) fits(promptLen int) error {
+// check refuses a turn after promptLen tokens that the settings, the
+// model's context or the memory do not allow.
+func (s *chatSession) check(promptLen int) error {
+	if err := s.g.check(s.cfg, 1, promptLen); err != nil {
+		return err
+	}
 	d := s.g.decoding(s.info, promptLen)
 	d.batch = 1
 	return s.mem.checkDecoding(s.cfg, d, s.fix)
 }
 
-// prompt is msgs rendered with the generation prompt and encoded, once it
-// fits the memory.
+// prompt is msgs rendered with the generation prompt and encoded, once
+// check allows it.
 func (s *chatSession) prompt(msgs []tokenizer.Message) ([]int32, error) {
 	text, err := s.ct.Render(msgs, true)
 	if err != nil {
@@ -97,7 +100,7 @@ func (s *chatSession) prompt(msgs []tokenizer.Message) ([]int32, error) {
 	for _, id := range s.tok.Encode(text, false) {
 		prompt = append(prompt, int32(id))
 	}
-	return prompt, s.fits(len(prompt))
+	return prompt, s.check(len(prompt))
 }
 
 // reply generates the assistant's answer to msgs.
@@ -190,7 +193,7 @@ func runChatGenerate(cmd *cobra.Command, dir string, g *generateFlags) error {
 }
 
 func newChatCmd() *cobra.Command {
-	var g generateFlags
+	g := generateFlags{batch: 1}
 	cmd := &cobra.Command{
 		Use:   "chat DIR",
 		Short: "Talk to a model in the terminal, turn by turn",
@@ -199,9 +202,10 @@ keeping the conversation: each answer is generated from the whole
 conversation rendered with the chat template (DIR's, or --chat-template)
 and its generation prompt, and cut at the end of the turn. /reset starts
 over; /exit or end of input (Ctrl-D) ends. Works with stdin not a terminal
-too (one message per line, answers only on stdout). A turn whose decoding
-would not fit the memory measured at the start is refused (on a terminal
-the message is dropped and the chat goes on: /reset, or a shorter one).`,
+too (one message per line, answers only on stdout). A turn beyond the model's
+context, or whose decoding would not fit the memory measured at the start,
+is refused (on a terminal the message is dropped and the chat goes on:
+/reset, or a shorter one).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error { return runChat(cmd, args[0], &g) },
 	}

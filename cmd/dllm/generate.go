@@ -139,7 +139,7 @@ func runGenerate(cmd *cobra.Command, dir string, g *generateFlags) error {
 			return err
 		}
 	}
-	if err := checkGenerate(cfg, g, len(prompt)); err != nil {
+	if err := g.check(cfg, g.batch, len(prompt)); err != nil {
 		return err
 	}
 	be, err := openBackend(g.device, g.threads, cmd.ErrOrStderr())
@@ -235,24 +235,24 @@ func runGenerate(cmd *cobra.Command, dir string, g *generateFlags) error {
 	return nil
 }
 
-// checkGenerate refuses settings that are not numbers in range and a prompt
-// and generation beyond the model's context.
-func checkGenerate(cfg *model.Config, g *generateFlags, promptLen int) error {
-	opt := g.options()
-	opt.Batch = g.batch
+// check refuses settings that are not numbers in range and a prompt and
+// generation beyond the model's context (generate, chat, eval --task).
+func (s *samplerFlags) check(cfg *model.Config, batch, promptLen int) error {
+	opt := s.options()
+	opt.Batch = batch
 	if err := opt.Validate(); err != nil {
 		return err
 	}
-	if g.batch <= 0 {
-		return fmt.Errorf("--batch must be positive, got %d", g.batch)
+	if batch <= 0 {
+		return fmt.Errorf("--batch must be positive, got %d", batch)
 	}
-	n := promptLen + g.genLen
+	n := promptLen + s.genLen
 	if ctx := cfg.MaxPositions; ctx > 0 {
 		if promptLen > ctx {
 			return fmt.Errorf("the prompt is %d tokens, longer than the model's context of %d (max_position_embeddings): shorten it", promptLen, ctx)
 		}
 		if n > ctx {
-			return fmt.Errorf("the prompt (%d tokens) and --gen-len %d make %d tokens, beyond the model's context of %d (max_position_embeddings): lower --gen-len to %d or less", promptLen, g.genLen, n, ctx, ctx-promptLen)
+			return fmt.Errorf("the prompt (%d tokens) and --gen-len %d make %d tokens, beyond the model's context of %d (max_position_embeddings): lower --gen-len to %d or less", promptLen, s.genLen, n, ctx, ctx-promptLen)
 		}
 	}
 	return nil

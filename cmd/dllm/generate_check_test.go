@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/binary"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -39,6 +40,32 @@ func TestGenerateRefusesBadSettings(t *testing.T) {
 		_, _, err := dllm(t, args...)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%v: got %v, want %q", c.args, err, c.want)
+		}
+	}
+	// generate --chat and chat: the same, before the weights are loaded
+	// (the settings), or before a turn is decoded (its length).
+	tmpl := filepath.Join(moduleRoot(t), "testdata/chat/chatml.jinja")
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--temperature", "NaN"}, "--temperature must be a number >= 0"},
+		{[]string{"--top-k", "-3"}, "--top-k must be >= 0"},
+		{[]string{"--gen-len", "250"}, "beyond the model's context of 256"},
+		{[]string{"--gen-len", "0"}, "--gen-len must be positive"},
+	} {
+		for _, cmd := range [][]string{
+			{"generate", tiny, "--chat", "--prompt", "hi"},
+			{"chat", tiny},
+		} {
+			root := newRoot()
+			root.SetIn(strings.NewReader("hi\n"))
+			root.SetOut(io.Discard)
+			root.SetErr(io.Discard)
+			root.SetArgs(append(append(cmd, "--ar", "--chat-template", tmpl, "--threads", "1"), c.args...))
+			if err := root.Execute(); err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Errorf("%s %v: got %v, want %q", cmd[0], c.args, err, c.want)
+			}
 		}
 	}
 }
