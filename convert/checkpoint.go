@@ -155,7 +155,7 @@ func (r *run) saveCheckpoint() (string, error) {
 	if err := r.adam.Save(tmp); err != nil {
 		return "", err
 	}
-	cfg, _ := json.MarshalIndent(m.Cfg.Raw, "", "  ")
+	cfg, _ := json.MarshalIndent(m.Cfg.RawJSON(), "", "  ")
 	if err := writeFileAtomic(filepath.Join(tmp, "config.json"), append(cfg, '\n')); err != nil {
 		return "", err
 	}

@@ -118,7 +118,7 @@ func (r *run) exportMerged(tmp string) error {
 	if err := r.exportWeights(tmp, dt); err != nil {
 		return fmt.Errorf("export weights: %w", err)
 	}
-	if err := writeJSON(filepath.Join(tmp, "config.json"), exportConfig(m.Cfg.Raw, m.Cfg.Vocab, dt, r.dllmBlock())); err != nil {
+	if err := writeJSON(filepath.Join(tmp, "config.json"), exportConfig(m.Cfg, m.Cfg.Vocab, dt, r.dllmBlock())); err != nil {
 		return err
 	}
 	if err := r.tok.Save(tmp); err != nil {
@@ -158,16 +158,13 @@ func (r *run) exportWeights(tmp string, dt safetensors.DType) error {
 // (read before "torch_dtype": both are rewritten) and rope_parameters
 // instead of rope_theta and rope_scaling, which transformers 4 reads: they
 // are added from it.
-func exportConfig(raw map[string]any, vocab int, dt safetensors.DType, info model.DLLMInfo) map[string]any {
-	cfg := map[string]any{}
-	for k, v := range raw {
-		cfg[k] = v
-	}
-	if rp, ok := cfg["rope_parameters"].(map[string]any); ok {
-		if th, ok := rp["rope_theta"]; ok && cfg["rope_theta"] == nil {
+func exportConfig(c *model.Config, vocab int, dt safetensors.DType, info model.DLLMInfo) map[string]any {
+	cfg := c.RawJSON()
+	if rp, ok := c.Raw["rope_parameters"].(map[string]any); ok {
+		if th, ok := rp["rope_theta"]; ok && c.Raw["rope_theta"] == nil {
 			cfg["rope_theta"] = th
 		}
-		if t, _ := rp["rope_type"].(string); t != "" && t != "default" && cfg["rope_scaling"] == nil {
+		if t, _ := rp["rope_type"].(string); t != "" && t != "default" && c.Raw["rope_scaling"] == nil {
 			cfg["rope_scaling"] = rp
 		}
 	}

@@ -2,6 +2,7 @@ package convert
 
 import (
 	"encoding/json"
+	"strings"
 	"testing"
 
 	"github.com/dllm-dev/dllm/model"
@@ -24,7 +25,7 @@ func TestExportConfigDType(t *testing.T) {
 		{"transformers 5", map[string]any{"model_type": "llama", "dtype": "bfloat16", "vocab_size": 32.0}, true, 33},
 		{"both", map[string]any{"model_type": "llama", "dtype": "bfloat16", "torch_dtype": "bfloat16"}, true, 33},
 	} {
-		got := exportConfig(c.raw, c.wantVoc, safetensors.F32, model.DLLMInfo{MaskTokenID: 32})
+		got := exportConfig(&model.Config{Raw: c.raw}, c.wantVoc, safetensors.F32, model.DLLMInfo{MaskTokenID: 32})
 		if got["torch_dtype"] != "float32" {
 			t.Errorf("%s: torch_dtype %v, want float32", c.name, got["torch_dtype"])
 		}
@@ -48,22 +49,22 @@ func TestExportConfigDType(t *testing.T) {
 // transformers 4 reads (5 reads rope_parameters first: unchanged for it).
 func TestExportConfigRope(t *testing.T) {
 	rp := map[string]any{"rope_theta": 5e5, "rope_type": "llama3", "factor": 32.0}
-	got := exportConfig(map[string]any{"rope_parameters": rp}, 10, safetensors.BF16, model.DLLMInfo{})
+	got := exportConfig(&model.Config{Raw: map[string]any{"rope_parameters": rp}}, 10, safetensors.BF16, model.DLLMInfo{})
 	if got["rope_theta"] != 5e5 || got["rope_scaling"] == nil || got["rope_parameters"] == nil {
 		t.Errorf("llama3 rope_parameters exported as %v", got)
 	}
-	got = exportConfig(map[string]any{"rope_parameters": map[string]any{"rope_theta": 1e6, "rope_type": "default"}}, 10, safetensors.BF16, model.DLLMInfo{})
+	got = exportConfig(&model.Config{Raw: map[string]any{"rope_parameters": map[string]any{"rope_theta": 1e6, "rope_type": "default"}}}, 10, safetensors.BF16, model.DLLMInfo{})
 	if got["rope_theta"] != 1e6 || got["rope_scaling"] != nil {
 		t.Errorf("default rope_parameters exported as %v", got)
 	}
 	// A config with both keeps its own.
-	got = exportConfig(map[string]any{"rope_theta": 1e4, "rope_scaling": nil, "rope_parameters": rp}, 10, safetensors.BF16, model.DLLMInfo{})
+	got = exportConfig(&model.Config{Raw: map[string]any{"rope_theta": 1e4, "rope_scaling": nil, "rope_parameters": rp}}, 10, safetensors.BF16, model.DLLMInfo{})
 	if got["rope_theta"] != 1e4 {
 		t.Errorf("top-level rope_theta replaced: %v", got["rope_theta"])
 	}
 	// Each export reads back as the source's RoPE.
 	for _, raw := range []map[string]any{{"rope_parameters": rp}, {"rope_theta": 5e5, "rope_scaling": rp}} {
-		cfg := exportConfig(raw, 100, safetensors.BF16, model.DLLMInfo{})
+		cfg := exportConfig(&model.Config{Raw: raw}, 100, safetensors.BF16, model.DLLMInfo{})
 		for k, v := range map[string]any{"model_type": "llama", "hidden_size": 64.0, "intermediate_size": 128.0, "num_hidden_layers": 2.0, "num_attention_heads": 4.0} {
 			cfg[k] = v
 		}
@@ -72,5 +73,32 @@ func TestExportConfigRope(t *testing.T) {
 		if err != nil || c.RopeTheta != 5e5 || c.RopeScaling == nil || c.RopeScaling.Factor != 32 {
 			t.Errorf("%v read back: %+v, %v", raw, c, err)
 		}
+	}
+}
+
+// TestExportConfigLiterals: values the export does not change keep their
+// text (0.0 stays 0.0: transformers 5 refuses 0 for a float field such as
+// Mixtral's router_jitter_noise); the changed ones are the export's.
+func TestExportConfigLiterals(t *testing.T) {
+	src := `{"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+	  "num_attention_heads": 4, "vocab_size": 100, "rms_norm_eps": 1e-05, "router_jitter_noise": 0.0,
+	  "rope_theta": 10000.0, "rope_scaling": {"rope_type": "linear", "factor": 2.0}, "torch_dtype": "bfloat16"}`
+	c, err := model.ParseConfig([]byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := json.Marshal(exportConfig(c, 101, safetensors.F32, model.DLLMInfo{MaskTokenID: 100}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"router_jitter_noise":0.0`, `"rope_theta":10000.0`, `"factor":2.0`, `"rms_norm_eps":1e-05`,
+		`"vocab_size":101`, `"torch_dtype":"float32"`, `"mask_token_id":100`} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("export config lacks %s: %s", want, b)
+		}
+	}
+	back, err := model.ParseConfig(b)
+	if err != nil || back.Vocab != 101 || back.RopeTheta != 10000 || back.RopeScaling == nil || back.RopeScaling.Factor != 2 {
+		t.Errorf("export config reads back as %+v, %v", back, err)
 	}
 }

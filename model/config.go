@@ -26,6 +26,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"reflect"
 	"sort"
 	"strings"
 
@@ -67,11 +68,12 @@ type Config struct {
 	EOS              []int
 	Pad              int // pad_token_id, -1 if none
 	TorchDType       string
-	Raw              map[string]any // the whole config.json, for writing it back
-	DLLM             *DLLMInfo      // the "dllm" block of a converted checkpoint
-	Path             string         // the file it was read from
-	ArchitectureName string         // architectures[0]
-	MoE              *MoE           // the sparse FFN of qwen2_moe, qwen3_moe, mixtral; nil for dense models
+	Raw              map[string]any             // the whole config.json, for writing it back (RawJSON)
+	DLLM             *DLLMInfo                  // the "dllm" block of a converted checkpoint
+	Path             string                     // the file it was read from
+	ArchitectureName string                     // architectures[0]
+	MoE              *MoE                       // the sparse FFN of qwen2_moe, qwen3_moe, mixtral; nil for dense models
+	literal          map[string]json.RawMessage // config.json's values as written (RawJSON)
 }
 
 // DLLMInfo is the "dllm" object dllm adds to config.json of a diffusion
@@ -115,6 +117,7 @@ func ParseConfig(b []byte) (*Config, error) {
 		return nil, fmt.Errorf("not valid JSON: %v", err)
 	}
 	c := &Config{Raw: raw, BOS: -1, Pad: -1}
+	json.Unmarshal(b, &c.literal)
 	g := getter{raw: raw}
 	c.ModelType = g.str("model_type")
 	switch c.ModelType {
@@ -227,6 +230,24 @@ func ParseConfig(b []byte) (*Config, error) {
 		return nil, g.err
 	}
 	return c, c.Validate()
+}
+
+// RawJSON is Raw for writing config.json: a value Raw still holds as read
+// keeps its text from the file. encoding/json writes a float64 0.0 as 0, and
+// transformers 5's configs refuse an int for a field declared float (e.g.
+// Mixtral's router_jitter_noise: 0.0).
+func (c *Config) RawJSON() map[string]any {
+	out := make(map[string]any, len(c.Raw))
+	for k, v := range c.Raw {
+		out[k] = v
+		if lit, ok := c.literal[k]; ok {
+			var read any
+			if json.Unmarshal(lit, &read) == nil && reflect.DeepEqual(read, v) {
+				out[k] = lit
+			}
+		}
+	}
+	return out
 }
 
 // Validate checks that the sizes are usable.

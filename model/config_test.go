@@ -1,6 +1,7 @@
 package model
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -68,9 +69,32 @@ func mustParse(t *testing.T, js string) *Config {
 	if c.Raw == nil {
 		t.Error("Raw not kept")
 	}
-	// Raw and Path are not compared below.
-	c.Raw = nil
+	// Raw, its literals and Path are not compared below.
+	c.Raw, c.literal = nil, nil
 	return c
+}
+
+// TestRawJSON: what Raw holds as read is written with config.json's text
+// (0.0 stays 0.0, 1e-05 and nested values too); a changed value is written
+// anew, an added one too.
+func TestRawJSON(t *testing.T) {
+	c, err := ParseConfig([]byte(`{"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+	  "num_attention_heads": 4, "vocab_size": 100, "rms_norm_eps": 1e-05, "router_jitter_noise": 0.0,
+	  "rope_scaling": {"rope_type": "linear", "factor": 2.0}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Raw["vocab_size"] = 101
+	c.Raw["added"] = 3.0
+	b, _ := json.Marshal(c.RawJSON())
+	for _, want := range []string{`"router_jitter_noise":0.0`, `"rms_norm_eps":1e-05`, `"factor":2.0`, `"vocab_size":101`, `"added":3`, `"hidden_size":64`} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("RawJSON lacks %s: %s", want, b)
+		}
+	}
+	if raw, _ := json.Marshal(c.Raw); strings.Contains(string(raw), `"router_jitter_noise":0.0`) {
+		t.Errorf("encoding/json kept 0.0 without RawJSON (the test shows nothing): %s", raw)
+	}
 }
 
 func TestParseConfigs(t *testing.T) {
