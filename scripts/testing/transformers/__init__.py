@@ -33,7 +33,8 @@ What it follows of 5.x:
   that already has rope_parameters is read as is).
 - Tied embeddings: tied to whichever of embed_tokens / lm_head the
   checkpoint holds; if it holds both with different values, not tied.
-- LlamaConfig refuses hidden_size not a multiple of num_attention_heads.
+- LlamaConfig refuses hidden_size not a multiple of num_attention_heads;
+  rms_norm_eps and initializer_range must be floats (strict dataclasses).
 Stricter than 5.x (which warns and initialises at random): missing or
 unexpected tensors are an error.
 """
@@ -77,6 +78,9 @@ class PretrainedConfig:
         rope.setdefault("rope_type", rope.get("type", "default"))
         self.rope_parameters = rope
         for k, v in kw.items():
+            # @strict (huggingface_hub): a field declared float refuses an int, e.g. 0 for 0.0
+            if k in ("rms_norm_eps", "initializer_range") and not isinstance(v, float):
+                raise TypeError(f"Field '{k}' expected float, got {type(v).__name__} (value: {v!r})")
             setattr(self, k, v)
         if getattr(self, "num_key_value_heads", None) is None:
             self.num_key_value_heads = self.num_attention_heads
