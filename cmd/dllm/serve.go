@@ -82,6 +82,9 @@ func openServer(cmd *cobra.Command, dir string, f *serveFlags) (*serve.Server, k
 	if err != nil {
 		return nil, nil, err
 	}
+	if err := f.checkLimits(ck.Cfg.MaxPositions, info.Shift); err != nil {
+		return nil, nil, err
+	}
 	be, err := openBackend(f.device, f.threads, cmd.ErrOrStderr())
 	if err != nil {
 		return nil, nil, err
@@ -117,6 +120,34 @@ func openServer(cmd *cobra.Command, dir string, f *serveFlags) (*serve.Server, k
 	return srv, be, nil
 }
 
+// checkLimits refuses --max-tokens and --max-model-len that no request
+// could meet: beyond the model's positions (0: not known yet), or leaving no
+// room for one generated token and the prompt token a shift model needs.
+func (f *serveFlags) checkLimits(positions int, shift bool) error {
+	bad := func(format string, a ...any) error { return &exitError{2, fmt.Errorf(format, a...)} }
+	if positions > 0 && f.maxLen > positions {
+		return bad("--max-model-len %d is beyond the model's %d positions (max_position_embeddings): lower it (0: the model's)", f.maxLen, positions)
+	}
+	limit, what := positions, "the model's positions"
+	if f.maxLen > 0 {
+		limit, what = f.maxLen, "--max-model-len"
+	}
+	minPrompt := 0
+	if shift {
+		minPrompt = 1 // a shift model predicts each token from the one before
+	}
+	if limit > 0 && limit <= minPrompt {
+		return bad("--max-model-len %d leaves no room to generate (this model needs a prompt of at least one token): raise it", limit)
+	}
+	if limit > 0 && f.maxTokens > limit-minPrompt {
+		if minPrompt > 0 {
+			return bad("--max-tokens %d leaves no room within %s %d for the prompt (this model needs at least one token): lower it to %d or less", f.maxTokens, what, limit, limit-minPrompt)
+		}
+		return bad("--max-tokens %d is more than %s %d (a request's prompt and max_tokens together): lower it to %d or less", f.maxTokens, what, limit, limit)
+	}
+	return nil
+}
+
 func runServe(cmd *cobra.Command, dir string, f *serveFlags) error {
 	for _, c := range []struct {
 		name string
@@ -127,6 +158,9 @@ func runServe(cmd *cobra.Command, dir string, f *serveFlags) error {
 		if c.bad {
 			return &exitError{2, fmt.Errorf("%s is out of range (see 'dllm serve --help')", c.name)}
 		}
+	}
+	if err := f.checkLimits(0, false); err != nil {
+		return err // the flags alone; the model's positions once it is opened
 	}
 	srv, be, err := openServer(cmd, dir, f)
 	if err != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -179,20 +180,80 @@ func TestServeEqualsGenerate(t *testing.T) {
 	}
 }
 
+// TestServeBadFlags: flags no request could meet are refused with one line,
+// exit 2, before the weights are loaded (of a diffusion copy of the tiny
+// model whose weights are NaN: loading them is refused).
 func TestServeBadFlags(t *testing.T) {
-	dir := filepath.Join(moduleRoot(t), "testdata/tiny/llama")
+	dir := filepath.Join(moduleRoot(t), "testdata/tiny/llama") // 256 positions
+	nan := func(shift bool) string {
+		d := t.TempDir()
+		for _, name := range []string{"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} {
+			b, err := os.ReadFile(filepath.Join(dir, name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			switch name {
+			case "config.json":
+				var cfg map[string]any
+				if err := json.Unmarshal(b, &cfg); err != nil {
+					t.Fatal(err)
+				}
+				cfg["dllm"] = map[string]any{"mask_token_id": 3, "shift": shift, "attention": "bidirectional"}
+				b, _ = json.Marshal(cfg)
+			case "model.safetensors":
+				for i := 8 + int(binary.LittleEndian.Uint64(b)); i < len(b); i++ {
+					b[i] = 0xff
+				}
+			}
+			if err := os.WriteFile(filepath.Join(d, name), b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return d
+	}
+	diff, shift := nan(false), nan(true)
+	if _, _, err := dllm(t, "serve", diff, "--device", "cpu", "--threads", "1", "--max-batch", "1"); err == nil || !strings.Contains(err.Error(), "NaN") {
+		t.Fatalf("the NaN copy: %v, want its weights refused", err)
+	}
 	for _, c := range []struct {
 		args []string
 		want string
 	}{
-		{[]string{"serve", dir, "--max-batch", "0"}, "--max-batch"},
-		{[]string{"serve", dir, "--port", "70000"}, "--port"},
+		{[]string{"serve", dir, "--max-batch", "0"}, "--max-batch is out of range"},
+		{[]string{"serve", dir, "--port", "70000"}, "--port is out of range"},
+		{[]string{"serve", dir, "--max-tokens", "65", "--max-model-len", "64"}, "--max-tokens 65 is more than --max-model-len 64 (a request's prompt and max_tokens together): lower it to 64 or less"},
+		{[]string{"serve", diff, "--max-model-len", "257"}, "--max-model-len 257 is beyond the model's 256 positions (max_position_embeddings)"},
+		{[]string{"serve", diff, "--max-tokens", "257"}, "--max-tokens 257 is more than the model's positions 256"},
+		{[]string{"serve", shift, "--max-tokens", "256"}, "--max-tokens 256 leaves no room within the model's positions 256 for the prompt (this model needs at least one token): lower it to 255 or less"},
+		{[]string{"serve", shift, "--max-tokens", "64", "--max-model-len", "64"}, "lower it to 63 or less"},
+		{[]string{"serve", shift, "--max-model-len", "1"}, "--max-model-len 1 leaves no room to generate"},
+	} {
+		_, _, err := dllm(t, append(c.args, "--device", "cpu", "--threads", "1")...)
+		if err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "\n") || exitCode(err) != 2 {
+			t.Errorf("%v: %v (exit %d), want one line with %q, exit 2", c.args[2:], err, exitCode(err), c.want)
+		}
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
 		{[]string{"serve", filepath.Join(t.TempDir(), "none")}, "no such file"},
 		{[]string{"serve", dir, "--device", "cpu"}, "not a diffusion checkpoint"},
 	} {
 		_, _, err := dllm(t, c.args...)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Fatalf("%v: %v, want an error about %s", c.args, err, c.want)
+		}
+	}
+	// At the limits, the flags pass to loading the weights.
+	for _, args := range [][]string{
+		{"serve", diff, "--max-tokens", "256"},
+		{"serve", diff, "--max-tokens", "64", "--max-model-len", "64"},
+		{"serve", shift, "--max-tokens", "63", "--max-model-len", "64"},
+		{"serve", shift, "--max-model-len", "2"},
+	} {
+		if _, _, err := dllm(t, append(args, "--device", "cpu", "--threads", "1", "--max-batch", "1")...); err == nil || !strings.Contains(err.Error(), "NaN") {
+			t.Errorf("%v: %v, want the weights refused", args[2:], err)
 		}
 	}
 }
