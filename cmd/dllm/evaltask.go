@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"path/filepath"
 	"regexp"
 
 	"github.com/spf13/cobra"
@@ -78,7 +79,7 @@ func runTask(cmd *cobra.Command, dir string, e *evalFlags) error {
 	for _, j := range jobs {
 		r, err := taskOne(cmd, be, tk, j.dir, j.adapter, j.mode, extract, e)
 		if err != nil {
-			return fmt.Errorf("%s: %w", j.dir, err) // %w: the exit code of an exitError
+			return withDir(j.dir, err)
 		}
 		runs = append(runs, r)
 	}
@@ -94,6 +95,17 @@ func runTask(cmd *cobra.Command, dir string, e *evalFlags) error {
 	}
 	printTaskTable(out, tf.file, tk.Format, runs)
 	return nil
+}
+
+// withDir is err prefixed with the model folder dir (%w: an exitError
+// keeps its code), unless its message names dir already.
+func withDir(dir string, err error) error {
+	for _, d := range []string{dir, filepath.Clean(dir)} {
+		if regexp.MustCompile(`(^|[\s'"(])` + regexp.QuoteMeta(d) + `($|[\s'"),:/])`).MatchString(err.Error()) {
+			return err
+		}
+	}
+	return fmt.Errorf("%s: %w", dir, err)
 }
 
 func printTaskTable(w io.Writer, file, format string, runs []taskRun) {

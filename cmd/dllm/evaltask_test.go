@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"math"
 	"os"
 	"path/filepath"
@@ -123,6 +124,7 @@ func TestEvalGenerationTask(t *testing.T) {
 func TestEvalTaskErrors(t *testing.T) {
 	src := filepath.Join(moduleRoot(t), "testdata/tiny/llama")
 	tk := writeFile(t, "task.jsonl", tinyChoiceTask)
+	none := filepath.Join(t.TempDir(), "none")
 	for _, c := range []struct {
 		args []string
 		want string
@@ -133,13 +135,18 @@ func TestEvalTaskErrors(t *testing.T) {
 		{[]string{"eval", src, "--task", tk, "--mode", "diffusion"}, "--mode ar", 1},
 		{[]string{"eval", src, "--task", writeFile(t, "bad.jsonl", `{"x": 1}`)}, "--task-format", 2},
 		{[]string{"eval", src, "--task", writeFile(t, "g.jsonl", `{"prompt": "a", "answer": "b"}`), "--extract", "("}, "--extract", 2},
-		{[]string{"eval", src, "--task", writeFile(t, "g2.jsonl", `{"prompt": "a", "answer": "b"}`), "--chat"}, "--chat-template", 2},
+		{[]string{"eval", src, "--task", writeFile(t, "g2.jsonl", `{"prompt": "a", "answer": "b"}`), "--chat"}, src + " has no chat_template in tokenizer_config.json: pass --chat-template", 2},
+		{[]string{"eval", none, "--task", tk}, "open " + none, 1},
 		{[]string{"eval", src, "--task", writeFile(t, "g3.jsonl", `{"prompt": "a", "answer": "b"}`), "--gen-len", "300"}, "beyond the model's context of 256", 1},
-		{[]string{"eval", src, "--task", writeFile(t, "g4.jsonl", `{"prompt": "a", "answer": "b"}`), "--temperature", "NaN"}, "--temperature must be a number", 1},
+		{[]string{"eval", src, "--task", writeFile(t, "g4.jsonl", `{"prompt": "a", "answer": "b"}`), "--temperature", "NaN"}, src + ": --temperature must be a number", 1},
 	} {
 		_, _, err := dllm(t, c.args...)
 		if err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "\n") || exitCode(err) != c.code {
 			t.Errorf("%v: error %v (exit %d), want one line mentioning %q, exit %d", c.args[3:], err, exitCode(err), c.want, c.code)
+		}
+		// The model's folder once: runTask's prefix where the message does not name it.
+		if err != nil && strings.Count(err.Error(), c.args[1]) > 1 {
+			t.Errorf("%v: %v names %s more than once", c.args[3:], err, c.args[1])
 		}
 	}
 }
@@ -164,5 +171,25 @@ func TestEvalARRows(t *testing.T) {
 	}
 	if r.Rows != 3 || r.Tokens != 3*31 || !(r.CrossEntropy > 0) || math.IsInf(r.CrossEntropy, 0) {
 		t.Fatalf("%+v", r)
+	}
+}
+
+// TestWithDir: runTask names the model's folder once, as a whole path, and
+// keeps an exitError's code.
+func TestWithDir(t *testing.T) {
+	for _, c := range [][3]string{
+		{"dd", "dd has no chat_template", "dd has no chat_template"},
+		{"d", "dd has no chat_template", "d: dd has no chat_template"},
+		{"dd/", "open dd/config.json: no such file", "open dd/config.json: no such file"},
+		{".", "--gen-len must be positive.", ".: --gen-len must be positive."},
+		{"m", `--adapter "x/m2": bad`, `m: --adapter "x/m2": bad`},
+		{"m", `the weights of m hold NaN`, `the weights of m hold NaN`},
+	} {
+		if got := withDir(c[0], errors.New(c[1])).Error(); got != c[2] {
+			t.Errorf("withDir(%q, %q) = %q, want %q", c[0], c[1], got, c[2])
+		}
+	}
+	if err := withDir("m", &exitError{2, errors.New("bad")}); exitCode(err) != 2 {
+		t.Errorf("%v: exit %d, want 2", err, exitCode(err))
 	}
 }
