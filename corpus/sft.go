@@ -2,6 +2,7 @@ package corpus
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"strings"
@@ -181,7 +182,7 @@ func (s *sftReader) read(paths []string) ([][]sftExample, error) {
 			}
 			ex, err := s.line(l)
 			if err != nil {
-				return nil, fmt.Errorf("corpus: %s:%d: %v", f.path, line, err)
+				return nil, fmt.Errorf("corpus: %s:%d: %w", f.path, line, err)
 			}
 			out = append(out, ex)
 			s.stats.Lines++
@@ -189,6 +190,10 @@ func (s *sftReader) read(paths []string) ([][]sftExample, error) {
 	}
 	return out, nil
 }
+
+// ErrNoChatTemplate is in LoadSFT's refusal of a "messages" row when
+// SFTOptions has no Template: bad input, that a template fixes.
+var ErrNoChatTemplate = errors.New("a \"messages\" row needs a chat template")
 
 // SFTRoles are the roles a "messages" row may use.
 var SFTRoles = []string{"system", "user", "assistant"}
@@ -240,7 +245,7 @@ func (s *sftReader) conversation(msgs []tokenizer.Message) ([]sftExample, error)
 		if where == "" {
 			where = "the model"
 		}
-		return nil, fmt.Errorf("a \"messages\" row needs a chat template and %s has none: pass --chat-template FILE (a Jinja file), or give \"prompt\"+\"completion\" rows", where)
+		return nil, fmt.Errorf("%w and %s has none: pass --chat-template FILE (a Jinja file), or give \"prompt\"+\"completion\" rows", ErrNoChatTemplate, where)
 	}
 	for i, m := range msgs {
 		known := false

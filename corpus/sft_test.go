@@ -1,6 +1,7 @@
 package corpus
 
 import (
+	"errors"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -234,6 +235,9 @@ func TestLoadSFTBadData(t *testing.T) {
 		_, err := LoadSFT(tok, SFTOptions{Paths: []string{p}, SeqLen: 64, Template: c.ct, TemplateHint: "SRC"})
 		if err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "\n") {
 			t.Errorf("%s:\n got %v\nwant %q", c.line, err, c.want)
+		}
+		if errors.Is(err, ErrNoChatTemplate) != (c.ct == nil) {
+			t.Errorf("%s: %v; errors.Is(ErrNoChatTemplate) is %v", c.line, err, c.ct != nil)
 		}
 	}
 	if _, err := LoadSFT(tok, SFTOptions{Paths: []string{writeTemp(t, dir, "a.txt", "text")}, SeqLen: 64, Template: ct}); err == nil || !strings.Contains(err.Error(), "SFT data is JSONL") {

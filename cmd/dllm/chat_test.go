@@ -126,7 +126,9 @@ func TestChatCommands(t *testing.T) {
 		}
 		os.WriteFile(filepath.Join(bare, en.Name()), b, 0o644)
 	}
-	// (eval --sft: corpus' refusal of a "messages" row, exit 1.)
+	// convert --sft and eval --sft: corpus' refusal of a "messages" row
+	// (corpus.ErrNoChatTemplate), exit 2 as the others.
+	runOut := filepath.Join(t.TempDir(), "run")
 	for _, c := range []struct {
 		args []string
 		code int
@@ -134,11 +136,15 @@ func TestChatCommands(t *testing.T) {
 		{[]string{"generate", bare, "--chat", "--prompt", "hi"}, 2},
 		{[]string{"chat", bare}, 2},
 		{[]string{"eval", bare, "--task", writeFile(t, "g.jsonl", `{"prompt": "a", "answer": "b"}`), "--chat"}, 2},
-		{[]string{"eval", bare, "--data", data, "--sft"}, 1},
+		{[]string{"eval", bare, "--data", data, "--sft"}, 2},
+		{[]string{"convert", filepath.Join(moduleRoot(t), "testdata/tiny/llama"), "--sft", "--data", data, "--out", runOut, "--threads", "1", "--quiet"}, 2},
 	} {
 		_, _, err := dllm(t, c.args...)
 		if err == nil || !strings.Contains(err.Error(), "pass --chat-template") || strings.Contains(err.Error(), "\n") || exitCode(err) != c.code {
 			t.Errorf("%v: %v (exit %d); want one line saying to pass --chat-template, exit %d", c.args, err, exitCode(err), c.code)
 		}
+	}
+	if _, err := os.Stat(runOut); !os.IsNotExist(err) {
+		t.Errorf("the refused convert left %s: %v", runOut, err)
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
+
+	"github.com/dllm-dev/dllm/corpus"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -45,11 +47,15 @@ func main() {
 	os.Exit(exitCode(err))
 }
 
-// exitCode is an exitError's code (2: bad input), else 1.
+// exitCode is an exitError's code (2: bad input), 2 for the bad input that
+// packages report with their own errors, else 1.
 func exitCode(err error) int {
 	var ee *exitError
 	if errors.As(err, &ee) {
 		return ee.code
+	}
+	if errors.Is(err, corpus.ErrNoChatTemplate) {
+		return 2
 	}
 	return 1
 }
