@@ -3,6 +3,7 @@ package diffusion
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -21,5 +22,17 @@ func TestGenDefaults(t *testing.T) {
 		got.Alg != want.Alg || got.AlgTemp != want.AlgTemp || got.Temperature != want.Temperature || got.TopP != want.TopP ||
 		got.TopK != 0 || got.Threshold != want.Threshold {
 		t.Fatalf("got %+v, want %+v (top_k of the wrong type ignored)", got, want)
+	}
+}
+
+// TestValidateAlg: Validate refuses an --alg the sampler has not (before a
+// model is loaded); "" is the default, confidence.
+func TestValidateAlg(t *testing.T) {
+	for _, a := range []Alg{"", AlgRandom, AlgConfidence, AlgMargin, AlgEntropy, "maskgit_plus", "Confidence"} {
+		err := GenOptions{GenLen: 4, Alg: a}.Validate()
+		known := a == "" || a == AlgRandom || a == AlgConfidence || a == AlgMargin || a == AlgEntropy
+		if (err == nil) != known || (err != nil && !strings.Contains(err.Error(), "unknown --alg")) {
+			t.Errorf("alg %q: %v", a, err)
+		}
 	}
 }

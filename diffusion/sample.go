@@ -152,12 +152,8 @@ func NewSampler(m *model.Model, info Info, opt GenOptions) (*Sampler, error) {
 	if opt.Eps <= 0 {
 		opt.Eps = 1e-3
 	}
-	switch opt.Alg {
-	case AlgRandom, AlgConfidence, AlgMargin, AlgEntropy:
-	case "":
+	if opt.Alg == "" {
 		opt.Alg = AlgConfidence
-	default:
-		return nil, fmt.Errorf("unknown --alg %q (random, confidence, margin, entropy)", opt.Alg)
 	}
 	if opt.Threshold < 0 || opt.Threshold >= 1 {
 		return nil, fmt.Errorf("--threshold must be in [0, 1), got %g", opt.Threshold)

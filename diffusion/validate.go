@@ -29,6 +29,8 @@ func (o GenOptions) Validate() error {
 		return fmt.Errorf("--alg-temp must be a number >= 0, got %g", o.AlgTemp)
 	case !finite(o.Threshold) || o.Threshold < 0 || o.Threshold >= 1:
 		return fmt.Errorf("--threshold must be in [0, 1), got %g", o.Threshold)
+	case o.Alg != "" && o.Alg != AlgRandom && o.Alg != AlgConfidence && o.Alg != AlgMargin && o.Alg != AlgEntropy:
+		return fmt.Errorf("unknown --alg %q (random, confidence, margin, entropy)", o.Alg)
 	case !finite(o.Eps) || o.Eps < 0:
 		return fmt.Errorf("eps must be a number >= 0, got %g", o.Eps)
 	}

@@ -81,7 +81,7 @@ func (s *chatSession) Close() { s.be.Close() }
 // check refuses a turn after promptLen tokens that the settings, the
 // model's context or the memory do not allow.
 func (s *chatSession) check(promptLen int) error {
-	if err := s.g.check(s.cfg, 1, promptLen); err != nil {
+	if err := s.g.check(s.cfg, s.g.ar, 1, promptLen); err != nil {
 		return err
 	}
 	d := s.g.decoding(s.info, promptLen)

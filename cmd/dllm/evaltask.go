@@ -197,7 +197,7 @@ func taskOne(cmd *cobra.Command, be kernels.Backend, tk *task.Task, dir, adapter
 		if err != nil {
 			return run, err
 		}
-		if err := sf.check(cfg, 1, n); err != nil {
+		if err := sf.check(cfg, mode == "ar", 1, n); err != nil {
 			return run, err
 		}
 		d := decoding{ar: mode == "ar", info: info, batch: 1, promptLen: n, genLen: sf.genLen, threads: e.threads}

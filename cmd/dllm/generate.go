@@ -93,7 +93,7 @@ func parseIDList(s string) ([]int32, error) {
 		}
 		v, err := strconv.Atoi(p)
 		if err != nil {
-			return nil, fmt.Errorf("--ids: %q is not an integer", p)
+			return nil, &exitError{2, fmt.Errorf("--ids: %q is not an integer", p)}
 		}
 		out = append(out, int32(v))
 	}
@@ -130,7 +130,7 @@ func runGenerate(cmd *cobra.Command, dir string, g *generateFlags) error {
 	}
 	for _, id := range prompt {
 		if id < 0 || int(id) >= cfg.Vocab {
-			return fmt.Errorf("prompt token %d is outside the vocabulary (%d)", id, cfg.Vocab)
+			return &exitError{2, fmt.Errorf("prompt token %d is outside the vocabulary (%d)", id, cfg.Vocab)}
 		}
 	}
 	var info diffusion.Info
@@ -139,7 +139,7 @@ func runGenerate(cmd *cobra.Command, dir string, g *generateFlags) error {
 			return err
 		}
 	}
-	if err := g.check(cfg, g.batch, len(prompt)); err != nil {
+	if err := g.check(cfg, g.ar, g.batch, len(prompt)); err != nil {
 		return err
 	}
 	be, err := openBackend(g.device, g.threads, cmd.ErrOrStderr())
@@ -236,23 +236,28 @@ func runGenerate(cmd *cobra.Command, dir string, g *generateFlags) error {
 }
 
 // check refuses settings that are not numbers in range and a prompt and
-// generation beyond the model's context (generate, chat, eval --task).
-func (s *samplerFlags) check(cfg *model.Config, batch, promptLen int) error {
+// generation beyond the model's context (generate, chat, eval --task; ar:
+// --alg is not used): bad input, exit 2.
+func (s *samplerFlags) check(cfg *model.Config, ar bool, batch, promptLen int) error {
 	opt := s.options()
 	opt.Batch = batch
+	if ar {
+		opt.Alg = ""
+	}
+	bad := func(err error) error { return &exitError{2, err} }
 	if err := opt.Validate(); err != nil {
-		return err
+		return bad(err)
 	}
 	if batch <= 0 {
-		return fmt.Errorf("--batch must be positive, got %d", batch)
+		return bad(fmt.Errorf("--batch must be positive, got %d", batch))
 	}
 	n := promptLen + s.genLen
 	if ctx := cfg.MaxPositions; ctx > 0 {
 		if promptLen > ctx {
-			return fmt.Errorf("the prompt is %d tokens, longer than the model's context of %d (max_position_embeddings): shorten it", promptLen, ctx)
+			return bad(fmt.Errorf("the prompt is %d tokens, longer than the model's context of %d (max_position_embeddings): shorten it", promptLen, ctx))
 		}
 		if n > ctx {
-			return fmt.Errorf("the prompt (%d tokens) and --gen-len %d make %d tokens, beyond the model's context of %d (max_position_embeddings): lower --gen-len to %d or less", promptLen, s.genLen, n, ctx, ctx-promptLen)
+			return bad(fmt.Errorf("the prompt (%d tokens) and --gen-len %d make %d tokens, beyond the model's context of %d (max_position_embeddings): lower --gen-len to %d or less", promptLen, s.genLen, n, ctx, ctx-promptLen))
 		}
 	}
 	return nil

@@ -16,7 +16,8 @@ import (
 
 // TestGenerateRefusesBadSettings: settings that are not numbers in range, a
 // prompt beyond the model's context and lengths whose buffers cannot be
-// allocated are refused with one line before anything is allocated.
+// allocated are refused with one line before anything is allocated, exit 2
+// (bad input, as flag errors).
 func TestGenerateRefusesBadSettings(t *testing.T) {
 	tiny := filepath.Join(moduleRoot(t), "testdata/tiny/llama") // max_position_embeddings 256
 	long := strings.Repeat("5,", 300)
@@ -35,11 +36,32 @@ func TestGenerateRefusesBadSettings(t *testing.T) {
 		{[]string{"--gen-len", "0"}, "--gen-len must be positive"},
 		{[]string{"--gen-len", "1000000000000"}, "beyond the model's context of 256"},
 		{[]string{"--gen-len", "200", "--ids", long}, "the prompt is 300 tokens, longer than the model's context of 256"},
+		{[]string{"--ids", "1,x"}, `--ids: "x" is not an integer`},
+		{[]string{"--ids", "1,384"}, "prompt token 384 is outside the vocabulary (384)"},
+		{[]string{"--gen-len", "x"}, "invalid argument"}, // a flag error, for comparison
 	} {
 		args := append([]string{"generate", tiny, "--ar", "--ids", "1,5,6", "--threads", "1"}, c.args...)
 		_, _, err := dllm(t, args...)
-		if err == nil || !strings.Contains(err.Error(), c.want) {
-			t.Errorf("%v: got %v, want %q", c.args, err, c.want)
+		if err == nil || !strings.Contains(err.Error(), c.want) || exitCode(err) != 2 {
+			t.Errorf("%v: got %v (exit %d), want %q, exit 2", c.args, err, exitCode(err), c.want)
+		}
+	}
+	// Diffusion: the same, and an unknown --alg (ignored with --ar), before
+	// the weights are loaded.
+	nan := nanDiffusion(t, false)
+	for _, c := range []struct {
+		args []string
+		want string
+		code int
+	}{
+		{[]string{"--alg", "maskgit"}, `unknown --alg "maskgit"`, 2},
+		{[]string{"--threshold", "1"}, "--threshold must be in [0, 1)", 2},
+		{[]string{"--gen-len", "254"}, "beyond the model's context of 256", 2},
+		{[]string{"--ar", "--alg", "maskgit"}, "NaN", 1}, // the weights are loaded
+	} {
+		_, _, err := dllm(t, append([]string{"generate", nan, "--ids", "1,5,6", "--threads", "1", "--device", "cpu"}, c.args...)...)
+		if err == nil || !strings.Contains(err.Error(), c.want) || exitCode(err) != c.code {
+			t.Errorf("diffusion %v: got %v (exit %d), want %q, exit %d", c.args, err, exitCode(err), c.want, c.code)
 		}
 	}
 	// generate --chat and chat: the same, before the weights are loaded
@@ -63,8 +85,8 @@ func TestGenerateRefusesBadSettings(t *testing.T) {
 			root.SetOut(io.Discard)
 			root.SetErr(io.Discard)
 			root.SetArgs(append(append(cmd, "--ar", "--chat-template", tmpl, "--threads", "1"), c.args...))
-			if err := root.Execute(); err == nil || !strings.Contains(err.Error(), c.want) {
-				t.Errorf("%s %v: got %v, want %q", cmd[0], c.args, err, c.want)
+			if err := root.Execute(); err == nil || !strings.Contains(err.Error(), c.want) || exitCode(err) != 2 {
+				t.Errorf("%s %v: got %v (exit %d), want %q, exit 2", cmd[0], c.args, err, exitCode(err), c.want)
 			}
 		}
 	}

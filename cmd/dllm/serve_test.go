@@ -180,38 +180,43 @@ func TestServeEqualsGenerate(t *testing.T) {
 	}
 }
 
-// TestServeBadFlags: flags no request could meet are refused with one line,
-// exit 2, before the weights are loaded (of a diffusion copy of the tiny
-// model whose weights are NaN: loading them is refused).
-func TestServeBadFlags(t *testing.T) {
-	dir := filepath.Join(moduleRoot(t), "testdata/tiny/llama") // 256 positions
-	nan := func(shift bool) string {
-		d := t.TempDir()
-		for _, name := range []string{"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} {
-			b, err := os.ReadFile(filepath.Join(dir, name))
-			if err != nil {
+// nanDiffusion is a copy of the tiny llama (256 positions) made a diffusion
+// checkpoint whose weights are NaN: loading them is refused, so a refusal
+// that comes before it shows that it came before the weights were loaded.
+func nanDiffusion(t *testing.T, shift bool) string {
+	t.Helper()
+	dir := filepath.Join(moduleRoot(t), "testdata/tiny/llama")
+	d := t.TempDir()
+	for _, name := range []string{"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} {
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch name {
+		case "config.json":
+			var cfg map[string]any
+			if err := json.Unmarshal(b, &cfg); err != nil {
 				t.Fatal(err)
 			}
-			switch name {
-			case "config.json":
-				var cfg map[string]any
-				if err := json.Unmarshal(b, &cfg); err != nil {
-					t.Fatal(err)
-				}
-				cfg["dllm"] = map[string]any{"mask_token_id": 3, "shift": shift, "attention": "bidirectional"}
-				b, _ = json.Marshal(cfg)
-			case "model.safetensors":
-				for i := 8 + int(binary.LittleEndian.Uint64(b)); i < len(b); i++ {
-					b[i] = 0xff
-				}
-			}
-			if err := os.WriteFile(filepath.Join(d, name), b, 0o644); err != nil {
-				t.Fatal(err)
+			cfg["dllm"] = map[string]any{"mask_token_id": 3, "shift": shift, "attention": "bidirectional"}
+			b, _ = json.Marshal(cfg)
+		case "model.safetensors":
+			for i := 8 + int(binary.LittleEndian.Uint64(b)); i < len(b); i++ {
+				b[i] = 0xff
 			}
 		}
-		return d
+		if err := os.WriteFile(filepath.Join(d, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
-	diff, shift := nan(false), nan(true)
+	return d
+}
+
+// TestServeBadFlags: flags no request could meet are refused with one line,
+// exit 2, before the weights are loaded (nanDiffusion).
+func TestServeBadFlags(t *testing.T) {
+	dir := filepath.Join(moduleRoot(t), "testdata/tiny/llama") // 256 positions
+	diff, shift := nanDiffusion(t, false), nanDiffusion(t, true)
 	if _, _, err := dllm(t, "serve", diff, "--device", "cpu", "--threads", "1", "--max-batch", "1"); err == nil || !strings.Contains(err.Error(), "NaN") {
 		t.Fatalf("the NaN copy: %v, want its weights refused", err)
 	}
