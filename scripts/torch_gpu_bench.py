@@ -17,13 +17,14 @@ and its attention in fp32.
 
 Bidirectional attention: every attention module's is_causal is set False
 and no mask is passed, so sdpa may use its flash kernel (transformers 5.x
-and >= 4.48: sdpa's is_causal is that flag when no mask is given), if a
+and >= 4.53: sdpa's is_causal is that flag when no mask is given), if a
 check shows that this is bidirectional; else (eager, or a transformers whose
-sdpa is causal without a mask) an all-zeros 4-D mask. The annealed mask and
-that fallback are additive float masks (0 visible, the dtype's minimum
-hidden) of shape (B, 1, L, L), which transformers >= 4.40 uses as given; a
-bool mask is refused by 4.40-4.47 ("inverted form with max==0") and would be
-added as 0/1 by eager attention (5.x adds a 4-D mask as given).
+sdpa is causal without a mask, 4.48-4.52) an all-zeros 4-D mask. The
+annealed mask and that fallback are additive float masks (0 visible, the
+dtype's minimum hidden) of shape (B, 1, L, L), which transformers >= 4.40
+uses as given; a bool mask is refused by 4.40-4.43 ("inverted form with
+max==0") and would be added as 0/1 by eager attention (5.x adds a 4-D mask
+as given).
 
 Each shape and mask: warm-up steps, then the median of timed steps (CUDA
 events). Prints one JSON object per shape and mask. --device cpu (float32

@@ -23,8 +23,8 @@ What it follows of 5.x:
 - A 4-D attention_mask is used as given (_preprocess_mask_arguments returns
   it untouched): eager attention adds it to the scores (a bool mask is added
   as 0/1, so it does NOT mask), sdpa hands it to scaled_dot_product_attention
-  (bool: True attends; float: added). transformers 4.40-4.47 refused a 4-D
-  mask whose max is not 0; additive float masks work in both.
+  (bool: True attends; float: added). transformers 4.40-4.43 refused a 4-D
+  mask whose max is not 0; additive float masks work in all.
 - No mask: eager builds the causal mask; sdpa uses is_causal, i.e. causal
   unless the attention module's is_causal was set False.
 - dtype (torch_dtype kept for BC) defaults to "auto": config.json's dtype,
