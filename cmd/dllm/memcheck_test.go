@@ -143,22 +143,67 @@ func TestMemoryPlanDecoding(t *testing.T) {
 		t.Errorf("eval --task (generation) --mode ar with 1 KiB: %v", err)
 	}
 
-	// serve: at the start, --max-batch rows of the model's 256 positions or
-	// of --max-model-len; each request, its rows (n, or --max-batch when
-	// batched) of its prompt and max_tokens.
-	f := serveFlags{device: "cpu", threads: 1, maxBatch: 2, maxQueue: 4, maxBody: 1 << 20}
+	// serve: at the start, --max-batch rows of --max-model-len, else of the
+	// model's 256 positions or, when those do not fit, of the longest length
+	// that does; each request, its rows (n, or --max-batch when batched) of
+	// its prompt and max_tokens.
+	f := serveFlags{device: "cpu", threads: 1, maxBatch: 2, maxQueue: 4, maxBody: 1 << 20, maxLen: 256}
+	var note strings.Builder
 	quiet := &cobra.Command{}
-	quiet.SetErr(io.Discard)
+	quiet.SetErr(&note)
 	total = planned(2, 256)
 	budget(total - 1)
 	if _, _, err := openServer(quiet, nan, &f); !refused(err, total, "lower --max-batch or --max-model-len") {
-		t.Errorf("serve with %d bytes: %v", total-1, err)
+		t.Errorf("serve --max-model-len 256 with %d bytes: %v", total-1, err)
+	}
+	f.maxLen = 0
+	budget(planned(2, 1) - 1)
+	if _, _, err := openServer(quiet, nan, &f); !refused(err, total, "lower --max-batch or --max-model-len") {
+		t.Errorf("serve with %d bytes, less than one token's: %v", planned(2, 1)-1, err)
 	}
 	budget(total)
 	srv, be, err := openServer(quiet, final, &f)
-	if err != nil {
-		t.Fatalf("serve with the plan's %d bytes: %v", total, err)
+	if err != nil || note.Len() != 0 {
+		t.Fatalf("serve with the plan's %d bytes: %v %q", total, err, note.String())
 	}
+	srv.Close()
+	be.Close()
+	// A byte less: the longest that fits, named on stderr; one token more
+	// gets a 400.
+	longest := 255
+	for planned(2, longest) > total-1 {
+		longest--
+	}
+	budget(total - 1)
+	if srv, be, err = openServer(quiet, final, &f); err != nil {
+		t.Fatalf("serve with %d bytes: %v", total-1, err)
+	}
+	if want := fmt.Sprintf("requests of up to %d tokens (prompt and max_tokens) are served", longest); !strings.Contains(note.String(), want) ||
+		strings.Count(note.String(), "\n") != 1 {
+		t.Errorf("serve with %d bytes said %q, want one line with %q", total-1, note.String(), want)
+	}
+	post := func(url string, n, tokens int) (int, string) {
+		prompt, _ := json.Marshal(ck.Tok.Encode("Once", true))
+		body := fmt.Sprintf(`{"prompt": %s, "max_tokens": %d, "n": %d, "steps": 2}`, prompt, tokens-len(ck.Tok.Encode("Once", true)), n)
+		resp, err := http.Post(url+"/v1/completions", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var got map[string]any
+		if err := json.NewDecoder(resp.Body).Decode(&got); err != nil {
+			t.Fatal(err)
+		}
+		return resp.StatusCode, fmt.Sprint(got["error"])
+	}
+	ts := httptest.NewServer(srv.Handler())
+	if code, e := post(ts.URL, 1, longest+1); code != 400 || !strings.Contains(e, fmt.Sprintf("not enough memory: the weights and activations of 2 x %d tokens", longest+1)) {
+		t.Errorf("a request of %d tokens: %d %s", longest+1, code, e)
+	}
+	if code, e := post(ts.URL, 1, longest); code != 200 {
+		t.Errorf("a request of %d tokens: %d %s", longest, code, e)
+	}
+	ts.Close()
 	srv.Close()
 	be.Close()
 	f.maxLen = 64
@@ -168,7 +213,7 @@ func TestMemoryPlanDecoding(t *testing.T) {
 	}
 	defer be.Close()
 	defer srv.Close()
-	ts := httptest.NewServer(srv.Handler())
+	ts = httptest.NewServer(srv.Handler())
 	defer ts.Close()
 	prompt := ck.Tok.Encode("Once", true)
 	ids, _ := json.Marshal(prompt)

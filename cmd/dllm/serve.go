@@ -41,9 +41,10 @@ model's generation_config.json as defaults: a request gives the tokens
 'dllm generate --stop-at-eos' gives with the same settings. Requests wait in
 one queue; those with the same settings and prompt length are decoded
 together, up to --max-batch rows, each as it would be alone. Before the
-weights are loaded, --max-batch rows of the longest request (--max-model-len,
-else the model's positions) must fit the memory; a request whose rows would
-not gets a 400.
+weights are loaded, --max-batch rows of --max-model-len tokens must fit the
+memory; without it, serve takes the model's positions or, when those do not
+fit, the longest requests that do (one line on stderr says how long). A
+request whose rows would not fit gets a 400.
 
 SIGINT or SIGTERM stops accepting, lets requests in flight finish for
 --shutdown-timeout, cancels the rest and exits 0.`,
@@ -61,7 +62,7 @@ SIGINT or SIGTERM stops accepting, lets requests in flight finish for
 	fl.IntVar(&f.maxQueue, "max-queue", 64, "requests waiting or running at once; more get 503")
 	fl.IntVar(&f.maxBatch, "max-batch", 8, "rows decoded together in one forward (1: no batching)")
 	fl.IntVar(&f.maxTokens, "max-tokens", 0, "largest max_tokens a request may ask for (0: the model's positions)")
-	fl.IntVar(&f.maxLen, "max-model-len", 0, "largest prompt + max_tokens of a request (0: the model's positions); --max-batch rows of it must fit the memory")
+	fl.IntVar(&f.maxLen, "max-model-len", 0, "largest prompt + max_tokens of a request, --max-batch rows of which must fit the memory (0: the model's positions, or the longest that fits)")
 	fl.Int64Var(&f.maxBody, "max-body", 1<<20, "largest request body in bytes; more get 413")
 	fl.DurationVar(&f.timeout, "timeout", 5*time.Minute, "per-request limit, queueing included (0: none)")
 	fl.DurationVar(&f.grace, "shutdown-timeout", 30*time.Second, "on SIGINT/SIGTERM, how long requests in flight may take to finish")
@@ -70,9 +71,10 @@ SIGINT or SIGTERM stops accepting, lets requests in flight finish for
 }
 
 // openServer loads the model in dir for the server, once --max-batch rows
-// of the longest request (--max-model-len, else the model's positions) fit
-// the memory; each request is checked when it comes (its n rows may be
-// more, and a model without max_position_embeddings has no longest).
+// of the longest request fit the memory: --max-model-len, else the model's
+// positions or, when they do not fit, the longest length that does. Each
+// request is checked when it comes (its n rows may be more, and a model
+// without max_position_embeddings has no longest).
 func openServer(cmd *cobra.Command, dir string, f *serveFlags) (*serve.Server, kernels.Backend, error) {
 	ck, err := model.Open(dir, model.OpenOptions{Adapter: f.adapter})
 	if err != nil {
@@ -98,6 +100,21 @@ func openServer(cmd *cobra.Command, dir string, f *serveFlags) (*serve.Server, k
 		n = f.maxLen
 	}
 	err = fits(f.maxBatch, max(n, 1), "lower --max-batch or --max-model-len")
+	if err != nil && f.maxLen == 0 && n > 1 && fits(f.maxBatch, 1, "") == nil {
+		// The model's positions were not asked for: serve the longest
+		// requests that fit (a long-context model's rarely do).
+		lo, hi := 1, n // lo fits, hi does not
+		for hi-lo > 1 {
+			if mid := (lo + hi) / 2; fits(f.maxBatch, mid, "") == nil {
+				lo = mid
+			} else {
+				hi = mid
+			}
+		}
+		fmt.Fprintf(cmd.ErrOrStderr(), "dllm serve: --max-batch %d rows of the model's %d positions do not fit the memory (%s, %s): requests of up to %d tokens (prompt and max_tokens) are served, longer ones get a 400; --max-model-len sets a limit, checked here\n",
+			f.maxBatch, n, model.FormatBytes(mem.avail), mem.source, lo)
+		n, err = lo, nil
+	}
 	if err == nil {
 		err = ck.LoadModel(be)
 	}
