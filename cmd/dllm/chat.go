@@ -85,7 +85,7 @@ func (s *chatSession) check(promptLen int) error {
 		return err
 	}
 	d := s.g.decoding(s.info, promptLen)
-	d.batch = 1
+	d.batch = 1 // one answer, whatever generate --chat's --batch
 	return s.mem.checkDecoding(s.cfg, d, s.fix)
 }
 
@@ -193,7 +193,7 @@ func runChatGenerate(cmd *cobra.Command, dir string, g *generateFlags) error {
 }
 
 func newChatCmd() *cobra.Command {
-	g := generateFlags{batch: 1}
+	var g generateFlags
 	cmd := &cobra.Command{
 		Use:   "chat DIR",
 		Short: "Talk to a model in the terminal, turn by turn",
