@@ -49,11 +49,7 @@ func TestOpenMergedOpensSourceOnce(t *testing.T) {
 			between()
 			out := map[string][]float32{}
 			for _, s := range m.ExportSpecs() {
-				n := 1
-				for _, d := range s.Shape {
-					n *= int(d)
-				}
-				v := make([]float32, n)
+				v := make([]float32, s.Elements())
 				if err := fetch(s.Name, v); err != nil {
 					t.Fatalf("%s: %s after the source was removed: %v", name, s.Name, err)
 				}

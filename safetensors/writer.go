@@ -22,7 +22,8 @@ type Spec struct {
 	Shape []int64
 }
 
-func (s Spec) elements() int64 {
+// Elements is the number of values of the tensor.
+func (s Spec) Elements() int64 {
 	n := int64(1)
 	for _, d := range s.Shape {
 		n *= d
@@ -78,7 +79,7 @@ func Write(dir string, specs []Spec, fetch Fetch, opt WriteOptions) ([]string, e
 	var cur []Spec
 	var curBytes, total int64
 	for _, s := range specs {
-		b := s.elements() * esize
+		b := s.Elements() * esize
 		if len(cur) > 0 && curBytes+b > opt.MaxShardSize {
 			shards = append(shards, cur)
 			cur, curBytes = nil, 0
@@ -113,7 +114,7 @@ func Write(dir string, specs []Spec, fetch Fetch, opt WriteOptions) ([]string, e
 
 	var maxElems int64
 	for _, s := range specs {
-		maxElems = max(maxElems, s.elements())
+		maxElems = max(maxElems, s.Elements())
 	}
 	buf := make([]float32, maxElems)
 	enc := make([]byte, maxElems*esize)
@@ -217,7 +218,7 @@ func writeShard(w *bufio.Writer, specs []Spec, opt WriteOptions, buf []float32, 
 		return err
 	}
 	for _, s := range specs {
-		n := s.elements()
+		n := s.Elements()
 		dst := buf[:n]
 		if err := fetch(s.Name, dst); err != nil {
 			return fmt.Errorf("tensor %q: %w", s.Name, err)
@@ -258,7 +259,7 @@ func headerJSON(specs []Spec, dt DType, extra map[string]string) ([]byte, error)
 		if shape == nil {
 			shape = []int64{}
 		}
-		n := s.elements() * esize
+		n := s.Elements() * esize
 		obj[s.Name] = entry{dt, shape, [2]int64{off, off + n}}
 		off += n
 	}

@@ -122,7 +122,7 @@ func TestWriteReadBack(t *testing.T) {
 				var total int64
 				for n, s := range shapes {
 					total += int64(len(vals[n])) * esize
-					if e := (Spec{n, s}).elements(); e != int64(len(vals[n])) {
+					if e := (Spec{n, s}).Elements(); e != int64(len(vals[n])) {
 						t.Fatalf("bad fixture %s", n)
 					}
 				}

@@ -221,11 +221,7 @@ func TestEmulatorLoRABF16Base(t *testing.T) {
 				}
 				defer closeFetch()
 				for _, s := range m.ExportSpecs() {
-					n := 1
-					for _, d := range s.Shape {
-						n *= int(d)
-					}
-					v := make([]float32, n)
+					v := make([]float32, s.Elements())
 					if err := fetch(s.Name, v); err != nil {
 						t.Fatal(err)
 					}
