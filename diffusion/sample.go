@@ -155,12 +155,6 @@ func NewSampler(m *model.Model, info Info, opt GenOptions) (*Sampler, error) {
 	if opt.Alg == "" {
 		opt.Alg = AlgConfidence
 	}
-	if opt.Threshold < 0 || opt.Threshold >= 1 {
-		return nil, fmt.Errorf("--threshold must be in [0, 1), got %g", opt.Threshold)
-	}
-	if opt.TopP < 0 || opt.TopP > 1 {
-		return nil, fmt.Errorf("--top-p must be in [0, 1], got %g", opt.TopP)
-	}
 	s := &Sampler{m: m, info: info, opt: opt, B: opt.Batch, acts: map[int]*model.Activations{}}
 	s.score = s.forward
 	return s, nil
