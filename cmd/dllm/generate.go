@@ -106,8 +106,9 @@ func runGenerate(cmd *cobra.Command, dir string, g *generateFlags) error {
 	}
 	ck, err := model.Open(dir, model.OpenOptions{NoTokenizer: g.ids != "", Adapter: g.adapter})
 	if err != nil {
+		// The hint where --ids mends it: the config was read, the tokenizer not.
 		var ae *model.AdapterError
-		if g.ids == "" && !errors.As(err, &ae) {
+		if _, cerr := model.LoadConfig(dir); g.ids == "" && cerr == nil && !errors.As(err, &ae) {
 			return fmt.Errorf("%v (or give the prompt as --ids)", err)
 		}
 		return err

@@ -190,8 +190,8 @@ func TestMemoryPlanRefusal(t *testing.T) {
 }
 
 // TestGenerateOpenHint: a folder generate cannot open gets the hint that
-// --ids needs no tokenizer; an --adapter refusal, which --ids does not
-// mend, does not.
+// --ids needs no tokenizer; an --adapter refusal and a config that cannot
+// be read, which --ids does not mend, do not.
 func TestGenerateOpenHint(t *testing.T) {
 	src := filepath.Join(moduleRoot(t), "testdata/tiny/llama")
 	noTok := t.TempDir()
@@ -207,5 +207,13 @@ func TestGenerateOpenHint(t *testing.T) {
 	_, _, err = dllm(t, "generate", src, "--prompt", "hi", "--adapter", t.TempDir())
 	if err == nil || !strings.HasPrefix(err.Error(), "--adapter ") || strings.Contains(err.Error(), "--ids") {
 		t.Errorf("a folder that is no adapter: %v; want the --adapter refusal without the --ids hint", err)
+	}
+	// Nor a config that cannot be read: --ids needs it too.
+	badType := t.TempDir()
+	os.WriteFile(filepath.Join(badType, "config.json"), []byte(`{"model_type": "gpt2"}`), 0o644)
+	for dir, want := range map[string]string{filepath.Join(t.TempDir(), "none"): "cannot read model config", badType: `model_type "gpt2" is not supported`} {
+		if _, _, err := dllm(t, "generate", dir, "--prompt", "hi"); err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "--ids") {
+			t.Errorf("%s: %v; want %q without the --ids hint", dir, err, want)
+		}
 	}
 }
