@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/binary"
 	"io"
 	"os"
 	"path/filepath"
@@ -114,20 +113,7 @@ func TestGenerateMemoryPlan(t *testing.T) {
 // TestGenerateNaNWeights: a checkpoint whose weights are NaN is named as
 // such instead of sampling garbage.
 func TestGenerateNaNWeights(t *testing.T) {
-	src := filepath.Join(moduleRoot(t), "testdata/tiny/llama")
-	dir := t.TempDir()
-	for _, f := range []string{"config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors"} {
-		b, err := os.ReadFile(filepath.Join(src, f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if f == "model.safetensors" {
-			for i := 8 + int(binary.LittleEndian.Uint64(b)); i < len(b); i++ {
-				b[i] = 0xff
-			}
-		}
-		os.WriteFile(filepath.Join(dir, f), b, 0o644)
-	}
+	dir := nanCopy(t, filepath.Join(moduleRoot(t), "testdata/tiny/llama"), nil)
 	_, _, err := dllm(t, "generate", dir, "--ar", "--ids", "1,5", "--gen-len", "4", "--threads", "1")
 	if err == nil || !strings.Contains(err.Error(), "hold NaN or infinite values") {
 		t.Fatalf("got %v", err)

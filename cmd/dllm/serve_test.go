@@ -180,36 +180,51 @@ func TestServeEqualsGenerate(t *testing.T) {
 	}
 }
 
-// nanDiffusion is a copy of the tiny llama (256 positions) made a diffusion
-// checkpoint whose weights are NaN: loading them is refused, so a refusal
-// that comes before it shows that it came before the weights were loaded.
-func nanDiffusion(t *testing.T, shift bool) string {
+// nanCopy copies the files of the model folder src with every
+// safetensors file's values set to NaN (loading them is refused: a refusal
+// that comes first shows that it came before the weights were loaded), and
+// config.json through edit (nil: as it is).
+func nanCopy(t *testing.T, src string, edit func(cfg map[string]any)) string {
 	t.Helper()
-	dir := filepath.Join(moduleRoot(t), "testdata/tiny/llama")
+	entries, err := os.ReadDir(src)
+	if err != nil {
+		t.Fatal(err)
+	}
 	d := t.TempDir()
-	for _, name := range []string{"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} {
-		b, err := os.ReadFile(filepath.Join(dir, name))
+	for _, en := range entries {
+		if en.IsDir() {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(src, en.Name()))
 		if err != nil {
 			t.Fatal(err)
 		}
-		switch name {
-		case "config.json":
+		switch {
+		case en.Name() == "config.json" && edit != nil:
 			var cfg map[string]any
 			if err := json.Unmarshal(b, &cfg); err != nil {
 				t.Fatal(err)
 			}
-			cfg["dllm"] = map[string]any{"mask_token_id": 3, "shift": shift, "attention": "bidirectional"}
+			edit(cfg)
 			b, _ = json.Marshal(cfg)
-		case "model.safetensors":
+		case strings.HasSuffix(en.Name(), ".safetensors"):
 			for i := 8 + int(binary.LittleEndian.Uint64(b)); i < len(b); i++ {
 				b[i] = 0xff
 			}
 		}
-		if err := os.WriteFile(filepath.Join(d, name), b, 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(d, en.Name()), b, 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
 	return d
+}
+
+// nanDiffusion is nanCopy of the tiny llama (256 positions) made a
+// diffusion checkpoint.
+func nanDiffusion(t *testing.T, shift bool) string {
+	return nanCopy(t, filepath.Join(moduleRoot(t), "testdata/tiny/llama"), func(cfg map[string]any) {
+		cfg["dllm"] = map[string]any{"mask_token_id": 3, "shift": shift, "attention": "bidirectional"}
+	})
 }
 
 // TestServeBadFlags: flags no request could meet are refused with one line,
