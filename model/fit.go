@@ -39,11 +39,21 @@ type memInfo interface {
 	MemInfo() (free, total uint64, err error)
 }
 
+// pooled is a GPU backend whose pool keeps freed blocks (cuda.Backend):
+// it gives them back to the device when an allocation would fail.
+type pooled interface {
+	PoolCached() uint64
+}
+
 // Available is the memory a run on be may take: the device's free memory
-// on a GPU, MemAvailable on the CPU; 0 and "" when unknown.
+// on a GPU, with the blocks its pool keeps for reuse, MemAvailable on the
+// CPU; 0 and "" when unknown.
 func Available(be kernels.Backend) (float64, string) {
 	if mi, ok := be.(memInfo); ok {
 		if free, _, err := mi.MemInfo(); err == nil {
+			if p, ok := be.(pooled); ok && p.PoolCached() > 0 {
+				return float64(free + p.PoolCached()), "free on the GPU, with its pool's cached blocks"
+			}
 			return float64(free), "free on the GPU"
 		}
 		return 0, ""

@@ -318,6 +318,17 @@ func (m *Model) EnableGrads() {
 	}
 }
 
+// Free gives the model's buffers back to the backend; m is not used after.
+func (m *Model) Free() {
+	for _, b := range []kernels.Buf{m.Params, m.Half, m.Grads, m.copies, m.ropeCos, m.ropeSin} {
+		if b.N > 0 {
+			m.BE.Free(b)
+		}
+	}
+	m.Params, m.Half, m.Grads, m.copies, m.ropeCos, m.ropeSin = kernels.Buf{}, kernels.Buf{}, kernels.Buf{}, kernels.Buf{}, kernels.Buf{}, kernels.Buf{}
+	m.ropeLen = 0
+}
+
 // ensureRope keeps cos/sin tables for at least n positions on the backend.
 func (m *Model) ensureRope(n int) {
 	if n <= m.ropeLen {

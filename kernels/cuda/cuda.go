@@ -279,8 +279,16 @@ func (be *Backend) MatmulPrecision() string {
 // MemStats reports the device memory pool.
 func (be *Backend) MemStats() MemStats { return be.pool.stats() }
 
+// PoolCached is the bytes of the freed blocks the pool keeps for reuse
+// (MemStats' Reserved less InUse), which it gives back to the device when an
+// allocation would fail: free memory that MemInfo counts as used.
+func (be *Backend) PoolCached() uint64 {
+	s := be.pool.stats()
+	return uint64(s.Reserved - s.InUse)
+}
+
 // MemInfo is the device's free and total memory (cuMemGetInfo); the pool's
-// cached blocks count as used.
+// cached blocks count as used (PoolCached).
 func (be *Backend) MemInfo() (free, total uint64, err error) {
 	mi, ok := be.drv.(interface {
 		memInfo() (uint64, uint64, error)

@@ -256,3 +256,42 @@ func TestEmulatorCopyRuns(t *testing.T) {
 		})
 	}
 }
+
+// TestEmulatorModelFree: Model.Free gives every buffer of a model (its
+// parameters, gradients, bf16 copies and RoPE tables) back to the pool,
+// whose cached blocks PoolCached then counts, and a model loaded after it
+// reuses them without a new device allocation.
+func TestEmulatorModelFree(t *testing.T) {
+	path := buildEmu(t)
+	be, err := newBackend(false, func() (driver, error) { return openEmu(path) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer be.Close()
+	dir := float32Copy(t, "../../testdata/tiny/llama")
+	before := be.MemStats()
+	m, err := model.Load(dir, be)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.EnableGrads()
+	m.NewActivations(1, 3, false).Free(be) // and the RoPE tables
+	if err := be.Err(); err != nil {
+		t.Fatal(err)
+	}
+	loaded := be.MemStats()
+	if loaded.InUse <= before.InUse || be.PoolCached() != uint64(loaded.Reserved-loaded.InUse) {
+		t.Fatalf("loaded: %+v (before %+v), PoolCached %d", loaded, before, be.PoolCached())
+	}
+	m.Free()
+	freed := be.MemStats()
+	if freed.InUse != before.InUse || be.PoolCached() != uint64(freed.Reserved-before.InUse) || be.PoolCached() == 0 {
+		t.Fatalf("after Free: %+v (before the load %+v), PoolCached %d", freed, before, be.PoolCached())
+	}
+	if _, err := model.Load(dir, be); err != nil {
+		t.Fatal(err)
+	}
+	if again := be.MemStats(); again.Allocs != freed.Allocs {
+		t.Errorf("a second load made %d device allocations after Free, want 0 (the pool's blocks)", again.Allocs-freed.Allocs)
+	}
+}
