@@ -45,6 +45,8 @@ random weights (--arch, e.g. testdata/configs/llama-42m.json), or, with
 			if matmul {
 				return benchMatmul(cmd, be, asJSON)
 			}
+			// Measured before the weights are allocated: the plan counts them.
+			avail, source := availableFor(be)
 			var m *model.Model
 			switch {
 			case modelDir != "":
@@ -70,7 +72,7 @@ random weights (--arch, e.g. testdata/configs/llama-42m.json), or, with
 			default:
 				return &exitError{2, fmt.Errorf("--mask %q: use bidirectional or annealed", mask)}
 			}
-			if err := benchCopies(cmd, be, m, copies, batch, seqLen, recompute); err != nil {
+			if err := benchCopies(cmd, be, m, copies, batch, seqLen, recompute, avail, source); err != nil {
 				return err
 			}
 			r, err := convert.BenchStepVis(m, batch, seqLen, warmup, steps, seed, vis, recompute)
@@ -121,15 +123,15 @@ random weights (--arch, e.g. testdata/configs/llama-42m.json), or, with
 }
 
 // benchCopies settles --bf16-copies for the timed model as convert does,
-// with the plan of 'dllm plan --bench', saying so when auto drops them.
-func benchCopies(cmd *cobra.Command, be kernels.Backend, m *model.Model, setting string, batch, seqLen int, recompute bool) error {
+// with the plan of 'dllm plan --bench', saying so when auto drops them;
+// avail is what was free before the model was loaded.
+func benchCopies(cmd *cobra.Command, be kernels.Backend, m *model.Model, setting string, batch, seqLen int, recompute bool, avail float64, source string) error {
 	if err := checkCopies(setting); err != nil {
 		return err
 	}
 	o := convert.Defaults()
 	o.BatchSize, o.SeqLen, o.Recompute = batch, seqLen, recompute
 	dev, mm := model.PlanDevice(be)
-	avail, source := availableFor(be)
 	noCopies, _, note, err := convert.ChooseCopies(setting, func(off bool) (*model.Plan, error) {
 		q := o
 		q.BF16Copies = map[bool]string{false: "on", true: "off"}[off]
