@@ -184,6 +184,15 @@ func parseStop(raw json.RawMessage) ([]string, *apiError) {
 	return out, nil
 }
 
+// maxTokens is the request's max_tokens (chat: max_completion_tokens
+// first); nil when it gives none.
+func (r *request) maxTokens(chat bool) *int {
+	if chat && r.MaxCompletionTokens != nil {
+		return r.MaxCompletionTokens
+	}
+	return r.MaxTokens
+}
+
 // maxN is the most samples one request may ask for.
 const maxN = 64
 
@@ -194,10 +203,7 @@ func (s *Server) settings(req *request, chat bool) (diffusion.GenOptions, int, u
 	o.EOS = s.eos
 	o.StopAtEOS = true
 	n, seed := 1, uint64(0)
-	maxTok := req.MaxTokens
-	if chat && req.MaxCompletionTokens != nil {
-		maxTok = req.MaxCompletionTokens
-	}
+	maxTok := req.maxTokens(chat)
 	switch {
 	case req.Logprobs != nil && string(req.Logprobs) != "null" && string(req.Logprobs) != "false":
 		return o, 0, 0, badRequest("logprobs", "logprobs are not supported by diffusion sampling")
@@ -213,9 +219,11 @@ func (s *Server) settings(req *request, chat bool) (diffusion.GenOptions, int, u
 			return o, 0, 0, badRequest("max_tokens", "max_tokens must be at least 1, got %d", *maxTok)
 		}
 		o.GenLen = *maxTok
-	}
-	if s.cfg.MaxTokens > 0 && o.GenLen > s.cfg.MaxTokens {
-		return o, 0, 0, badRequest("max_tokens", "max_tokens %d is over this server's limit of %d", o.GenLen, s.cfg.MaxTokens)
+		if s.cfg.MaxTokens > 0 && o.GenLen > s.cfg.MaxTokens {
+			return o, 0, 0, badRequest("max_tokens", "max_tokens %d is over this server's limit of %d", o.GenLen, s.cfg.MaxTokens)
+		}
+	} else if s.cfg.MaxTokens > 0 {
+		o.GenLen = min(o.GenLen, s.cfg.MaxTokens) // the model's default, within the limit
 	}
 	if req.Temperature != nil {
 		if *req.Temperature < 0 || *req.Temperature > 2 {

@@ -45,6 +45,10 @@ type Config struct {
 	// the memory: rows of tokens (prompt and max_tokens), its n rows or,
 	// batched with others of its length, MaxBatch.
 	Fits func(rows, tokens int) error
+	// FitLen is the longest prompt + max_tokens whose MaxBatch rows were
+	// found to fit at start-up (0: none). Longer requests go to Fits; it
+	// caps the default max_tokens.
+	FitLen int
 }
 
 // Server serves one model.
@@ -349,6 +353,23 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request, chat bool) {
 	if len(ids) == 0 && s.info.Shift {
 		writeError(w, badRequest("prompt", "the prompt is empty: this model needs at least one token"))
 		return
+	}
+	if req.maxTokens(chat) == nil {
+		// The model's default, cut to what the prompt leaves of the
+		// server's limits, as OpenAI's API takes the rest of the context.
+		for _, l := range []struct {
+			n    int
+			what string
+		}{{s.m.Cfg.MaxPositions, "the model's %d positions"}, {s.cfg.MaxLen, "this server's limit of %d tokens"}, {s.cfg.FitLen, ""}} {
+			room := l.n - len(ids)
+			if l.n > 0 && room < 1 && l.what != "" {
+				writeError(w, badRequest("prompt", "the prompt (%d tokens) leaves no room to generate within "+l.what+": shorten it", len(ids), l.n))
+				return
+			}
+			if room > 0 && opt.GenLen > room {
+				opt.GenLen = room
+			}
+		}
 	}
 	if mp := s.m.Cfg.MaxPositions; mp > 0 && len(ids)+opt.GenLen > mp {
 		writeError(w, badRequest("max_tokens", "the prompt (%d tokens) plus max_tokens (%d) is over the model's %d positions", len(ids), opt.GenLen, mp))

@@ -221,6 +221,47 @@ func TestCompletionEqualsSampler(t *testing.T) {
 	}
 }
 
+// TestDefaultMaxTokens: a request without max_tokens gets the model's
+// gen_length (12 here) cut to --max-tokens and to what its prompt leaves of
+// the server's limits (the positions, MaxLen, FitLen); one whose prompt
+// leaves nothing gets a 400 that names the prompt. An explicit max_tokens
+// over MaxTokens is still refused (TestBadRequests).
+func TestDefaultMaxTokens(t *testing.T) {
+	dir := tinyDiffusion(t, 0, false)
+	p := len(encode(newTestServer(t, dir, Config{}).Server, "Once upon a time"))
+	for _, c := range []struct {
+		cfg  Config
+		body string
+		want int // completion tokens; 0: a 400
+	}{
+		{Config{}, `{"prompt": "Once upon a time"}`, 12},
+		{Config{MaxTokens: 8}, `{"prompt": "Once upon a time"}`, 8},
+		{Config{MaxLen: p + 5}, `{"prompt": "Once upon a time"}`, 5},
+		{Config{FitLen: p + 3, MaxTokens: 8}, `{"prompt": "Once upon a time"}`, 3},
+		{Config{MaxLen: p + 5}, `{"prompt": "Once upon a time", "max_tokens": 6}`, 0},
+		{Config{MaxLen: p}, `{"prompt": "Once upon a time"}`, 0},
+		{Config{}, `{"prompt": [` + strings.Repeat("5, ", 255) + `5]}`, 0},
+	} {
+		ts := newTestServer(t, dir, c.cfg)
+		body := strings.TrimSuffix(c.body, "}") + `, "stop_at_eos": false, "steps": 2}`
+		code, out, _ := post(t, ts.url+"/v1/completions", body)
+		if c.want == 0 {
+			e, _ := out["error"].(map[string]any)
+			if code != 400 || e == nil || (!strings.Contains(body, "max_tokens") && (e["param"] != "prompt" || !strings.Contains(fmt.Sprint(e["message"]), "leaves no room to generate"))) {
+				t.Errorf("%+v %s: %d %v, want a 400", c.cfg, c.body, code, out)
+			}
+			continue
+		}
+		if code != 200 {
+			t.Errorf("%+v %s: %d %v", c.cfg, c.body, code, out)
+			continue
+		}
+		if u := out["usage"].(map[string]any); int(u["completion_tokens"].(float64)) != c.want {
+			t.Errorf("%+v %s: usage %v, want %d completion tokens", c.cfg, c.body, u, c.want)
+		}
+	}
+}
+
 // holdWorker blocks the worker before each batch until release is
 // closed, so requests pile up in the queue; batches records each batch's
 // rows and outcome.

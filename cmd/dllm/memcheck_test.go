@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/dllm-dev/dllm/diffusion"
 	"github.com/dllm-dev/dllm/kernels"
 	"github.com/dllm-dev/dllm/model"
 	"github.com/dllm-dev/dllm/tokenizer"
@@ -185,6 +186,36 @@ func TestMemoryPlanDecoding(t *testing.T) {
 	}
 	if code, e := post(ts.URL, 1, longest); code != 200 {
 		t.Errorf("a request of %d tokens: %d %s", longest, code, e)
+	}
+	ts.Close()
+	srv.Close()
+	be.Close()
+	// A request without max_tokens gets the model's default (32) cut to
+	// what its prompt leaves of the longest that fits, not a 400.
+	def, short := diffusion.GenDefaults(final).GenLen, 20
+	budget(planned(2, short))
+	for planned(2, short+1) <= planned(2, 20) {
+		short++
+	}
+	if srv, be, err = openServer(quiet, final, &f); err != nil {
+		t.Fatalf("serve with %d tokens' bytes: %v", short, err)
+	}
+	ts = httptest.NewServer(srv.Handler())
+	once, _ := json.Marshal(ck.Tok.Encode("Once", true))
+	resp, err := http.Post(ts.URL+"/v1/completions", "application/json",
+		strings.NewReader(fmt.Sprintf(`{"prompt": %s, "steps": 2, "stop_at_eos": false}`, once)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		Usage struct {
+			CompletionTokens int `json:"completion_tokens"`
+		}
+	}
+	err = json.NewDecoder(resp.Body).Decode(&got)
+	resp.Body.Close()
+	if want := short - len(ck.Tok.Encode("Once", true)); err != nil || resp.StatusCode != 200 || got.Usage.CompletionTokens != want || want >= def {
+		t.Errorf("a request without max_tokens, %d tokens fit: %d %+v %v; want %d completion tokens (of the default %d)", short, resp.StatusCode, got, err, want, def)
 	}
 	ts.Close()
 	srv.Close()

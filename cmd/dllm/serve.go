@@ -61,7 +61,7 @@ SIGINT or SIGTERM stops accepting, lets requests in flight finish for
 	fl.StringVar(&f.chatTemplate, "chat-template", "", "Jinja file (or JSON with chat_template) instead of DIR's template")
 	fl.IntVar(&f.maxQueue, "max-queue", 64, "requests waiting or running at once; more get 503")
 	fl.IntVar(&f.maxBatch, "max-batch", 8, "rows decoded together in one forward (1: no batching)")
-	fl.IntVar(&f.maxTokens, "max-tokens", 0, "largest max_tokens a request may ask for (0: the model's positions)")
+	fl.IntVar(&f.maxTokens, "max-tokens", 0, "largest max_tokens a request may ask for (0: the model's positions); a request without max_tokens gets the model's default, cut to it")
 	fl.IntVar(&f.maxLen, "max-model-len", 0, "largest prompt + max_tokens of a request, --max-batch rows of which must fit the memory (0: the model's positions, or the longest that fits)")
 	fl.Int64Var(&f.maxBody, "max-body", 1<<20, "largest request body in bytes; more get 413")
 	fl.DurationVar(&f.timeout, "timeout", 5*time.Minute, "per-request limit, queueing included (0: none)")
@@ -128,7 +128,7 @@ func openServer(cmd *cobra.Command, dir string, f *serveFlags) (*serve.Server, k
 		}
 		srv, err = serve.New(ck, serve.Config{Name: f.name, APIKey: f.apiKey, MaxQueue: f.maxQueue, MaxBatch: f.maxBatch,
 			MaxTokens: f.maxTokens, MaxLen: f.maxLen, Timeout: f.timeout, MaxBody: f.maxBody, Log: cmd.ErrOrStderr(),
-			ChatTemplate: f.chatTemplate, Fits: request})
+			ChatTemplate: f.chatTemplate, Fits: request, FitLen: n})
 	}
 	if err != nil {
 		be.Close()
