@@ -63,7 +63,7 @@ SIGINT or SIGTERM stops accepting, lets requests in flight finish for
 	fl.IntVar(&f.maxBatch, "max-batch", 8, "rows decoded together in one forward (1: no batching)")
 	fl.IntVar(&f.maxTokens, "max-tokens", 0, "largest max_tokens a request may ask for (0: the model's positions); a request without max_tokens gets the model's default, cut to it")
 	fl.IntVar(&f.maxLen, "max-model-len", 0, "largest prompt + max_tokens of a request, --max-batch rows of which must fit the memory (0: the model's positions, or the longest that fits)")
-	fl.Int64Var(&f.maxBody, "max-body", 1<<20, "largest request body in bytes; more get 413")
+	fl.Int64Var(&f.maxBody, "max-body", 1<<20, "largest request body in bytes (at least 1024); more get 413")
 	fl.DurationVar(&f.timeout, "timeout", 5*time.Minute, "per-request limit, queueing included (0: none)")
 	fl.DurationVar(&f.grace, "shutdown-timeout", 30*time.Second, "on SIGINT/SIGTERM, how long requests in flight may take to finish")
 	adapterFlag(fl, &f.adapter)
@@ -165,16 +165,23 @@ func (f *serveFlags) checkLimits(positions int, shift bool) error {
 	return nil
 }
 
+// minBody is the least --max-body: a short chat request with a few sampler
+// fields (an 800-character message is about 1 KiB).
+const minBody = 1 << 10
+
 func runServe(cmd *cobra.Command, dir string, f *serveFlags) error {
 	for _, c := range []struct {
 		name string
 		bad  bool
 	}{{"--port", f.port < 0 || f.port > 65535}, {"--max-queue", f.maxQueue < 1}, {"--max-batch", f.maxBatch < 1},
-		{"--max-tokens", f.maxTokens < 0}, {"--max-model-len", f.maxLen < 0}, {"--max-body", f.maxBody < 1}, {"--timeout", f.timeout < 0},
+		{"--max-tokens", f.maxTokens < 0}, {"--max-model-len", f.maxLen < 0}, {"--timeout", f.timeout < 0},
 		{"--shutdown-timeout", f.grace < 0}} {
 		if c.bad {
 			return &exitError{2, fmt.Errorf("%s is out of range (see 'dllm serve --help')", c.name)}
 		}
+	}
+	if f.maxBody < minBody {
+		return &exitError{2, fmt.Errorf("--max-body %d is below %d bytes, too small for most requests (they would get 413): raise it (default %d)", f.maxBody, minBody, 1<<20)}
 	}
 	if err := f.checkLimits(0, false); err != nil {
 		return err // the flags alone; the model's positions once it is opened

@@ -241,6 +241,8 @@ func TestServeBadFlags(t *testing.T) {
 	}{
 		{[]string{"serve", dir, "--max-batch", "0"}, "--max-batch is out of range"},
 		{[]string{"serve", dir, "--port", "70000"}, "--port is out of range"},
+		{[]string{"serve", dir, "--max-body", "13"}, "--max-body 13 is below 1024 bytes"},
+		{[]string{"serve", dir, "--max-body", "0"}, "--max-body 0 is below 1024 bytes"},
 		{[]string{"serve", dir, "--max-tokens", "65", "--max-model-len", "64"}, "--max-tokens 65 is more than --max-model-len 64 (a request's prompt and max_tokens together): lower it to 64 or less"},
 		{[]string{"serve", diff, "--max-model-len", "257"}, "--max-model-len 257 is beyond the model's 256 positions (max_position_embeddings)"},
 		{[]string{"serve", diff, "--max-tokens", "257"}, "--max-tokens 257 is more than the model's positions 256"},
@@ -268,6 +270,7 @@ func TestServeBadFlags(t *testing.T) {
 	// At the limits, the flags pass to loading the weights.
 	for _, args := range [][]string{
 		{"serve", diff, "--max-tokens", "256"},
+		{"serve", diff, "--max-body", "1024"},
 		{"serve", diff, "--max-tokens", "64", "--max-model-len", "64"},
 		{"serve", shift, "--max-tokens", "63", "--max-model-len", "64"},
 		{"serve", shift, "--max-model-len", "2"},
