@@ -31,11 +31,15 @@ type Info struct {
 	BlockSize int // > 0: block-causal attention (block diffusion)
 }
 
+// ErrNotDiffusion is InfoFrom's refusal of a config without a "dllm"
+// block (an AR model), wrapped with a hint.
+var ErrNotDiffusion = errors.New("config.json has no \"dllm\" block: this is not a diffusion checkpoint")
+
 // InfoFrom reads the "dllm" block of a converted model's config.
 func InfoFrom(cfg *model.Config) (Info, error) {
 	d := cfg.DLLM
 	if d == nil {
-		return Info{}, fmt.Errorf("config.json has no \"dllm\" block: this is not a diffusion checkpoint (convert it with 'dllm convert', or use --ar)")
+		return Info{}, fmt.Errorf("%w (convert it with 'dllm convert', or use --ar)", ErrNotDiffusion)
 	}
 	if d.MaskTokenID < 0 || d.MaskTokenID >= cfg.Vocab {
 		return Info{}, fmt.Errorf("dllm.mask_token_id %d is outside the vocabulary (%d)", d.MaskTokenID, cfg.Vocab)

@@ -111,8 +111,8 @@ func TestGenerateFromConversion(t *testing.T) {
 	}
 	// An AR model has no dllm block: diffusion generate explains itself.
 	_, _, err := dllm(t, "generate", filepath.Join(moduleRoot(t), "testdata/tiny/llama"), "--prompt", "hi")
-	if err == nil || !strings.Contains(err.Error(), "--ar") {
-		t.Fatalf("want an error pointing at --ar, got %v", err)
+	if err == nil || !strings.Contains(err.Error(), "--ar") || exitCode(err) != 2 {
+		t.Fatalf("want an error pointing at --ar, exit 2, got %v (exit %d)", err, exitCode(err))
 	}
 }
 

@@ -121,7 +121,7 @@ func runEval(cmd *cobra.Command, dir string, e *evalFlags) error {
 	var info diffusion.Info
 	if e.mode == "diffusion" {
 		if info, err = diffusion.InfoFrom(cfg); err != nil {
-			return fmt.Errorf("%v; --mode ar measures an AR model", err)
+			return fmt.Errorf("%w; --mode ar measures an AR model", err)
 		}
 	}
 	be, err := openBackend(e.device, e.threads, cmd.ErrOrStderr())

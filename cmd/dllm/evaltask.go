@@ -154,7 +154,7 @@ func taskOne(cmd *cobra.Command, be kernels.Backend, tk *task.Task, dir, adapter
 	var info diffusion.Info
 	if mode == "diffusion" {
 		if info, err = diffusion.InfoFrom(cfg); err != nil {
-			return taskRun{}, fmt.Errorf("%v; --mode ar measures an AR model", err)
+			return taskRun{}, fmt.Errorf("%w; --mode ar measures an AR model", err)
 		}
 	}
 	name := dir

@@ -132,7 +132,7 @@ func TestEvalTaskErrors(t *testing.T) {
 	}{
 		{[]string{"eval", src, "--task", filepath.Join(t.TempDir(), "none.jsonl")}, "--task", 2},
 		{[]string{"eval", src, "--task", tk, "--data", tk}, "not both", 2},
-		{[]string{"eval", src, "--task", tk, "--mode", "diffusion"}, "--mode ar", 1},
+		{[]string{"eval", src, "--task", tk, "--mode", "diffusion"}, "--mode ar", 2},
 		{[]string{"eval", src, "--task", writeFile(t, "bad.jsonl", `{"x": 1}`)}, "--task-format", 2},
 		{[]string{"eval", src, "--task", writeFile(t, "g.jsonl", `{"prompt": "a", "answer": "b"}`), "--extract", "("}, "--extract", 2},
 		{[]string{"eval", src, "--task", writeFile(t, "g2.jsonl", `{"prompt": "a", "answer": "b"}`), "--chat"}, src + " has no chat_template in tokenizer_config.json: pass --chat-template", 2},
@@ -156,6 +156,11 @@ func TestEvalTaskErrors(t *testing.T) {
 func TestEvalARRows(t *testing.T) {
 	data := smallText(t)
 	src := filepath.Join(moduleRoot(t), "testdata/tiny/llama")
+	// --mode diffusion on an AR model is bad input.
+	if _, _, err := dllm(t, "eval", src, "--data", data, "--mode", "diffusion"); err == nil ||
+		!strings.HasSuffix(err.Error(), "not a diffusion checkpoint (convert it with 'dllm convert', or use --ar); --mode ar measures an AR model") || exitCode(err) != 2 {
+		t.Errorf("eval --mode diffusion of an AR model: %v (exit %d), want exit 2", err, exitCode(err))
+	}
 	stdout, stderr, err := dllm(t, "eval", src, "--data", data, "--mode", "ar", "--eval-fraction", "0.2", "--rows", "3",
 		"--seq-len", "32", "--batch-size", "2", "--threads", "2", "--json")
 	if err != nil {

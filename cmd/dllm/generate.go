@@ -71,7 +71,7 @@ func readPrompt(cmd *cobra.Command, g *generateFlags) (string, error) {
 	case g.promptFile != "":
 		b, err := regfile.ReadFile(g.promptFile)
 		if err != nil {
-			return "", fmt.Errorf("--prompt-file: %v", unwrapPathError(err))
+			return "", &exitError{2, fmt.Errorf("--prompt-file: %v", unwrapPathError(err))}
 		}
 		return strings.TrimRight(string(b), "\n"), nil
 	}

@@ -92,7 +92,8 @@ func TestGenerateRefusesBadSettings(t *testing.T) {
 }
 
 // TestGenerateMemoryPlan: a batch whose activations and KV cache exceed the
-// memory is refused; a FIFO as --prompt-file is refused at once.
+// memory is refused; a missing file or a FIFO as --prompt-file is refused
+// at once, exit 2.
 func TestGenerateMemoryPlan(t *testing.T) {
 	out, _ := convertTiny(t)
 	final := filepath.Join(out, "final")
@@ -101,12 +102,17 @@ func TestGenerateMemoryPlan(t *testing.T) {
 		!strings.Contains(err.Error(), "lower --gen-len or --batch") {
 		t.Fatalf("got %v", err)
 	}
+	// A --prompt-file that cannot be read is bad input.
+	none := filepath.Join(t.TempDir(), "none.txt")
+	if _, _, err := dllm(t, "generate", final, "--prompt-file", none); err == nil || err.Error() != "--prompt-file: no such file or directory" || exitCode(err) != 2 {
+		t.Errorf("--prompt-file missing: got %v (exit %d), want exit 2", err, exitCode(err))
+	}
 	fifo := filepath.Join(t.TempDir(), "prompt")
 	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
 		t.Skipf("no FIFOs: %v", err)
 	}
-	if _, _, err := dllm(t, "generate", final, "--prompt-file", fifo); err == nil || !strings.Contains(err.Error(), "named pipe") {
-		t.Fatalf("--prompt-file FIFO: got %v", err)
+	if _, _, err := dllm(t, "generate", final, "--prompt-file", fifo); err == nil || !strings.Contains(err.Error(), "named pipe") || exitCode(err) != 2 {
+		t.Fatalf("--prompt-file FIFO: got %v (exit %d), want exit 2", err, exitCode(err))
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/dllm-dev/dllm/corpus"
+	"github.com/dllm-dev/dllm/diffusion"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -54,7 +55,7 @@ func exitCode(err error) int {
 	if errors.As(err, &ee) {
 		return ee.code
 	}
-	if errors.Is(err, corpus.ErrNoChatTemplate) {
+	if errors.Is(err, corpus.ErrNoChatTemplate) || errors.Is(err, diffusion.ErrNotDiffusion) {
 		return 2
 	}
 	return 1

@@ -258,13 +258,14 @@ func TestServeBadFlags(t *testing.T) {
 	for _, c := range []struct {
 		args []string
 		want string
+		code int
 	}{
-		{[]string{"serve", filepath.Join(t.TempDir(), "none")}, "no such file"},
-		{[]string{"serve", dir, "--device", "cpu"}, "not a diffusion checkpoint"},
+		{[]string{"serve", filepath.Join(t.TempDir(), "none")}, "no such file", 1},
+		{[]string{"serve", dir, "--device", "cpu"}, "not a diffusion checkpoint", 2},
 	} {
 		_, _, err := dllm(t, c.args...)
-		if err == nil || !strings.Contains(err.Error(), c.want) {
-			t.Fatalf("%v: %v, want an error about %s", c.args, err, c.want)
+		if err == nil || !strings.Contains(err.Error(), c.want) || exitCode(err) != c.code {
+			t.Fatalf("%v: %v (exit %d), want an error about %s, exit %d", c.args, err, exitCode(err), c.want, c.code)
 		}
 	}
 	// At the limits, the flags pass to loading the weights.
