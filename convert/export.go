@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"image/color"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -165,7 +166,10 @@ func exportConfig(c *model.Config, vocab int, dt safetensors.DType, info model.D
 			cfg["rope_theta"] = th
 		}
 		if t, _ := rp["rope_type"].(string); t != "" && t != "default" && c.Raw["rope_scaling"] == nil {
-			cfg["rope_scaling"] = rp
+			// Without rope_theta: transformers 4 warns of it as an unknown key there.
+			rs := maps.Clone(rp)
+			delete(rs, "rope_theta")
+			cfg["rope_scaling"] = rs
 		}
 	}
 	cfg["vocab_size"] = vocab

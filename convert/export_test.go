@@ -50,8 +50,11 @@ func TestExportConfigDType(t *testing.T) {
 func TestExportConfigRope(t *testing.T) {
 	rp := map[string]any{"rope_theta": 5e5, "rope_type": "llama3", "factor": 32.0}
 	got := exportConfig(&model.Config{Raw: map[string]any{"rope_parameters": rp}}, 10, safetensors.BF16, model.DLLMInfo{})
-	if got["rope_theta"] != 5e5 || got["rope_scaling"] == nil || got["rope_parameters"] == nil {
-		t.Errorf("llama3 rope_parameters exported as %v", got)
+	// rope_theta at the top level only: transformers 4 warns of it in rope_scaling.
+	rs, _ := got["rope_scaling"].(map[string]any)
+	if got["rope_theta"] != 5e5 || rs == nil || rs["rope_type"] != "llama3" || rs["factor"] != 32.0 || rs["rope_theta"] != nil || len(rs) != 2 ||
+		got["rope_parameters"] == nil || rp["rope_theta"] != 5e5 {
+		t.Errorf("llama3 rope_parameters exported as %v (source's now %v)", got, rp)
 	}
 	got = exportConfig(&model.Config{Raw: map[string]any{"rope_parameters": map[string]any{"rope_theta": 1e6, "rope_type": "default"}}}, 10, safetensors.BF16, model.DLLMInfo{})
 	if got["rope_theta"] != 1e6 || got["rope_scaling"] != nil {
