@@ -218,3 +218,12 @@ type HeadLoss interface {
 type BF16Weights interface {
 	AllocBF16(n int) (b Buf, ok bool)
 }
+
+// BF16Cast is an optional op of a Backend (kernels/cuda with bf16 matmuls):
+// CastBF16 returns src rounded to bfloat16 in a new Half buffer, the values
+// MatMul's own cast of a float32 operand gives, for several products to
+// read (as A or B) without each casting it again; Free gives it back. ok is
+// false where products are not made in bf16: then the products read src.
+type BF16Cast interface {
+	CastBF16(src Buf) (b Buf, ok bool)
+}

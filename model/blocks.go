@@ -126,6 +126,33 @@ func (l *Linear) Forward(be kernels.Backend, out, x kernels.Buf, rows int) {
 	}
 }
 
+// castShared returns x cast to bf16 once (kernels.BF16Cast) for the
+// products of ls, which all read it, instead of each casting it again: the
+// same values. It returns x itself where products are not made in bf16 or
+// one of ls has an adapter (which reads x as float32). freeShared gives
+// the copy back, after the products are enqueued.
+func castShared(be kernels.Backend, x kernels.Buf, ls ...*Linear) kernels.Buf {
+	bc, ok := be.(kernels.BF16Cast)
+	if !ok || x.Half {
+		return x
+	}
+	for _, l := range ls {
+		if l.Adapter != nil {
+			return x
+		}
+	}
+	if h, ok := bc.CastBF16(x); ok {
+		return h
+	}
+	return x
+}
+
+func freeShared(be kernels.Backend, h, x kernels.Buf) {
+	if h.Half && !x.Half {
+		be.Free(h)
+	}
+}
+
 // Backward computes dx = dout W (added to dx when accumulate) and, unless
 // Frozen, accumulates dW += dout^T x and db += column sums of dout.
 func (l *Linear) Backward(be kernels.Backend, dx, dout, x kernels.Buf, rows int, accumulate bool) {
@@ -233,8 +260,10 @@ func (f *DenseFFN) Linears() []*Linear { return []*Linear{&f.Gate, &f.Up, &f.Dow
 // Forward implements FFN.
 func (f *DenseFFN) Forward(p *Pass, out, x kernels.Buf) {
 	T := p.T
-	f.Gate.Forward(p.BE, f.g, x, T)
-	f.Up.Forward(p.BE, f.u, x, T)
+	xs := castShared(p.BE, x, &f.Gate, &f.Up)
+	f.Gate.Forward(p.BE, f.g, xs, T)
+	f.Up.Forward(p.BE, f.u, xs, T)
+	freeShared(p.BE, xs, x)
 	p.BE.SwiGLU(f.a, f.g, f.u, T*f.I)
 	f.Down.Forward(p.BE, out, f.a, T)
 }
@@ -319,9 +348,11 @@ func (a *Attention) Linears() []*Linear { return []*Linear{&a.Q, &a.K, &a.V, &a.
 // Forward computes out = o_proj(attention(x)) for layer l.
 func (a *Attention) Forward(p *Pass, l int, out, x kernels.Buf) {
 	be, T, hd, KV := p.BE, p.T, a.HeadDim, a.kvdim()
-	a.Q.Forward(be, a.q, x, T)
-	a.K.Forward(be, a.k, x, T)
-	a.V.Forward(be, a.v, x, T)
+	xs := castShared(be, x, &a.Q, &a.K, &a.V)
+	a.Q.Forward(be, a.q, xs, T)
+	a.K.Forward(be, a.k, xs, T)
+	a.V.Forward(be, a.v, xs, T)
+	freeShared(be, xs, x)
 	qr, kr := a.q, a.k
 	if a.QNorm != nil {
 		a.QNorm.Forward(p, a.qn, a.rstdQ, a.q, T*a.Heads)

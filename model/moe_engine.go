@@ -128,10 +128,15 @@ func (f *SparseFFN) Scratch(T int) []Act {
 func (f *SparseFFN) Forward(p *Pass, out, x kernels.Buf) {
 	be, m, T, H := p.BE, f.M, p.T, f.H
 	K := m.KOut()
-	f.Router.Forward(be, f.logits, x, T)
+	xs := x
 	if f.SharedGate != nil {
-		f.SharedGate.Forward(be, f.slog, x, T)
+		xs = castShared(be, x, &f.Router, f.SharedGate)
 	}
+	f.Router.Forward(be, f.logits, xs, T)
+	if f.SharedGate != nil {
+		f.SharedGate.Forward(be, f.slog, xs, T)
+	}
+	freeShared(be, xs, x)
 	be.RouterTopK(f.topW, f.probs, f.topIdx, f.logits, f.slog, T, m.Experts, m.TopK, m.NormTopK)
 	be.MoEDispatch(f.offsets, f.slotRow, f.slotOf, f.topIdx, T, K, m.Groups())
 	be.DownloadInt(f.off, f.offsets)
@@ -147,8 +152,10 @@ func (f *SparseFFN) Forward(p *Pass, out, x kernels.Buf) {
 		xe, ye := f.xg.Slice(int(f.off[e])*H, n*H), f.y.Slice(int(f.off[e])*H, n*H)
 		o := f.gOff(e, T)
 		g, u, a := f.g.Slice(o, n*ex.I), f.u.Slice(o, n*ex.I), f.a.Slice(o, n*ex.I)
-		ex.Gate.Forward(be, g, xe, n)
-		ex.Up.Forward(be, u, xe, n)
+		xs := castShared(be, xe, &ex.Gate, &ex.Up)
+		ex.Gate.Forward(be, g, xs, n)
+		ex.Up.Forward(be, u, xs, n)
+		freeShared(be, xs, xe)
 		be.SwiGLU(a, g, u, n*ex.I)
 		ex.Down.Forward(be, ye, a, n)
 	}

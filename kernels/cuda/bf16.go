@@ -27,6 +27,22 @@ func (be *Backend) AllocBF16(n int) (kernels.Buf, bool) {
 	return kernels.Buf{Dev: a, N: n, Half: true}, true
 }
 
+var _ kernels.BF16Cast = (*Backend)(nil)
+
+// CastBF16 (kernels.BF16Cast) rounds src into a pooled bf16 buffer with
+// the kernel MatMul casts its float32 operands with, or answers ok false
+// with fp32 matmuls.
+func (be *Backend) CastBF16(src kernels.Buf) (kernels.Buf, bool) {
+	if be.fp32 || src.Half || src.N <= 0 {
+		return kernels.Buf{}, false
+	}
+	h, _ := be.AllocBF16(src.N)
+	if h.Dev != 0 {
+		be.cast(kCastBF16, h.Dev, src.Dev, src.N)
+	}
+	return h, true
+}
+
 // halfChunk is how many values a bf16 upload or download converts at once.
 const halfChunk = 1 << 22
 

@@ -262,7 +262,7 @@ func (r *opRec) cost() (cost, error) {
 // The categories of NOTES.md, from the Backend op and the device call.
 const (
 	catGEMM    = "GEMM, layer linears (cuBLAS bf16)"
-	catCast    = "cast to bf16, per product (activations, grads)"
+	catCast    = "cast to bf16 (activations, grads: per product or shared)"
 	catHeadMM  = "head: GEMM (LM head, vocab chunks)"
 	catHeadCst = "head: casts (x once, dlogits twice per chunk)"
 	catHeadCE  = "head: CE kernels (stats, finish, grad)"
@@ -289,6 +289,8 @@ func (r *opRec) category() string {
 		if r.what == "gemm" {
 			return catGEMM
 		}
+		return catCast
+	case "CastBF16":
 		return catCast
 	case "HeadLoss":
 		switch r.what {
@@ -360,6 +362,12 @@ func (c *countingBackend) MatMul(cc, a, b kernels.Buf, m, n, k int, tA, tB bool,
 	c.mark("MatMul")
 	c.Backend.MatMul(cc, a, b, m, n, k, tA, tB, beta)
 	c.done()
+}
+func (c *countingBackend) CastBF16(src kernels.Buf) (kernels.Buf, bool) {
+	c.mark("CastBF16")
+	h, ok := c.Backend.CastBF16(src)
+	c.done()
+	return h, ok
 }
 func (c *countingBackend) AddBias(cc, bias kernels.Buf, rows, cols int) {
 	c.mark("AddBias")
@@ -539,13 +547,18 @@ func stepFormula(c *model.Config, B, L, k, headChunk int, mode kernels.Mode) map
 	// The layer linears: forward out = x W^T, backward dx = dout W (added
 	// where the layer's input already has a gradient: k, v after q; up
 	// after gate) and dW += dout^T x; every fp32 operand (all but the
-	// weights' bf16 copies) is cast first.
+	// weights' bf16 copies) is cast first, the forward's inputs once per
+	// layer for the products that share them (xn1 for q, k, v; att for o;
+	// xn2 for gate, up; act for down), the rest per product.
 	for _, l := range []struct{ in, out, acc int }{{H, Q, 0}, {H, KV, 1}, {H, KV, 1}, {Q, H, 0}, {H, I, 0}, {H, I, 1}, {I, H, 0}} {
 		add(catGEMM, Ly, gemmCost(T, l.out, l.in, 0, 2))     // forward
 		add(catGEMM, Ly, gemmCost(T, l.in, l.out, l.acc, 2)) // dx
 		add(catGEMM, Ly, gemmCost(l.out, l.in, T, 1, 2))     // dW
-		add(catCast, 2*Ly, castCost(T*l.in))                 // x: forward, dW
+		add(catCast, Ly, castCost(T*l.in))                   // x: dW
 		add(catCast, 2*Ly, castCost(T*l.out))                // dout: dx, dW
+	}
+	for _, in := range []int{H, Q, H, I} {
+		add(catCast, Ly, castCost(T*in)) // the forward's inputs
 	}
 
 	// The head, fused with the loss (kernels/cuda HeadLoss).

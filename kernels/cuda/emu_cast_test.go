@@ -1,0 +1,205 @@
+//go:build linux
+
+package cuda
+
+import (
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/dllm-dev/dllm/convert"
+	"github.com/dllm-dev/dllm/kernels"
+	"github.com/dllm-dev/dllm/model"
+)
+
+// perProduct is the Backend without kernels.BF16Cast: every product casts
+// its float32 operands itself, as before the engine shared the casts.
+type perProduct struct{ *Backend }
+
+func (perProduct) CastBF16(kernels.Buf) (kernels.Buf, bool) { return kernels.Buf{}, false }
+
+// newCastCounted is newEmuBackend counting the bf16 casts it launches.
+func newCastCounted(t *testing.T, matmul string) (*Backend, *castCounter) {
+	t.Helper()
+	path := buildEmu(t)
+	fp32, err := parseMatmul(matmul)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &castCounter{}
+	be, err := newBackend(fp32, func() (driver, error) {
+		var err error
+		d.driver, err = openEmu(path)
+		return d, err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { be.Close() })
+	be.headChunk = 1 << 14
+	return be, d
+}
+
+// stepBits are the losses, each step's gradients and the final weights of a
+// run, compared bit for bit.
+type stepBits struct {
+	losses  []float64
+	grads   [][]float32
+	weights []float32
+	casts   int64
+}
+
+func sameBits(t *testing.T, what string, ref, got stepBits) {
+	t.Helper()
+	for s := range ref.losses {
+		if math.Float64bits(ref.losses[s]) != math.Float64bits(got.losses[s]) {
+			t.Errorf("%s, step %d: loss %.9g with shared casts, %.9g casting per product", what, s+1, got.losses[s], ref.losses[s])
+		}
+		for i := range ref.grads[s] {
+			if math.Float32bits(ref.grads[s][i]) != math.Float32bits(got.grads[s][i]) {
+				t.Fatalf("%s, step %d: gradient %d is %g with shared casts, %g casting per product", what, s+1, i, got.grads[s][i], ref.grads[s][i])
+			}
+		}
+	}
+	for i := range ref.weights {
+		if math.Float32bits(ref.weights[i]) != math.Float32bits(got.weights[i]) {
+			t.Fatalf("%s: weight %d after the steps is %g with shared casts, %g casting per product", what, i, got.weights[i], ref.weights[i])
+		}
+	}
+}
+
+// TestEmulatorSharedCasts: the engine casts an activation read by several
+// products to bf16 once (kernels.BF16Cast) and gives, bit for bit, the
+// losses, gradients and weights of three training steps that cast it
+// before every product (a Backend without BF16Cast), on llama, qwen2
+// (biases), qwen3 (QK norm, tied head), qwen2_moe (router and shared
+// expert gate, experts) and qwen3_moe, with the bf16 weight copies, with
+// and without recompute, with fewer casts launched; with fp32 matmuls it
+// launches no cast at all.
+func TestEmulatorSharedCasts(t *testing.T) {
+	if testing.Short() {
+		t.Skip("slow: the emulator runs one fiber per CUDA thread")
+	}
+	for _, arch := range []string{"llama", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe"} {
+		t.Run(arch, func(t *testing.T) {
+			dir := float32Copy(t, "../../testdata/tiny/"+arch)
+			run := func(matmul string, shared, recompute bool) stepBits {
+				dev, d := newCastCounted(t, matmul)
+				var be kernels.Backend = dev
+				if !shared {
+					be = perProduct{dev}
+				}
+				m, err := model.Load(dir, be)
+				if err != nil {
+					t.Fatal(err)
+				}
+				const B, L = 2, 16
+				st := convert.NewStepperWith(m, B, L, model.ActOptions{Recompute: recompute})
+				vis := kernels.Visibility{Mode: kernels.Annealed, Ratio: 0.4, Seed: 7}
+				rng := rand.New(rand.NewPCG(5, 6))
+				var r stepBits
+				before := d.casts.Load()
+				for step := 1; step <= 3; step++ {
+					l, err := st.Step(convert.RandomStepBatch(rng, B, L, m.Cfg.Vocab, 6), vis, step)
+					if err != nil {
+						t.Fatal(err)
+					}
+					g := make([]float32, m.Grads.N)
+					dev.Download(g, m.Grads)
+					r.losses, r.grads = append(r.losses, l), append(r.grads, g)
+				}
+				r.casts = d.casts.Load() - before
+				r.weights = make([]float32, m.Params.N)
+				dev.Download(r.weights, m.Params)
+				if err := dev.Err(); err != nil {
+					t.Fatal(err)
+				}
+				return r
+			}
+			for _, recompute := range []bool{false, true} {
+				ref, got := run("bf16", false, recompute), run("bf16", true, recompute)
+				what := map[bool]string{false: "bf16", true: "bf16 recompute"}[recompute]
+				sameBits(t, what, ref, got)
+				if got.casts >= ref.casts {
+					t.Errorf("%s: %d casts with shared casts, %d per product", what, got.casts, ref.casts)
+				}
+				t.Logf("%s: %d bf16 casts in 3 steps, %d casting per product", what, got.casts, ref.casts)
+			}
+			if arch == "qwen3" {
+				ref, got := run("fp32", false, false), run("fp32", true, false)
+				sameBits(t, "fp32", ref, got)
+				if got.casts != 0 || ref.casts != 0 {
+					t.Errorf("fp32 matmuls launched %d and %d casts", got.casts, ref.casts)
+				}
+			}
+		})
+	}
+}
+
+// TestEmulatorSharedCastsLoRA: LoRA on a bf16-held frozen base, adapters on
+// q_proj and v_proj (q, k and v then cast their input per product: an
+// adapter reads it as float32) and not on gate and up (which share one
+// cast), with recompute: the adapters' losses, gradients and weights are
+// those of casting per product, bit for bit.
+func TestEmulatorSharedCastsLoRA(t *testing.T) {
+	if testing.Short() {
+		t.Skip("slow: the emulator runs one fiber per CUDA thread")
+	}
+	dir := float32Copy(t, "../../testdata/tiny/qwen2")
+	run := func(shared bool) stepBits {
+		dev, d := newCastCounted(t, "bf16")
+		var be kernels.Backend = dev
+		if !shared {
+			be = perProduct{dev}
+		}
+		m, err := model.LoadFrozen(dir, be, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !m.HalfHeld() {
+			t.Fatal("the frozen base holds nothing in bf16")
+		}
+		ad, err := model.NewLoRA(m, model.LoRAConfig{Rank: 4, Alpha: 8, Targets: []string{"q_proj", "v_proj"}}, 5)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.SetAdapter(ad)
+		const B, L = 2, 16
+		a := m.NewActivationsWith(B, L, model.ActOptions{Training: true, Recompute: true})
+		mom, vel := dev.Alloc(ad.Params.N), dev.Alloc(ad.Params.N)
+		dev.Zero(mom)
+		dev.Zero(vel)
+		vis := kernels.Visibility{Mode: kernels.Annealed, Ratio: 0.5, Seed: 9}
+		var r stepBits
+		before := d.casts.Load()
+		for step := 1; step <= 3; step++ {
+			rows := a.ScoreRows(B * L / 2)
+			for i := 0; i < B*L; i++ {
+				a.IDs[i] = int32((i*37 + 11*step) % m.Cfg.Vocab)
+			}
+			for k := range rows {
+				rows[k], a.Targets[k], a.Weights[k] = int32(2*k), int32((k*53+5*step)%m.Cfg.Vocab), 1
+			}
+			a.Upload(dev)
+			dev.Zero(ad.Grads)
+			loss, g := lossAndGrads(t, m, a, vis, len(rows), ad.Grads)
+			r.losses, r.grads = append(r.losses, loss), append(r.grads, g)
+			bc1, bc2 := 1-math.Pow(0.9, float64(step)), 1-math.Pow(0.999, float64(step))
+			dev.AdamWStep(ad.Params, ad.Grads, mom, vel, ad.Params.N, kernels.AdamW{LR: 0.02, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8,
+				WeightDecay: 0.01, BC1: float32(bc1), BC2: float32(bc2), GradScale: 1})
+		}
+		r.casts = d.casts.Load() - before
+		r.weights = make([]float32, ad.Params.N)
+		dev.Download(r.weights, ad.Params)
+		if err := dev.Err(); err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	ref, got := run(false), run(true)
+	sameBits(t, "lora", ref, got)
+	if got.casts >= ref.casts {
+		t.Errorf("%d casts with shared casts, %d per product", got.casts, ref.casts)
+	}
+	t.Logf("%d bf16 casts in 3 steps, %d casting per product", got.casts, ref.casts)
+}
