@@ -126,14 +126,15 @@ func (l *Linear) Forward(be kernels.Backend, out, x kernels.Buf, rows int) {
 	}
 }
 
-// castShared returns x cast to bf16 once (kernels.BF16Cast) for the
-// products of ls, which all read it, instead of each casting it again: the
-// same values. It returns x itself where products are not made in bf16 or
-// one of ls has an adapter (which reads x as float32). freeShared gives
-// the copy back, after the products are enqueued.
-func castShared(be kernels.Backend, x kernels.Buf, ls ...*Linear) kernels.Buf {
+// castShared returns the first n values of x cast to bf16 once
+// (kernels.BF16Cast) for several products that read them, instead of each
+// casting them again: the same values. It returns x itself where products
+// are not made in bf16 or one of ls has an adapter (which reads x as
+// float32). freeShared gives the copy back, after the products are
+// enqueued.
+func castShared(be kernels.Backend, x kernels.Buf, n int, ls ...*Linear) kernels.Buf {
 	bc, ok := be.(kernels.BF16Cast)
-	if !ok || x.Half {
+	if !ok || x.Half || n <= 0 {
 		return x
 	}
 	for _, l := range ls {
@@ -141,10 +142,30 @@ func castShared(be kernels.Backend, x kernels.Buf, ls ...*Linear) kernels.Buf {
 			return x
 		}
 	}
-	if h, ok := bc.CastBF16(x); ok {
+	if h, ok := bc.CastBF16(x.Slice(0, n)); ok {
 		return h
 	}
 	return x
+}
+
+// sharedInputs are the linears of a layer whose input is cast once for
+// the group that reads it (castShared): q, k, v; gate and up; a sparse
+// FFN's router with the shared expert's gate, each expert's gate and up.
+// The memory plan counts the bf16 input held through their backward.
+func (ly *Layer) sharedInputs() map[*Linear]bool {
+	s := map[*Linear]bool{&ly.Attn.Q: true, &ly.Attn.K: true, &ly.Attn.V: true}
+	switch f := ly.FFN.(type) {
+	case *DenseFFN:
+		s[&f.Gate], s[&f.Up] = true, true
+	case *SparseFFN:
+		if f.SharedGate != nil {
+			s[&f.Router], s[f.SharedGate] = true, true
+		}
+		for _, e := range f.Experts {
+			s[&e.Gate], s[&e.Up] = true, true
+		}
+	}
+	return s
 }
 
 func freeShared(be kernels.Backend, h, x kernels.Buf) {
@@ -156,13 +177,24 @@ func freeShared(be kernels.Backend, h, x kernels.Buf) {
 // Backward computes dx = dout W (added to dx when accumulate) and, unless
 // Frozen, accumulates dW += dout^T x and db += column sums of dout.
 func (l *Linear) Backward(be kernels.Backend, dx, dout, x kernels.Buf, rows int, accumulate bool) {
+	l.backward(be, dx, dout, x, x, rows, accumulate)
+}
+
+// backward is Backward with xm, x or its bf16 copy (castShared), as the
+// weight gradient's operand; dout, read by both products, is cast once.
+func (l *Linear) backward(be kernels.Backend, dx, dout, x, xm kernels.Buf, rows int, accumulate bool) {
 	var beta float32
 	if accumulate {
 		beta = 1
 	}
-	be.MatMul(dx, dout, l.mw(), rows, l.In, l.Out, false, false, beta)
+	dm := dout
 	if !l.Frozen {
-		be.MatMul(l.DW, dout, x, l.Out, l.In, rows, true, false, 1)
+		dm = castShared(be, dout, rows*l.Out)
+	}
+	be.MatMul(dx, dm, l.mw(), rows, l.In, l.Out, false, false, beta)
+	if !l.Frozen {
+		be.MatMul(l.DW, dm, xm, l.Out, l.In, rows, true, false, 1)
+		freeShared(be, dm, dout)
 		if l.Bias {
 			be.BiasBackward(l.DB, dout, rows, l.Out)
 		}
@@ -260,7 +292,7 @@ func (f *DenseFFN) Linears() []*Linear { return []*Linear{&f.Gate, &f.Up, &f.Dow
 // Forward implements FFN.
 func (f *DenseFFN) Forward(p *Pass, out, x kernels.Buf) {
 	T := p.T
-	xs := castShared(p.BE, x, &f.Gate, &f.Up)
+	xs := castShared(p.BE, x, T*f.Gate.In, &f.Gate, &f.Up)
 	f.Gate.Forward(p.BE, f.g, xs, T)
 	f.Up.Forward(p.BE, f.u, xs, T)
 	freeShared(p.BE, xs, x)
@@ -273,8 +305,13 @@ func (f *DenseFFN) Backward(p *Pass, dx, dout, x kernels.Buf) {
 	T := p.T
 	f.Down.Backward(p.BE, f.da, dout, f.a, T, false)
 	p.BE.SwiGLUBackward(f.dg, f.du, f.da, f.g, f.u, T*f.I)
-	f.Gate.Backward(p.BE, dx, f.dg, x, T, false)
-	f.Up.Backward(p.BE, dx, f.du, x, T, true)
+	xs := x
+	if !f.Gate.Frozen {
+		xs = castShared(p.BE, x, T*f.Gate.In, &f.Gate, &f.Up)
+	}
+	f.Gate.backward(p.BE, dx, f.dg, x, xs, T, false)
+	f.Up.backward(p.BE, dx, f.du, x, xs, T, true)
+	freeShared(p.BE, xs, x)
 }
 
 // Attention is grouped-query self-attention with RoPE, optional q/k/v/o
@@ -348,7 +385,7 @@ func (a *Attention) Linears() []*Linear { return []*Linear{&a.Q, &a.K, &a.V, &a.
 // Forward computes out = o_proj(attention(x)) for layer l.
 func (a *Attention) Forward(p *Pass, l int, out, x kernels.Buf) {
 	be, T, hd, KV := p.BE, p.T, a.HeadDim, a.kvdim()
-	xs := castShared(be, x, &a.Q, &a.K, &a.V)
+	xs := castShared(be, x, T*a.Q.In, &a.Q, &a.K, &a.V)
 	a.Q.Forward(be, a.q, xs, T)
 	a.K.Forward(be, a.k, xs, T)
 	a.V.Forward(be, a.v, xs, T)
@@ -392,9 +429,14 @@ func (a *Attention) Backward(p *Pass, dx, dout, x kernels.Buf) {
 		a.QNorm.Backward(p, a.dq, a.dqn, a.q, a.rstdQ, T*a.Heads)
 		a.KNorm.Backward(p, a.dk, a.dkn, a.k, a.rstdK, T*a.KVHeads)
 	}
-	a.Q.Backward(be, dx, a.dq, x, T, false)
-	a.K.Backward(be, dx, a.dk, x, T, true)
-	a.V.Backward(be, dx, a.dv, x, T, true)
+	xs := x
+	if !a.Q.Frozen {
+		xs = castShared(be, x, T*a.Q.In, &a.Q, &a.K, &a.V)
+	}
+	a.Q.backward(be, dx, a.dq, x, xs, T, false)
+	a.K.backward(be, dx, a.dk, x, xs, T, true)
+	a.V.backward(be, dx, a.dv, x, xs, T, true)
+	freeShared(be, xs, x)
 }
 
 // Layer is one decoder layer: out = h + FFN(norm2(h)), h = x + Attn(norm1(x)).

@@ -130,7 +130,7 @@ func (f *SparseFFN) Forward(p *Pass, out, x kernels.Buf) {
 	K := m.KOut()
 	xs := x
 	if f.SharedGate != nil {
-		xs = castShared(be, x, &f.Router, f.SharedGate)
+		xs = castShared(be, x, T*H, &f.Router, f.SharedGate)
 	}
 	f.Router.Forward(be, f.logits, xs, T)
 	if f.SharedGate != nil {
@@ -152,7 +152,7 @@ func (f *SparseFFN) Forward(p *Pass, out, x kernels.Buf) {
 		xe, ye := f.xg.Slice(int(f.off[e])*H, n*H), f.y.Slice(int(f.off[e])*H, n*H)
 		o := f.gOff(e, T)
 		g, u, a := f.g.Slice(o, n*ex.I), f.u.Slice(o, n*ex.I), f.a.Slice(o, n*ex.I)
-		xs := castShared(be, xe, &ex.Gate, &ex.Up)
+		xs := castShared(be, xe, n*H, &ex.Gate, &ex.Up)
 		ex.Gate.Forward(be, g, xs, n)
 		ex.Up.Forward(be, u, xs, n)
 		freeShared(be, xs, xe)
@@ -183,8 +183,13 @@ func (f *SparseFFN) Backward(p *Pass, dx, dout, x kernels.Buf) {
 		dg, du, da := f.dg.Slice(o, n*ex.I), f.du.Slice(o, n*ex.I), f.da.Slice(o, n*ex.I)
 		ex.Down.Backward(be, da, dye, a, n, false)
 		be.SwiGLUBackward(dg, du, da, g, u, n*ex.I)
-		ex.Gate.Backward(be, dxe, dg, xe, n, false)
-		ex.Up.Backward(be, dxe, du, xe, n, true)
+		xs := xe
+		if !ex.Gate.Frozen {
+			xs = castShared(be, xe, n*H, &ex.Gate, &ex.Up)
+		}
+		ex.Gate.backward(be, dxe, dg, xe, xs, n, false)
+		ex.Up.backward(be, dxe, du, xe, xs, n, true)
+		freeShared(be, xs, xe)
 	}
 	be.MoECombine(dx, f.dxg, kernels.Buf{}, f.slotOf, T, K, H, false)
 	var aux kernels.Buf
@@ -192,10 +197,15 @@ func (f *SparseFFN) Backward(p *Pass, dx, dout, x kernels.Buf) {
 		aux = st.auxGrad
 	}
 	be.RouterBackward(f.dlogits, f.dslog, f.dw, f.topW, f.probs, f.topIdx, aux, T, m.Experts, m.TopK, m.NormTopK)
-	f.Router.Backward(be, dx, f.dlogits, x, T, true)
-	if f.SharedGate != nil {
-		f.SharedGate.Backward(be, dx, f.dslog, x, T, true)
+	xs := x
+	if f.SharedGate != nil && !f.Router.Frozen {
+		xs = castShared(be, x, T*H, &f.Router, f.SharedGate)
 	}
+	f.Router.backward(be, dx, f.dlogits, x, xs, T, true)
+	if f.SharedGate != nil {
+		f.SharedGate.backward(be, dx, f.dslog, x, xs, T, true)
+	}
+	freeShared(be, xs, x)
 }
 
 // routerStats gathers one forward's routing over the sparse layers for the

@@ -238,9 +238,9 @@ func ComputePlan(cfg *Config, o PlanOptions) (*Plan, error) {
 	} else {
 		copies, cached := bf16CopyBytes(cfg, b, o.BatchSize*longest, &o, half)
 		p.WorkspaceBytes = cached
-		detail := fmt.Sprintf("bf16 copies of matmul operands (largest pair %s)", FormatBytes(float64(copies)))
+		detail := fmt.Sprintf("bf16 copies of matmul operands (at most %s at once)", FormatBytes(float64(copies)))
 		if len(half) > 0 {
-			detail = fmt.Sprintf("bf16 copies of matmul activations (largest pair %s; the bf16 weights need none)", FormatBytes(float64(copies)))
+			detail = fmt.Sprintf("bf16 copies of matmul activations (at most %s at once; the bf16 weights need none)", FormatBytes(float64(copies)))
 		}
 		switch {
 		case o.Matmul == "fp32" && o.Inference:
@@ -296,45 +296,58 @@ func cpuWorkspaceBytes(threads, L int) int64 {
 	return 4*(int64(threads)*perWorker+1024*256) + int64(L)*int64(L)
 }
 
-// bf16CopyBytes lists the matrix products of one step (every linear
-// block's forward and, training, its input-gradient product and, unless
-// frozen, its weight-gradient one) and returns the largest pair of bf16
-// operand copies and what the pool keeps cached: one block per size class,
-// two where one product needs two of a class. A weight in half (held in
-// bf16) needs no copy.
+// bf16CopyBytes lists the bf16 operand copies alive at once in one step
+// (each linear block's forward: its input, cast by the product or shared
+// by a group, and its weight; training, the input-gradient product: the
+// output gradient, cast once for both products unless frozen, the weight
+// and a group's shared input; the weight-gradient product: the output
+// gradient and the input) and returns the largest such set and what the
+// pool keeps cached: per size class the most blocks of it alive at once.
+// A weight in half (held in bf16) needs no copy.
 func bf16CopyBytes(c *Config, b *blocks, T int, o *PlanOptions, half map[string]bool) (largest, cached int64) {
 	training, frozen, fp32 := !o.Inference, o.FrozenBase, o.Matmul == "fp32"
 	need := map[uint64]int{}
-	product := func(m, n, k int, bHalf bool) {
-		if fp32 {
-			return
-		}
+	live := func(sizes ...int) {
 		count := map[uint64]int{}
-		sb := kernels.PoolClass(uint64(m * k * 2))
-		count[sb]++
-		pair := sb
-		if !bHalf {
-			sa := kernels.PoolClass(uint64(k * n * 2))
-			count[sa]++
-			pair += sa
+		var sum uint64
+		for _, n := range sizes {
+			cl := kernels.PoolClass(uint64(n))
+			count[cl]++
+			sum += cl
 		}
-		largest = max(largest, int64(pair))
+		largest = max(largest, int64(sum))
 		for cl, k := range count {
 			need[cl] = max(need[cl], k)
 		}
 	}
-	lin := func(l *Linear, rows int, w16 bool) {
-		product(rows, l.Out, l.In, w16)
-		if training {
-			product(rows, l.In, l.Out, w16)
-			if !frozen {
-				product(l.Out, l.In, rows, false)
+	lin := func(l *Linear, rows int, w16, shared bool) {
+		if fp32 {
+			return
+		}
+		x, dout, w := rows*l.In*2, rows*l.Out*2, l.Out*l.In*2
+		withW := func(s ...int) []int {
+			if !w16 {
+				s = append(s, w)
 			}
+			return s
+		}
+		live(withW(x)...)
+		switch {
+		case !training:
+		case frozen:
+			live(withW(dout)...)
+		case shared:
+			live(withW(dout, x)...)
+			live(dout, x)
+		default:
+			live(withW(dout)...)
+			live(dout, x)
 		}
 	}
 	for i, ly := range b.Layers {
+		sh := ly.sharedInputs()
 		for _, l := range ly.Linears() {
-			lin(l, T, half[LayerPrefix(i)+l.Name+".weight"])
+			lin(l, T, half[LayerPrefix(i)+l.Name+".weight"], sh[l])
 		}
 	}
 	headHalf := half[LMHeadName] || half[EmbedName] && c.TieEmbeddings
@@ -355,7 +368,7 @@ func bf16CopyBytes(c *Config, b *blocks, T int, o *PlanOptions, half map[string]
 			need[kernels.PoolClass(uint64(n))]++
 		}
 	} else {
-		lin(&b.Head, T, headHalf)
+		lin(&b.Head, T, headHalf, false)
 	}
 	for cl, k := range need {
 		cached += int64(cl) * int64(k)

@@ -203,3 +203,58 @@ func TestEmulatorSharedCastsLoRA(t *testing.T) {
 	}
 	t.Logf("%d bf16 casts in 3 steps, %d casting per product", got.casts, ref.casts)
 }
+
+// TestEmulatorSharedCastsPlan: what the shared casts keep in the pool is
+// what the memory plan's workspace counts. Without the bf16 weight copies
+// a group's bf16 input is alive with an output gradient's and a weight's
+// during the input-gradient products (on llama and qwen2_moe's shapes two
+// of one size class: a block more than casting per product); with the
+// copies no more than before. The pool also caches scratch the plan does
+// not count as workspace (the norms' and attention's), the same whether
+// the copies are on or off: so the pool's cached bytes less the plan's
+// workspace must be one number for both. (A sparse layer's plan is the
+// worst case, every token in every expert: there it must cover the pool.)
+func TestEmulatorSharedCastsPlan(t *testing.T) {
+	if testing.Short() {
+		t.Skip("slow: the emulator runs one fiber per CUDA thread")
+	}
+	for _, arch := range []string{"llama", "qwen2", "qwen3", "qwen2_moe"} {
+		t.Run(arch, func(t *testing.T) {
+			const B, L = 2, 16
+			cached := func(copies, shared bool) (pool, plan int64) {
+				dev := newEmuBackend(t, "bf16")
+				var be kernels.Backend = dev
+				if !shared {
+					be = perProduct{dev}
+				}
+				m, err := model.Load("../../testdata/tiny/"+arch, be)
+				if err != nil {
+					t.Fatal(err)
+				}
+				m.SetBF16Copies(copies)
+				st := convert.NewStepper(m, B, L)
+				rng := rand.New(rand.NewPCG(5, 6))
+				for step := 1; step <= 2; step++ {
+					if _, err := st.Step(convert.RandomStepBatch(rng, B, L, m.Cfg.Vocab, 6), kernels.Visibility{Mode: kernels.Bidirectional}, step); err != nil {
+						t.Fatal(err)
+					}
+				}
+				p, err := model.ComputePlan(m.Cfg, model.PlanOptions{SeqLen: L, BatchSize: B, Device: "cuda", Matmul: "bf16", NoCopies: !copies})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := dev.Err(); err != nil {
+					t.Fatal(err)
+				}
+				return int64(dev.PoolCached()), p.WorkspaceBytes
+			}
+			onPool, onPlan := cached(true, true)
+			offPool, offPlan := cached(false, true)
+			perPool, _ := cached(false, false)
+			if moe := arch == "qwen2_moe"; !moe && onPool-onPlan != offPool-offPlan || moe && onPool-onPlan < offPool-offPlan {
+				t.Errorf("pool cached less plan workspace: %d - %d with the copies, %d - %d without", onPool, onPlan, offPool, offPlan)
+			}
+			t.Logf("without the copies the shared casts cache %d bytes more than casting per product; uncounted scratch %d", offPool-perPool, onPool-onPlan)
+		})
+	}
+}

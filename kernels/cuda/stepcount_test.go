@@ -547,18 +547,18 @@ func stepFormula(c *model.Config, B, L, k, headChunk int, mode kernels.Mode) map
 	// The layer linears: forward out = x W^T, backward dx = dout W (added
 	// where the layer's input already has a gradient: k, v after q; up
 	// after gate) and dW += dout^T x; every fp32 operand (all but the
-	// weights' bf16 copies) is cast first, the forward's inputs once per
-	// layer for the products that share them (xn1 for q, k, v; att for o;
-	// xn2 for gate, up; act for down), the rest per product.
+	// weights' bf16 copies) is cast first, once for the products that
+	// share it: each layer input (xn1 for q, k, v; att for o; xn2 for
+	// gate, up; act for down) once in the forward and once for the dW
+	// products, each output gradient once for its dx and dW.
 	for _, l := range []struct{ in, out, acc int }{{H, Q, 0}, {H, KV, 1}, {H, KV, 1}, {Q, H, 0}, {H, I, 0}, {H, I, 1}, {I, H, 0}} {
 		add(catGEMM, Ly, gemmCost(T, l.out, l.in, 0, 2))     // forward
 		add(catGEMM, Ly, gemmCost(T, l.in, l.out, l.acc, 2)) // dx
 		add(catGEMM, Ly, gemmCost(l.out, l.in, T, 1, 2))     // dW
-		add(catCast, Ly, castCost(T*l.in))                   // x: dW
-		add(catCast, 2*Ly, castCost(T*l.out))                // dout: dx, dW
+		add(catCast, Ly, castCost(T*l.out))                  // dout
 	}
 	for _, in := range []int{H, Q, H, I} {
-		add(catCast, Ly, castCost(T*in)) // the forward's inputs
+		add(catCast, 2*Ly, castCost(T*in)) // the inputs: forward, dW
 	}
 
 	// The head, fused with the loss (kernels/cuda HeadLoss).
