@@ -123,15 +123,19 @@ type opRec struct {
 }
 
 // countDriver is a driver that runs nothing: it hands out addresses and
-// records every launch, product, memset and copy. Downloads leave the host
-// buffers as they are (zero losses, a zero gradient norm): the step's
-// control flow does not depend on them.
+// records every launch, product, memset and copy, and counts the calls the
+// host waits on. Downloads leave the host buffers as they are (zero losses,
+// a zero gradient norm): the step's control flow does not depend on them.
 type countDriver struct {
 	next  uintptr
 	label string
 	recs  []opRec
-	syncs int // calls the host waits on (uploads, downloads)
+	waits hostWaits
 }
+
+// hostWaits counts the driver calls the host waits on: uploads, downloads
+// and stream syncs.
+type hostWaits struct{ htod, dtoh, sync int }
 
 func (d *countDriver) describe() string { return "counting driver" }
 func (d *countDriver) malloc(n uintptr) (uintptr, error) {
@@ -144,11 +148,11 @@ func (d *countDriver) malloc(n uintptr) (uintptr, error) {
 }
 func (d *countDriver) free(uintptr) error { return nil }
 func (d *countDriver) htod(uintptr, unsafe.Pointer, uintptr) error {
-	d.syncs++
+	d.waits.htod++
 	return nil
 }
 func (d *countDriver) dtoh(unsafe.Pointer, uintptr, uintptr) error {
-	d.syncs++
+	d.waits.dtoh++
 	return nil
 }
 func (d *countDriver) dtod(dst, src, n uintptr) error {
@@ -179,7 +183,7 @@ func (d *countDriver) gemm(g *gemmCall) error {
 	d.recs = append(d.recs, opRec{op: d.label, what: "gemm", gemm: *g})
 	return nil
 }
-func (d *countDriver) sync() error               { return nil }
+func (d *countDriver) sync() error               { d.waits.sync++; return nil }
 func (d *countDriver) record(int) error          { return nil }
 func (d *countDriver) elapsed() (float32, error) { return 0, nil }
 func (d *countDriver) close() error              { return nil }
@@ -336,8 +340,9 @@ type countingBackend struct {
 	*Backend
 	d      *countDriver
 	gradsN int
-	starts []int // record index of each Zero(gradients)
-	rows   []int // HeadLoss rows of each call
+	starts []int       // record index of each Zero(gradients)
+	waits  []hostWaits // the driver's host waits at each
+	rows   []int       // HeadLoss rows of each call
 }
 
 func (c *countingBackend) mark(op string) {
@@ -347,7 +352,10 @@ func (c *countingBackend) done() { c.mark("") }
 
 func (c *countingBackend) Zero(b kernels.Buf) {
 	if b.N == c.gradsN {
-		c.Backend.async(func() error { c.starts = append(c.starts, len(c.d.recs)); return nil })
+		c.Backend.async(func() error {
+			c.starts, c.waits = append(c.starts, len(c.d.recs)), append(c.waits, c.d.waits)
+			return nil
+		})
 	}
 	c.mark("Zero")
 	c.Backend.Zero(b)
@@ -447,13 +455,17 @@ func (c *countingBackend) HeadLoss(loss, correct, dx, dW, x, W kernels.Buf, targ
 	c.done()
 }
 
-// stepCount is one counted step: its scored rows, the cost per category
-// and its device calls with their costs.
+// stepCount is one counted step: its scored rows, bench's FLOPs (the
+// numerator of its MFU), the cost per category, its device calls with their
+// costs, and the host's waits from its zeroing of the gradients to the next
+// step's (that step's uploads come before it: after this one's Sync).
 type stepCount struct {
 	k     int
+	flops float64
 	cats  map[string]cost
 	recs  []opRec
 	costs []cost
+	waits hostWaits
 }
 
 // countBench runs `dllm bench`'s step loop (convert.BenchStepVis: warm-up
@@ -472,9 +484,11 @@ func countBench(t *testing.T, cfg *model.Config, B, L, warmup, steps int, vis ke
 	// No InitRandom: nothing the step launches depends on the values.
 	m := model.New(cfg, cb)
 	cb.gradsN = m.Layout.Total
-	if _, err := convert.BenchStepVis(m, B, L, warmup, steps, 1, vis, false); err != nil {
+	r, err := convert.BenchStepVis(m, B, L, warmup, steps, 1, vis, false)
+	if err != nil {
 		t.Fatal(err)
 	}
+	last := d.waits // the last step ended with a Sync: the device thread is idle
 	if err := be.Sync(); err != nil {
 		t.Fatal(err)
 	}
@@ -486,11 +500,13 @@ func countBench(t *testing.T, cfg *model.Config, B, L, warmup, steps int, vis ke
 	}
 	var out []stepCount
 	for s := 0; s < n; s++ {
-		end := len(d.recs)
+		end, to := len(d.recs), last
 		if s+4 < len(cb.starts) {
-			end = cb.starts[s+4]
+			end, to = cb.starts[s+4], cb.waits[s+4]
 		}
-		sc := stepCount{k: cb.rows[s], cats: map[string]cost{}, recs: d.recs[cb.starts[s+3]:end]}
+		from := cb.waits[s+3]
+		sc := stepCount{k: cb.rows[s], flops: r.FlopsPerStep, cats: map[string]cost{}, recs: d.recs[cb.starts[s+3]:end],
+			waits: hostWaits{to.htod - from.htod, to.dtoh - from.dtoh, to.sync - from.sync}}
 		for i := range sc.recs {
 			r := &sc.recs[i]
 			c, err := r.cost()
@@ -661,6 +677,18 @@ func checkFormula(t *testing.T, name string, cfg *model.Config, B, L, headChunk 
 	hc := headChunk
 	if hc == 0 {
 		hc = kernels.HeadChunkFloats
+	}
+	for s, sc := range steps {
+		// The host waits on the device for Loss's two downloads, SumSquares'
+		// one and the step's closing Sync; the next step's six uploads (ids,
+		// positions, docs, rows, targets, weights) follow that Sync.
+		want := hostWaits{htod: 6, dtoh: 3, sync: 1}
+		if s == len(steps)-1 {
+			want.htod = 0
+		}
+		if sc.waits != want {
+			t.Errorf("%s step %d: the host waited %+v, NOTES.md says %+v", name, s+1, sc.waits, want)
+		}
 	}
 	for s, sc := range steps {
 		want := stepFormula(cfg, B, L, sc.k, hc, vis.Mode)
@@ -850,8 +878,8 @@ func predictionTable(sum, sb *strings.Builder, c *model.Config, B, L int, vis ke
 		mode = "annealed"
 	}
 	T := B * L
-	// bench's FLOPs (convert.BenchStepVis) and MFU (cmd/dllm/bench.go).
-	flops := 6*float64(c.ActiveParamCount())*float64(T) + 12*float64(c.Layers*L*c.QDim())*float64(T)
+	// bench's own FLOPs (convert.BenchStepVis) and its MFU (cmd/dllm/bench.go).
+	flops := steps[0].flops
 	mfu := func(t float64) float64 { return 100 * flops / t / peakMFU }
 	x, fl := tot.cost, tot.floor/n
 	fmt.Fprintf(sum, "| B%d x L%d | %s | %.0f | %.2f | %.2f | %.1f | %.2f | %.2f | %.2f | %.1f%% | %.2f | %.1f%% | %.0f |\n",
