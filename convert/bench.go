@@ -24,7 +24,7 @@ type BenchResult struct {
 	MsPerStep    float64 `json:"ms_per_step"`
 	TokensPerSec float64 `json:"tokens_per_second"`
 	// FLOPs of one step by the 6*N*tokens rule (N active) plus attention
-	// (12*layers*L*hidden per token), and the rate achieved.
+	// (12*layers*L*q_dim per token: q_dim is heads*head_dim), and the rate achieved.
 	FlopsPerStep float64 `json:"flops_per_step"`
 	TFLOPS       float64 `json:"tflops"`
 	Loss         float64 `json:"loss"`
