@@ -223,41 +223,68 @@ func TestCompletionEqualsSampler(t *testing.T) {
 
 // TestDefaultMaxTokens: a request without max_tokens gets the model's
 // gen_length (12 here) cut to --max-tokens and to what its prompt leaves of
-// the server's limits (the positions, MaxLen, FitLen); one whose prompt
-// leaves nothing gets a 400 that names the prompt. An explicit max_tokens
-// over MaxTokens is still refused (TestBadRequests).
+// the server's limits (the positions, MaxLen, FitLen), each of its n rows,
+// streamed or not, for completions and chat (whose prompt is the
+// template's); one whose prompt leaves nothing gets a 400 that names the
+// prompt. An explicit max_tokens (chat: max_completion_tokens first) is
+// taken as asked; over MaxTokens it is still refused (TestBadRequests).
 func TestDefaultMaxTokens(t *testing.T) {
-	dir := tinyDiffusion(t, 0, false)
+	dir := tinyDiffusion(t, 0, true)
 	p := len(encode(newTestServer(t, dir, Config{}).Server, "Once upon a time"))
+	const msgs = `"messages": [{"role": "user", "content": "Once upon a time"}]`
+	_, out, _ := post(t, newTestServer(t, dir, Config{}).url+"/v1/chat/completions", `{`+msgs+`, "max_tokens": 1, "steps": 1}`)
+	pc := int(out["usage"].(map[string]any)["prompt_tokens"].(float64)) // the template's tokens
+	if pc <= p {
+		t.Fatalf("the chat prompt has %d tokens, the bare one %d", pc, p)
+	}
+	const comp, chat = "/v1/completions", "/v1/chat/completions"
 	for _, c := range []struct {
+		path string
 		cfg  Config
 		body string
-		want int // completion tokens; 0: a 400
+		want int // completion tokens (all rows); 0: a 400
 	}{
-		{Config{}, `{"prompt": "Once upon a time"}`, 12},
-		{Config{MaxTokens: 8}, `{"prompt": "Once upon a time"}`, 8},
-		{Config{MaxLen: p + 5}, `{"prompt": "Once upon a time"}`, 5},
-		{Config{FitLen: p + 3, MaxTokens: 8}, `{"prompt": "Once upon a time"}`, 3},
-		{Config{MaxLen: p + 5}, `{"prompt": "Once upon a time", "max_tokens": 6}`, 0},
-		{Config{MaxLen: p}, `{"prompt": "Once upon a time"}`, 0},
-		{Config{}, `{"prompt": [` + strings.Repeat("5, ", 255) + `5]}`, 0},
+		{comp, Config{}, `{"prompt": "Once upon a time"}`, 12},
+		{comp, Config{MaxTokens: 8}, `{"prompt": "Once upon a time"}`, 8},
+		{comp, Config{MaxLen: p + 5}, `{"prompt": "Once upon a time"}`, 5},
+		{comp, Config{MaxLen: p + 5}, `{"prompt": "Once upon a time", "n": 2}`, 2 * 5},
+		{comp, Config{MaxLen: p + 5}, `{"prompt": "Once upon a time", "stream": true, "stream_options": {"include_usage": true}}`, 5},
+		{comp, Config{FitLen: p + 3, MaxTokens: 8}, `{"prompt": "Once upon a time"}`, 3},
+		{comp, Config{MaxLen: p + 5}, `{"prompt": "Once upon a time", "max_tokens": 6}`, 0},
+		{comp, Config{MaxLen: p + 5}, `{"prompt": "Once upon a time", "max_completion_tokens": 3}`, 5}, // not a completions field
+		{comp, Config{MaxLen: p}, `{"prompt": "Once upon a time"}`, 0},
+		{comp, Config{}, `{"prompt": [` + strings.Repeat("5, ", 255) + `5]}`, 0},
+		{chat, Config{}, `{` + msgs + `}`, 12},
+		{chat, Config{MaxLen: pc + 5}, `{` + msgs + `}`, 5},
+		{chat, Config{MaxLen: pc + 5}, `{` + msgs + `, "n": 3}`, 3 * 5},
+		{chat, Config{MaxLen: pc + 5}, `{` + msgs + `, "max_tokens": 3}`, 3},
+		{chat, Config{MaxLen: pc + 5}, `{` + msgs + `, "max_completion_tokens": 2, "max_tokens": 4}`, 2},
+		{chat, Config{MaxLen: pc}, `{` + msgs + `}`, 0},
 	} {
 		ts := newTestServer(t, dir, c.cfg)
 		body := strings.TrimSuffix(c.body, "}") + `, "stop_at_eos": false, "steps": 2}`
-		code, out, _ := post(t, ts.url+"/v1/completions", body)
+		if strings.Contains(body, `"stream": true`) {
+			chunks := stream(t, ts.url+c.path, body)
+			u, _ := chunks[len(chunks)-1]["usage"].(map[string]any)
+			if u == nil || int(u["completion_tokens"].(float64)) != c.want {
+				t.Errorf("%s %+v %s: last chunk %v, want usage of %d completion tokens", c.path, c.cfg, c.body, chunks[len(chunks)-1], c.want)
+			}
+			continue
+		}
+		code, out, _ := post(t, ts.url+c.path, body)
 		if c.want == 0 {
 			e, _ := out["error"].(map[string]any)
 			if code != 400 || e == nil || (!strings.Contains(body, "max_tokens") && (e["param"] != "prompt" || !strings.Contains(fmt.Sprint(e["message"]), "leaves no room to generate"))) {
-				t.Errorf("%+v %s: %d %v, want a 400", c.cfg, c.body, code, out)
+				t.Errorf("%s %+v %s: %d %v, want a 400", c.path, c.cfg, c.body, code, out)
 			}
 			continue
 		}
 		if code != 200 {
-			t.Errorf("%+v %s: %d %v", c.cfg, c.body, code, out)
+			t.Errorf("%s %+v %s: %d %v", c.path, c.cfg, c.body, code, out)
 			continue
 		}
 		if u := out["usage"].(map[string]any); int(u["completion_tokens"].(float64)) != c.want {
-			t.Errorf("%+v %s: usage %v, want %d completion tokens", c.cfg, c.body, u, c.want)
+			t.Errorf("%s %+v %s: usage %v, want %d completion tokens", c.path, c.cfg, c.body, u, c.want)
 		}
 	}
 }
