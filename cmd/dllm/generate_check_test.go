@@ -89,6 +89,17 @@ func TestGenerateRefusesBadSettings(t *testing.T) {
 			}
 		}
 	}
+	// Without --ar, the AR model is refused as not a diffusion checkpoint.
+	for _, cmd := range [][]string{{"generate", tiny, "--chat", "--prompt", "hi"}, {"chat", tiny}} {
+		root := newRoot()
+		root.SetIn(strings.NewReader("hi\n"))
+		root.SetOut(io.Discard)
+		root.SetErr(io.Discard)
+		root.SetArgs(append(cmd, "--chat-template", tmpl, "--threads", "1"))
+		if err := root.Execute(); err == nil || !strings.Contains(err.Error(), "not a diffusion checkpoint") || exitCode(err) != 2 {
+			t.Errorf("%s of an AR model without --ar: got %v (exit %d), want exit 2", cmd[0], err, exitCode(err))
+		}
+	}
 }
 
 // TestGenerateMemoryPlan: a batch whose activations and KV cache exceed the
