@@ -45,6 +45,18 @@ random weights (--arch, e.g. testdata/configs/llama-42m.json), or, with
 			if matmul {
 				return benchMatmul(cmd, be, asJSON)
 			}
+			// The flags before the weights are loaded.
+			vis := kernels.Visibility{Mode: kernels.Bidirectional}
+			switch mask {
+			case "bidirectional":
+			case "annealed":
+				vis = kernels.Visibility{Mode: kernels.Annealed, Ratio: float32(ratio)}
+			default:
+				return &exitError{2, fmt.Errorf("--mask %q: use bidirectional or annealed", mask)}
+			}
+			if err := checkCopies(copies); err != nil {
+				return err
+			}
 			// Measured before the weights are allocated: the plan counts them.
 			avail, source := availableFor(be)
 			var m *model.Model
@@ -63,14 +75,6 @@ random weights (--arch, e.g. testdata/configs/llama-42m.json), or, with
 			}
 			if err != nil {
 				return err
-			}
-			vis := kernels.Visibility{Mode: kernels.Bidirectional}
-			switch mask {
-			case "bidirectional":
-			case "annealed":
-				vis = kernels.Visibility{Mode: kernels.Annealed, Ratio: float32(ratio)}
-			default:
-				return &exitError{2, fmt.Errorf("--mask %q: use bidirectional or annealed", mask)}
 			}
 			if err := benchCopies(cmd, be, m, copies, batch, seqLen, recompute, avail, source); err != nil {
 				return err
@@ -124,11 +128,9 @@ random weights (--arch, e.g. testdata/configs/llama-42m.json), or, with
 
 // benchCopies settles --bf16-copies for the timed model as convert does,
 // with the plan of 'dllm plan --bench', saying so when auto drops them;
-// avail is what was free before the model was loaded.
+// avail is what was free before the model was loaded, setting a checked
+// value (checkCopies).
 func benchCopies(cmd *cobra.Command, be kernels.Backend, m *model.Model, setting string, batch, seqLen int, recompute bool, avail float64, source string) error {
-	if err := checkCopies(setting); err != nil {
-		return err
-	}
 	o := convert.Defaults()
 	o.BatchSize, o.SeqLen, o.Recompute = batch, seqLen, recompute
 	dev, mm := model.PlanDevice(be)

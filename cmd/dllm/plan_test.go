@@ -93,8 +93,10 @@ func TestPlanBF16Copies(t *testing.T) {
 		t.Errorf("plan --bf16-copies sometimes: %v", err)
 	}
 	tiny := filepath.Join(moduleRoot(t), "testdata", "tiny", "llama", "config.json")
-	if _, _, err := dllm(t, "bench", "--arch", tiny, "--device", "cpu", "--threads", "1", "--bf16-copies", "sometimes"); err == nil || !strings.Contains(err.Error(), "use auto, on or off") {
-		t.Errorf("bench --bf16-copies sometimes: %v", err)
+	// Refused before the weights are read: the folder need not exist.
+	if _, _, err := dllm(t, "bench", "--model", filepath.Join(t.TempDir(), "none"), "--device", "cpu", "--threads", "1", "--bf16-copies", "sometimes"); err == nil ||
+		!strings.Contains(err.Error(), "use auto, on or off") || exitCode(err) != 2 {
+		t.Errorf("bench --bf16-copies sometimes: %v (exit %d), want exit 2", err, exitCode(err))
 	}
 	if out, _, err := dllm(t, "bench", "--arch", tiny, "--device", "cpu", "--threads", "1", "--batch", "1", "--seq-len", "16", "--steps", "1", "--warmup", "0", "--bf16-copies", "off"); err != nil || !strings.Contains(out, "tokens/s") {
 		t.Errorf("bench --bf16-copies off on the CPU: %v\n%s", err, out)
