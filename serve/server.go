@@ -356,7 +356,8 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request, chat bool) {
 	}
 	if req.maxTokens(chat) == nil {
 		// The model's default, cut to what the prompt leaves of the
-		// server's limits, as OpenAI's API takes the rest of the context.
+		// server's limits (OpenAI's chat API takes all the rest: a
+		// diffusion model pays for every position it is given).
 		for _, l := range []struct {
 			n    int
 			what string
