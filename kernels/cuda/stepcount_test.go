@@ -712,7 +712,8 @@ func checkFormula(t *testing.T, name string, cfg *model.Config, B, L, headChunk 
 // engine and Backend, category by category, at two tiny shapes (GQA
 // groups 2 and 3; the head in 8 chunks and in one) and at the three shapes
 // of scripts/gpu-check (Qwen2.5-0.5B, B4/B8 x L512, B1 x L2048), every
-// step of bench's 2 warm-up + 8 timed, bidirectional and annealed.
+// step (1 warm-up + 2 at the tiny shapes, bench's 2 + 8 at gpu-check's),
+// bidirectional and annealed.
 func TestStepFormula(t *testing.T) {
 	bidir := kernels.Visibility{Mode: kernels.Bidirectional}
 	ann := kernels.Visibility{Mode: kernels.Annealed, Ratio: 0.5}
