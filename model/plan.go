@@ -354,7 +354,8 @@ func bf16CopyBytes(c *Config, b *blocks, T int, o *PlanOptions, half map[string]
 	if training && !o.HeadLogits {
 		// kernels/cuda HeadLoss: logits in chunks of at most 2^25 floats
 		// (whole multiples of 128 columns), per-row stats, bf16 x and W
-		// (W not when held in bf16).
+		// (W not when held in bf16) and, when W is trained, the chunk's
+		// gradient in bf16 for its two products.
 		V, H := c.Vocab, c.Hidden
 		cols := kernels.HeadCols(T, V, kernels.HeadChunkFloats)
 		sizes := []int{T * cols * 4, T * 5 * 4}
@@ -362,6 +363,9 @@ func bf16CopyBytes(c *Config, b *blocks, T int, o *PlanOptions, half map[string]
 			sizes = append(sizes, T*H*2)
 			if !headHalf {
 				sizes = append(sizes, V*H*2)
+			}
+			if !frozen {
+				sizes = append(sizes, T*cols*2)
 			}
 		}
 		for _, n := range sizes {

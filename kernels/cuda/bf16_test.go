@@ -13,7 +13,9 @@ import (
 // TestBF16Weights: a bf16 weight buffer holds what the per-product cast
 // makes (Upload rounds as cast_f32_bf16 does, NaN and ties included), and
 // MatMul and HeadLoss reading it give bit for bit what they give casting a
-// float32 copy; fp32 matmuls refuse the buffers.
+// float32 copy (and HeadLoss casting each chunk's gradient once for its two
+// products what it gives casting it per product); fp32 matmuls refuse the
+// buffers.
 func TestBF16Weights(t *testing.T) {
 	if testing.Short() {
 		t.Skip("slow: the emulator runs one fiber per CUDA thread")
@@ -95,13 +97,19 @@ func TestBF16Weights(t *testing.T) {
 	tg := be.AllocInt(rows)
 	be.UploadInt(tg, []int32{3, 299, -1, 150, 7, 128})
 	wt := up([]float32{1, 1, 1, 0.5, 2, 1})
-	run := func(W kernels.Buf) []float32 {
+	run := func(W kernels.Buf, perProduct bool) []float32 {
+		be.headGradPerProduct = perProduct
+		defer func() { be.headGradPerProduct = false }()
 		loss, corr, dx, dW := be.Alloc(rows), be.Alloc(rows), be.Alloc(rows*hidden), be.Alloc(vocab*hidden)
 		be.Zero(dW)
 		be.HeadLoss(loss, corr, dx, dW, hx, W, tg, wt, rows, hidden, vocab, 0.25, true)
 		return append(append(append(down(loss), down(corr)...), down(dx)...), down(dW)...)
 	}
-	same("HeadLoss", run(hw16), run(hwf))
+	ref16 := run(hw16, true)
+	same("HeadLoss", ref16, run(hwf, true))
+	// Each chunk's gradient cast once for dx and dW, or per product.
+	same("HeadLoss, the gradient cast once (bf16 W)", run(hw16, false), ref16)
+	same("HeadLoss, the gradient cast once (fp32 W)", run(hwf, false), ref16)
 	if err := be.Err(); err != nil {
 		t.Fatal(err)
 	}

@@ -62,6 +62,9 @@ type Backend struct {
 	// headChunk overrides kernels.HeadChunkFloats (tests: several chunks
 	// on small shapes).
 	headChunk int
+	// headGradPerProduct: HeadLoss casts each chunk's gradient for each of
+	// its two products (tests: the path it shares one cast with).
+	headGradPerProduct bool
 }
 
 var _ kernels.Backend = (*Backend)(nil)

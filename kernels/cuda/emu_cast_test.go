@@ -88,6 +88,7 @@ func TestEmulatorSharedCasts(t *testing.T) {
 				var be kernels.Backend = dev
 				if !shared {
 					be = perProduct{dev}
+					dev.headGradPerProduct = true
 				}
 				m, err := model.Load(dir, be)
 				if err != nil {
@@ -226,6 +227,7 @@ func TestEmulatorSharedCastsPlan(t *testing.T) {
 				var be kernels.Backend = dev
 				if !shared {
 					be = perProduct{dev}
+					dev.headGradPerProduct = true
 				}
 				m, err := model.Load("../../testdata/tiny/"+arch, be)
 				if err != nil {

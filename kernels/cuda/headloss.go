@@ -17,7 +17,8 @@ func boolInt(b bool) int {
 // with grad a second pass remakes each chunk, turns it into its gradient
 // and adds its share of dx = dlogits W and dW += dlogits^T x. One chunk
 // (the whole vocabulary fits) is not remade. In bf16 mode x and W are cast
-// to bf16 once for all the chunks' products (W not, when held in bf16).
+// to bf16 once for all the chunks' products (W not, when held in bf16), and
+// each chunk's gradient once for its dx and dW products.
 func (be *Backend) HeadLoss(loss, correct, dx, dW, x, W kernels.Buf, targets kernels.IBuf, weights kernels.Buf, rows, hidden, vocab int, gradScale float32, grad bool) {
 	if be.failed.Load() || rows <= 0 || vocab <= 0 || hidden <= 0 {
 		return
@@ -83,6 +84,13 @@ func (be *Backend) HeadLoss(loss, correct, dx, dW, x, W kernels.Buf, targets ker
 	if !grad {
 		return
 	}
+	var gb uintptr // the chunk's gradient in bf16, read by both products
+	if !be.fp32 && dW.N > 0 && !be.headGradPerProduct {
+		if gb = be.scratch(rcap * vc * 2); gb == 0 {
+			return
+		}
+		defer be.release(gb)
+	}
 	for c0 := 0; c0 < vocab; c0 += vc {
 		n := min(vc, vocab-c0)
 		g := kernels.Buf{Dev: chunk, N: rows * n}
@@ -95,10 +103,13 @@ func (be *Backend) HeadLoss(loss, correct, dx, dW, x, W kernels.Buf, targets ker
 		if wb != 0 {
 			w16 = wb + uintptr(c0*hidden)*2
 		}
+		if gb != 0 {
+			be.cast(kCastBF16, gb, chunk, rows*n)
+		}
 		beta := float32(boolInt(c0 > 0))
-		be.matmul(dx, g, W.Slice(c0*hidden, n*hidden), rows, hidden, n, false, false, beta, 0, w16)
+		be.matmul(dx, g, W.Slice(c0*hidden, n*hidden), rows, hidden, n, false, false, beta, gb, w16)
 		if dW.N > 0 {
-			be.matmul(dW.Slice(c0*hidden, n*hidden), g, x, n, hidden, rows, true, false, 1, 0, xb)
+			be.matmul(dW.Slice(c0*hidden, n*hidden), g, x, n, hidden, rows, true, false, 1, gb, xb)
 		}
 	}
 }

@@ -268,7 +268,7 @@ const (
 	catGEMM    = "GEMM, layer linears (cuBLAS bf16)"
 	catCast    = "cast to bf16 (activations, grads: per product or shared)"
 	catHeadMM  = "head: GEMM (LM head, vocab chunks)"
-	catHeadCst = "head: casts (x once, dlogits twice per chunk)"
+	catHeadCst = "head: casts (x once, dlogits once per chunk)"
 	catHeadCE  = "head: CE kernels (stats, finish, grad)"
 	catAttnF   = "attention fwd (mma)"
 	catAttnB   = "attention bwd (prep, dq, dkv, GQA reduce)"
@@ -587,7 +587,7 @@ func stepFormula(c *model.Config, B, L, k, headChunk int, mode kernels.Mode) map
 		add(catHeadMM, 1+remake, gemmCost(k, n, H, 0, 2))
 		add(catHeadCE, 1, ceStatsCost(k, n, c0 == 0))
 		add(catHeadCE, 1, ceGradCost(k, n))
-		add(catHeadCst, 2, castCost(k*n))
+		add(catHeadCst, 1, castCost(k*n))
 		add(catHeadMM, 1, gemmCost(k, H, n, boolInt(c0 > 0), 2)) // dx
 		add(catHeadMM, 1, gemmCost(n, H, k, 1, 2))               // dW
 	}
