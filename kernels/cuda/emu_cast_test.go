@@ -73,9 +73,9 @@ func sameBits(t *testing.T, what string, ref, got stepBits) {
 // losses, gradients and weights of three training steps that cast it
 // before every product (a Backend without BF16Cast), on llama, qwen2
 // (biases), qwen3 (QK norm, tied head), qwen2_moe (router and shared
-// expert gate, experts) and qwen3_moe, with the bf16 weight copies, with
-// and without recompute, with fewer casts launched; with fp32 matmuls it
-// launches no cast at all.
+// expert gate, experts) and qwen3_moe, with the bf16 weight copies (and,
+// on llama, without), with and without recompute, with fewer casts
+// launched; with fp32 matmuls it launches no cast at all.
 func TestEmulatorSharedCasts(t *testing.T) {
 	if testing.Short() {
 		t.Skip("slow: the emulator runs one fiber per CUDA thread")
@@ -83,7 +83,7 @@ func TestEmulatorSharedCasts(t *testing.T) {
 	for _, arch := range []string{"llama", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe"} {
 		t.Run(arch, func(t *testing.T) {
 			dir := float32Copy(t, "../../testdata/tiny/"+arch)
-			run := func(matmul string, shared, recompute bool) stepBits {
+			run := func(matmul string, shared, recompute, copies bool) stepBits {
 				dev, d := newCastCounted(t, matmul)
 				var be kernels.Backend = dev
 				if !shared {
@@ -94,6 +94,7 @@ func TestEmulatorSharedCasts(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
+				m.SetBF16Copies(copies)
 				const B, L = 2, 16
 				st := convert.NewStepperWith(m, B, L, model.ActOptions{Recompute: recompute})
 				vis := kernels.Visibility{Mode: kernels.Annealed, Ratio: 0.4, Seed: 7}
@@ -118,7 +119,7 @@ func TestEmulatorSharedCasts(t *testing.T) {
 				return r
 			}
 			for _, recompute := range []bool{false, true} {
-				ref, got := run("bf16", false, recompute), run("bf16", true, recompute)
+				ref, got := run("bf16", false, recompute, true), run("bf16", true, recompute, true)
 				what := map[bool]string{false: "bf16", true: "bf16 recompute"}[recompute]
 				sameBits(t, what, ref, got)
 				if got.casts >= ref.casts {
@@ -126,8 +127,12 @@ func TestEmulatorSharedCasts(t *testing.T) {
 				}
 				t.Logf("%s: %d bf16 casts in 3 steps, %d casting per product", what, got.casts, ref.casts)
 			}
+			if arch == "llama" {
+				ref, got := run("bf16", false, false, false), run("bf16", true, false, false)
+				sameBits(t, "bf16, no weight copies", ref, got)
+			}
 			if arch == "qwen3" {
-				ref, got := run("fp32", false, false), run("fp32", true, false)
+				ref, got := run("fp32", false, false, true), run("fp32", true, false, true)
 				sameBits(t, "fp32", ref, got)
 				if got.casts != 0 || ref.casts != 0 {
 					t.Errorf("fp32 matmuls launched %d and %d casts", got.casts, ref.casts)
