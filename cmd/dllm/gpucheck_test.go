@@ -147,6 +147,35 @@ func TestDeviceCUDAOnFakeDriver(t *testing.T) {
 	if err != nil || !strings.Contains(out, "cuda (Fake GPU") || !strings.Contains(out, "MFU") {
 		t.Errorf("bench: %v\n%s", err, out)
 	}
+	// --bf16-copies auto weighs the plan, which counts the weights, against
+	// the memory free before they are allocated: a device of the plan with
+	// the copies, and some of the weights' bytes more, keeps them; one below
+	// that plan drops them, saying so.
+	plan := func(copies string) (total, params float64) {
+		o, err := run(nil, "plan", "../../testdata/tiny/qwen2/config.json", "--bench", "--device", "cuda",
+			"--batch-size", "2", "--seq-len", "16", "--bf16-copies", copies, "--json")
+		var p struct {
+			Total  float64 `json:"total_bytes"`
+			Params float64 `json:"param_bytes"`
+		}
+		if err != nil || json.Unmarshal([]byte(o), &p) != nil || p.Total == 0 || p.Params == 0 {
+			t.Fatalf("plan --bf16-copies %s: %v\n%s", copies, err, o)
+		}
+		return p.Total, p.Params
+	}
+	on, _ := plan("on")
+	off, weights := plan("off")
+	for _, c := range []struct {
+		mem   float64
+		drops bool
+	}{{on + weights - (on-off)/2, false}, {on - (on-off)/2, true}} {
+		out, err := run([]string{fmt.Sprintf("DLLM_FAKECUDA_MEM=%.0f", c.mem)}, "bench", "--device", "cuda", "--arch", "../../testdata/tiny/qwen2/config.json",
+			"--batch", "2", "--seq-len", "16", "--steps", "1", "--warmup", "0")
+		if drops := strings.Contains(out, "bf16 copies of the weights: off"); err != nil || drops != c.drops {
+			t.Errorf("bench on %.0f bytes (the plan: %.0f with the copies, %.0f without; weights %.0f): drops the copies %v, want %v: %v\n%s",
+				c.mem, on, off, weights, drops, c.drops, err, out)
+		}
+	}
 	// The same 4 conversion steps on the CPU and on the (fake) GPU.
 	var text strings.Builder
 	for d := 0; d < 30; d++ {

@@ -34,8 +34,10 @@ struct FakeFunction {
 extern "C" {
 // DLLM_FAKECUDA_NO_DEVICE=1 makes it a driver library on a machine with no
 // visible GPU (a container without one): cuInit says CUDA_ERROR_NO_DEVICE.
+// DLLM_FAKECUDA_MEM=BYTES sets the device's memory (default 16 GiB).
 CUresult cuInit(unsigned int flags) {
   if (getenv("DLLM_FAKECUDA_NO_DEVICE")) return 100;
+  if (const char* m = getenv("DLLM_FAKECUDA_MEM")) mem_limit = strtoull(m, nullptr, 10);
   return flags == 0 ? 0 : 1;
 }
 CUresult cuDriverGetVersion(int* v) {
