@@ -34,12 +34,13 @@ type trainSet struct {
 	specs         []safetensors.Spec
 	fetch         func(kernels.Buf) safetensors.Fetch
 	written       func() // after an update (the model's bf16 copies)
+	copies        func() []model.BF16Run
 }
 
 // modelSet is every parameter of m (full fine-tuning).
 func modelSet(m *model.Model) trainSet {
 	return trainSet{be: m.BE, layout: m.Layout, params: func() kernels.Buf { return m.Params }, grads: func() kernels.Buf { return m.Grads },
-		specs: m.ExportSpecs(), fetch: m.FetchFrom, written: m.ParamsWritten}
+		specs: m.ExportSpecs(), fetch: m.FetchFrom, written: m.ParamsWritten, copies: m.BF16Runs}
 }
 
 type paramGroup struct {
@@ -72,19 +73,41 @@ func newAdamW(set trainSet, beta1, beta2, eps, weightDecay float64, decayAll boo
 }
 
 // Step applies update number step (from 1) at learning rate lr, the
-// gradients first multiplied by gradScale (global-norm clipping).
+// gradients first multiplied by gradScale (global-norm clipping). Where the
+// backend has kernels.AdamWBF16, each launch that ends a run of tensors
+// with bf16 copies (inside one group) writes the run's copy too; the
+// copies are remade afterwards only when a run was not covered so.
 func (a *AdamW) Step(lr float64, step int, gradScale float32) {
 	be, p, g := a.set.be, a.set.params(), a.set.grads()
 	h := kernels.AdamW{LR: float32(lr), Beta1: float32(a.Beta1), Beta2: float32(a.Beta2), Eps: float32(a.Eps),
 		BC1: float32(1 - math.Pow(a.Beta1, float64(step))), BC2: float32(1 - math.Pow(a.Beta2, float64(step))), GradScale: gradScale}
+	var runs []model.BF16Run
+	fused, ok := be.(kernels.AdamWBF16)
+	if ok && a.set.copies != nil {
+		runs = a.set.copies()
+	}
+	covered, j := 0, 0
 	for _, gr := range a.groups {
 		h.WeightDecay = 0
 		if gr.decay {
 			h.WeightDecay = float32(a.WeightDecay)
 		}
-		be.AdamWStep(p.Slice(gr.off, gr.n), g.Slice(gr.off, gr.n), a.M.Slice(gr.off, gr.n), a.V.Slice(gr.off, gr.n), gr.n, h)
+		at, end := gr.off, gr.off+gr.n
+		for ; j < len(runs) && runs[j].Src < end; j++ {
+			r := runs[j]
+			if r.Src < at || r.Src+r.N > end {
+				continue // across groups: ParamsWritten remakes it
+			}
+			n := r.Src + r.N - at
+			fused.AdamWStepBF16(p.Slice(at, n), g.Slice(at, n), a.M.Slice(at, n), a.V.Slice(at, n), n, h, r.Copy, r.Src-at)
+			at += n
+			covered++
+		}
+		if at < end {
+			be.AdamWStep(p.Slice(at, end-at), g.Slice(at, end-at), a.M.Slice(at, end-at), a.V.Slice(at, end-at), end-at, h)
+		}
 	}
-	if a.set.written != nil {
+	if a.set.written != nil && (len(runs) == 0 || covered < len(runs)) {
 		a.set.written()
 	}
 }

@@ -219,6 +219,14 @@ type BF16Weights interface {
 	AllocBF16(n int) (b Buf, ok bool)
 }
 
+// AdamWBF16 is an optional op of a Backend (kernels/cuda with bf16
+// matmuls): AdamWStep that also writes the updated values from the from-th
+// on, rounded as Copy into a BF16Weights buffer rounds them, into p16
+// (n - from values): the bf16 copy of a weight made by the update itself.
+type AdamWBF16 interface {
+	AdamWStepBF16(p, g, m, v Buf, n int, h AdamW, p16 Buf, from int)
+}
+
 // BF16Cast is an optional op of a Backend (kernels/cuda with bf16 matmuls):
 // CastBF16 returns src rounded to bfloat16 in a new Half buffer, the values
 // MatMul's own cast of a float32 operand gives, for several products to

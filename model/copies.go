@@ -6,10 +6,11 @@ import "github.com/dllm-dev/dllm/kernels"
 // before each product that reads it: three times a step per linear (the
 // forward, the input gradient, and with --recompute the forward again).
 // Instead EnableGrads keeps one bf16 copy of every such weight, made again
-// by ParamsWritten after each update, and the products read the copies:
-// the same bf16 values, so the same results bit for bit. Whoever writes the
-// parameters of a model with copies calls ParamsWritten (convert's AdamW
-// does; loading weights does).
+// after each update, and the products read the copies: the same bf16
+// values, so the same results bit for bit. Whoever writes the parameters
+// of a model with copies calls ParamsWritten (loading weights does), or
+// writes the copies of BF16Runs too (convert's AdamW with
+// kernels.AdamWBF16).
 
 // copyTensors are the weights with a bf16 copy in full fine-tuning: those
 // a frozen base holds in bf16 (halfTensors) and, for tied embeddings, the
@@ -116,6 +117,24 @@ func (m *Model) ParamsWritten() {
 	for _, r := range m.copyRuns {
 		m.BE.Copy(m.copies.Slice(r.dst, r.n), m.Params.Slice(r.src, r.n))
 	}
+}
+
+// A BF16Run is a run of parameters with a bf16 copy: Params[Src:Src+N] is
+// held rounded in Copy (N values).
+type BF16Run struct {
+	Src, N int
+	Copy   kernels.Buf
+}
+
+// BF16Runs are the runs ParamsWritten casts, in the order of Params (none
+// without copies). An update that writes every run itself, rounded as
+// Copy rounds (kernels.AdamWBF16), need not call ParamsWritten.
+func (m *Model) BF16Runs() []BF16Run {
+	var runs []BF16Run
+	for _, r := range m.copyRuns {
+		runs = append(runs, BF16Run{r.src, r.n, m.copies.Slice(r.dst, r.n)})
+	}
+	return runs
 }
 
 // BF16Copies is the number of values held in bf16 copies.

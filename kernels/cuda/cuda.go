@@ -65,6 +65,9 @@ type Backend struct {
 	// headGradPerProduct: HeadLoss casts each chunk's gradient for each of
 	// its two products (tests: the path it shares one cast with).
 	headGradPerProduct bool
+	// adamwTwoPass: AdamWStepBF16 runs adamw, then cast_f32_bf16 over the
+	// values (tests: the passes it fuses).
+	adamwTwoPass bool
 }
 
 var _ kernels.Backend = (*Backend)(nil)

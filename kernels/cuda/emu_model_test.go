@@ -168,17 +168,135 @@ func loadCopies(t *testing.T, dir string, copies bool) (*model.Model, *Backend, 
 	return m, be, p
 }
 
-// castCounter counts the bf16 casts launched through it.
+// castCounter counts the bf16 casts (and fused AdamW updates) launched
+// through it.
 type castCounter struct {
 	driver
-	casts atomic.Int64
+	casts, fused atomic.Int64
 }
 
 func (d *castCounter) launch(k kernel, grid, block dim3, p *params) error {
-	if k == kCastBF16 {
+	switch k {
+	case kCastBF16:
 		d.casts.Add(1)
+	case kAdamWBF16:
+		d.fused.Add(1)
 	}
 	return d.driver.launch(k, grid, block, p)
+}
+
+// TestEmulatorAdamWBF16: AdamW writing the bf16 copies (adamw_bf16, one
+// launch per run of copied tensors, no cast pass after it) equals adamw
+// followed by cast_f32_bf16 bit for bit: the losses of training steps
+// (one decay group, clipping), then updates with decay groups (matrices
+// only), a gradient scale and a changing learning rate: weights, both
+// moments and the copies, which are also each weight rounded.
+func TestEmulatorAdamWBF16(t *testing.T) {
+	if testing.Short() {
+		t.Skip("slow: the emulator runs one fiber per CUDA thread")
+	}
+	path := buildEmu(t)
+	for _, arch := range []string{"llama", "qwen2", "qwen3", "qwen3_moe"} {
+		t.Run(arch, func(t *testing.T) {
+			dir := float32Copy(t, "../../testdata/tiny/"+arch)
+			type result struct {
+				losses          []float64
+				w, m, v, copies []float32
+				casts, fused    int64
+				runs            int
+			}
+			run := func(twoPass bool) result {
+				d := &castCounter{}
+				be, err := newBackend(false, func() (driver, error) {
+					var err error
+					d.driver, err = openEmu(path)
+					return d, err
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer be.Close()
+				be.adamwTwoPass = twoPass
+				m, err := model.Load(dir, be)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var r result
+				const B, L = 1, 8
+				st := convert.NewStepperWith(m, B, L, model.ActOptions{})
+				rng := rand.New(rand.NewPCG(7, 8))
+				for step := 1; step <= 2; step++ {
+					l, err := st.Step(convert.RandomStepBatch(rng, B, L, m.Cfg.Vocab, 3), kernels.Visibility{Mode: kernels.Bidirectional}, step)
+					if err != nil {
+						t.Fatal(err)
+					}
+					r.losses = append(r.losses, l)
+				}
+				runs := m.BF16Runs()
+				r.runs = len(runs)
+				a := convert.NewAdamW(m, 0.9, 0.95, 1e-8, 0.1, false)
+				g := make([]float32, m.Grads.N)
+				if err := be.Sync(); err != nil {
+					t.Fatal(err)
+				}
+				casts, fused := d.casts.Load(), d.fused.Load()
+				for step := 1; step <= 3; step++ {
+					for i := range g {
+						g[i] = float32(rng.NormFloat64())
+					}
+					be.Upload(m.Grads, g)
+					a.Step(1e-3/float64(step), step, 0.6)
+				}
+				if err := be.Sync(); err != nil {
+					t.Fatal(err)
+				}
+				r.casts, r.fused = d.casts.Load()-casts, d.fused.Load()-fused
+				r.w, r.m, r.v = make([]float32, m.Params.N), make([]float32, a.M.N), make([]float32, a.V.N)
+				be.Download(r.w, m.Params)
+				be.Download(r.m, a.M)
+				be.Download(r.v, a.V)
+				for _, run := range runs {
+					c := make([]float32, run.N)
+					be.Download(c, run.Copy)
+					for i, x := range c {
+						if want := safetensors.BF16Bits(r.w[run.Src+i]); uint32(want)<<16 != math.Float32bits(x) {
+							t.Fatalf("copy of parameter %d: %g, the weight %g rounds to %g", run.Src+i, x, r.w[run.Src+i], math.Float32frombits(uint32(want)<<16))
+						}
+					}
+					r.copies = append(r.copies, c...)
+				}
+				if err := be.Err(); err != nil {
+					t.Fatal(err)
+				}
+				return r
+			}
+			two, one := run(true), run(false)
+			if one.runs == 0 {
+				t.Fatal("no bf16 copies")
+			}
+			if two.casts != 3*int64(two.runs) || two.fused != 0 {
+				t.Errorf("two passes: %d casts and %d fused updates in 3 steps of %d runs", two.casts, two.fused, two.runs)
+			}
+			if one.casts != 0 || one.fused != 3*int64(one.runs) {
+				t.Errorf("fused: %d casts and %d fused updates in 3 steps of %d runs", one.casts, one.fused, one.runs)
+			}
+			for i := range two.losses {
+				if math.Float64bits(two.losses[i]) != math.Float64bits(one.losses[i]) {
+					t.Errorf("step %d: loss %.9g fused, %.9g in two passes", i+1, one.losses[i], two.losses[i])
+				}
+			}
+			for name, p := range map[string][2][]float32{"weight": {one.w, two.w}, "m": {one.m, two.m}, "v": {one.v, two.v}, "copy": {one.copies, two.copies}} {
+				if len(p[0]) != len(p[1]) {
+					t.Fatalf("%s: %d values fused, %d in two passes", name, len(p[0]), len(p[1]))
+				}
+				for i := range p[0] {
+					if math.Float32bits(p[0][i]) != math.Float32bits(p[1][i]) {
+						t.Fatalf("%s %d: %g fused, %g in two passes", name, i, p[0][i], p[1][i])
+					}
+				}
+			}
+		})
+	}
 }
 
 // TestEmulatorCopyRuns: ParamsWritten remakes the bf16 copies with one cast

@@ -12,6 +12,7 @@ const (
 	kEmbedding
 	kEmbeddingBwd
 	kAdamW
+	kAdamWBF16
 	kCastBF16
 	kCastF32
 	kRoPE
@@ -66,6 +67,7 @@ var kernelInfo = [numKernels]struct{ name, sig string }{
 	kEmbedding:       {"embedding_fwd", "pppqi"},
 	kEmbeddingBwd:    {"embedding_bwd", "pppqi"},
 	kAdamW:           {"adamw", "ppppqfffffff"},
+	kAdamWBF16:       {"adamw_bf16", "ppppqfffffffpq"},
 	kCastBF16:        {"cast_f32_bf16", "ppq"},
 	kCastF32:         {"cast_bf16_f32", "ppq"},
 	kRoPE:            {"rope", "ppppiiif"},

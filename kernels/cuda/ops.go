@@ -261,12 +261,35 @@ func (be *Backend) AdamWStep(p, g, m, v kernels.Buf, n int, h kernels.AdamW) {
 	if n <= 0 {
 		return
 	}
+	be.launch(kAdamW, grid1(n), block256, adamwParams(p, g, m, v, n, h))
+}
+
+var _ kernels.AdamWBF16 = (*Backend)(nil)
+
+// AdamWStepBF16 (kernels.AdamWBF16) is AdamWStep writing the bf16 copy of
+// p[from:n] into p16 with cast_f32_bf16's rounding.
+func (be *Backend) AdamWStepBF16(p, g, m, v kernels.Buf, n int, h kernels.AdamW, p16 kernels.Buf, from int) {
+	if n <= 0 {
+		return
+	}
+	if !p16.Half || p16.N < n-from || from < 0 {
+		be.fail(errorf("AdamWStepBF16: %d values from %d into a bf16 buffer of %d", n, from, p16.N))
+		return
+	}
+	if be.adamwTwoPass {
+		be.AdamWStep(p, g, m, v, n, h)
+		be.cast(kCastBF16, p16.Dev, p.Dev+uintptr(from)*4, n-from)
+		return
+	}
+	be.launch(kAdamWBF16, grid1(n), block256, adamwParams(p, g, m, v, n, h).ptr(p16.Dev).i64(from))
+}
+
+func adamwParams(p, g, m, v kernels.Buf, n int, h kernels.AdamW) *params {
 	decay := 1 - h.LR*h.WeightDecay
 	step := h.LR / h.BC1
 	sqrtBC2 := float32(math.Sqrt(float64(h.BC2)))
-	be.launch(kAdamW, grid1(n), block256,
-		new(params).ptr(p.Dev).ptr(g.Dev).ptr(m.Dev).ptr(v.Dev).i64(n).
-			f32(h.Beta1).f32(h.Beta2).f32(h.Eps).f32(decay).f32(step).f32(sqrtBC2).f32(h.GradScale))
+	return new(params).ptr(p.Dev).ptr(g.Dev).ptr(m.Dev).ptr(v.Dev).i64(n).
+		f32(h.Beta1).f32(h.Beta2).f32(h.Eps).f32(decay).f32(step).f32(sqrtBC2).f32(h.GradScale)
 }
 
 // SumSquares returns the sum of squares of x, accumulated in float64.

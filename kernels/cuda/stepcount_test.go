@@ -76,6 +76,9 @@ func ropeCost(rows, heads, hd int) cost {
 	return one(0, 3*rows*heads*hd, 0, 8*rows*heads*hd+4*rows)
 }
 func adamwCost(n int) cost { return one(0, 14*n, 0, 28*n) }
+
+// adamwBF16Cost is adamw over n values writing the bf16 copy of the last c.
+func adamwBF16Cost(n, c int) cost { return one(0, 14*n, 0, 28*n+2*c) }
 func reducePartialCost(n, blocks int) cost {
 	return one(0, 2*n, 0, 4*n+8*blocks) // float64 sums
 }
@@ -219,6 +222,8 @@ func (r *opRec) cost() (cost, error) {
 		return embedBwdCost(v(3), v(4)), nil
 	case "adamw":
 		return adamwCost(v(4)), nil
+	case "adamw_bf16":
+		return adamwBF16Cost(v(4), v(4)-v(13)), nil
 	case "cast_f32_bf16":
 		return castCost(v(2)), nil
 	case "rope":
@@ -280,7 +285,7 @@ const (
 	catEmbed   = "embedding, row gather/scatter"
 	catZero    = "zeroing (grads, dx, dh)"
 	catNorm2   = "grad norm (SumSquares)"
-	catAdamW   = "AdamW (fp32 p, g, m, v)"
+	catAdamW   = "AdamW (fp32 p, g, m, v; + the bf16 weight copies)"
 	catCopies  = "bf16 weight copies (after AdamW)"
 )
 
@@ -324,7 +329,7 @@ func (r *opRec) category() string {
 		return catZero
 	case "SumSquares":
 		return catNorm2
-	case "AdamWStep":
+	case "AdamWStep", "AdamWStepBF16":
 		return catAdamW
 	case "Copy":
 		return catCopies
@@ -440,6 +445,11 @@ func (c *countingBackend) Add(out, a, b kernels.Buf, n int) {
 func (c *countingBackend) AdamWStep(p, g, m, v kernels.Buf, n int, h kernels.AdamW) {
 	c.mark("AdamWStep")
 	c.Backend.AdamWStep(p, g, m, v, n, h)
+	c.done()
+}
+func (c *countingBackend) AdamWStepBF16(p, g, m, v kernels.Buf, n int, h kernels.AdamW, p16 kernels.Buf, from int) {
+	c.mark("AdamWStepBF16")
+	c.Backend.AdamWStepBF16(p, g, m, v, n, h, p16, from)
 	c.done()
 }
 func (c *countingBackend) SumSquares(x kernels.Buf) float64 {
@@ -629,25 +639,27 @@ func stepFormula(c *model.Config, B, L, k, headChunk int, mode kernels.Mode) map
 	add(catEmbed, 1, embedBwdCost(T, H))
 
 	// The optimizer step: zero the gradients (and the backward's dx and
-	// dh), their norm, AdamW over everything, the bf16 copies remade (one
-	// cast per run of neighbouring copied tensors: the embedding, and per
-	// layer q | k | v | o | gate+up+down with biases between, else qkvo |
-	// gate+up+down).
+	// dh), their norm, AdamW over everything writing the bf16 copies: one
+	// adamw_bf16 launch up to the end of each run of neighbouring copied
+	// tensors (the embedding, and per layer q | k | v | o | gate+up+down
+	// with biases between, else qkvo | gate+up+down), a plain adamw for
+	// the final norm.
 	add(catZero, 1, memsetCost(P))
 	add(catZero, 2, memsetCost(T*H))
 	blocks := min((P+255)/256, 1024)
 	add(catNorm2, 1, reducePartialCost(P, blocks))
 	add(catNorm2, 1, reduceFinishCost(blocks))
-	add(catAdamW, 1, adamwCost(P))
-	add(catCopies, 1, castCost(V*H))
+	runs := []int{2*Q*H + 2*KV*H, 3 * I * H}
 	if c.QKVBias {
-		for _, n := range []int{Q * H, KV * H, KV * H, H * Q, 3 * I * H} {
-			add(catCopies, Ly, castCost(n))
-		}
-	} else {
-		add(catCopies, Ly, castCost(2*Q*H+2*KV*H))
-		add(catCopies, Ly, castCost(3*I*H))
+		runs = []int{Q * H, KV * H, KV * H, H * Q, 3 * I * H}
 	}
+	opt := adamwCost(P)
+	opt.Launches = int64(1 + Ly*len(runs) + 1)
+	opt.Bytes += int64(2 * V * H)
+	for _, n := range runs {
+		opt.Bytes += int64(2 * Ly * n)
+	}
+	add(catAdamW, 1, opt)
 	return f
 }
 
@@ -852,7 +864,7 @@ func predictionTable(sum, sb *strings.Builder, c *model.Config, B, L int, vis ke
 	}
 	rows := map[string]*row{}
 	var tot row
-	var w [4]float64
+	var w [3]float64
 	var est, k float64
 	for _, sc := range steps {
 		k += float64(sc.k) / n
@@ -867,11 +879,10 @@ func predictionTable(sum, sb *strings.Builder, c *model.Config, B, L int, vis ke
 			r.floor += x.floor()
 			tot.cost.add(x)
 			tot.floor += x.floor()
-			w[3] += float64(x.MMA) / rateMMA / n
+			w[2] += float64(x.MMA) / rateMMA / n
 		}
-		w[0] += whatIf(c, B*L, sc, true, false, false) / n
-		w[1] += whatIf(c, B*L, sc, true, true, false) / n
-		w[2] += whatIf(c, B*L, sc, true, true, true) / n
+		w[0] += whatIf(c, B*L, sc, true, false) / n
+		w[1] += whatIf(c, B*L, sc, true, true) / n
 		est += estimate(sc) / n
 	}
 	mode := "bidirectional"
@@ -904,19 +915,18 @@ func predictionTable(sum, sb *strings.Builder, c *model.Config, B, L int, vis ke
 	}
 	line("**step**", &tot)
 	fmt.Fprintf(sb, "\nFloor %.2f ms = %.0f tok/s, MFU %.1f%%. What-if floors: no per-product casts %.2f ms (%.1f%%); "+
-		"+ AdamW and copies fused %.2f ms (%.1f%%); + bf16 activations in the elementwise, norm, attention and CE kernels "+
+		"+ bf16 activations in the elementwise, norm, attention and CE kernels "+
 		"%.2f ms (%.1f%%); the products alone %.2f ms (%.1f%%).\n",
-		fl*1e3, float64(T)/fl, mfu(fl), w[0]*1e3, mfu(w[0]), w[1]*1e3, mfu(w[1]), w[2]*1e3, mfu(w[2]), w[3]*1e3, mfu(w[3]))
+		fl*1e3, float64(T)/fl, mfu(fl), w[0]*1e3, mfu(w[0]), w[1]*1e3, mfu(w[1]), w[2]*1e3, mfu(w[2]))
 }
 
 // whatIf is the floor of a counted step with some memory traffic removed:
 // noCasts drops the per-product casts, each distinct fp32 operand written
 // once more in bf16 by its producer instead (2 bytes a value: per layer
 // xn1, att, xn2, act forward; both dh, dgate, dup, dq, dk, dv backward;
-// the head's x and dlogits); fusedOpt makes AdamW and the bf16 copies one
-// pass of 30 bytes a parameter; half halves the bytes of the elementwise,
+// the head's x and dlogits); half halves the bytes of the elementwise,
 // norm, attention and CE kernels (bf16 activations).
-func whatIf(c *model.Config, T int, sc stepCount, noCasts, fusedOpt, half bool) float64 {
+func whatIf(c *model.Config, T int, sc stepCount, noCasts, half bool) float64 {
 	H, I, Q, KV, V := c.Hidden, c.Intermediate, c.QDim(), c.KVDim(), c.Vocab
 	var t float64
 	for i := range sc.recs {
@@ -924,15 +934,6 @@ func whatIf(c *model.Config, T int, sc stepCount, noCasts, fusedOpt, half bool) 
 		switch sc.recs[i].category() {
 		case catCast, catHeadCst:
 			if noCasts {
-				continue
-			}
-		case catAdamW:
-			if fusedOpt {
-				t += float64(x.Bytes/28*30) / rateBytes
-				continue
-			}
-		case catCopies:
-			if fusedOpt {
 				continue
 			}
 		case catNorm, catRope, catSwiGLU, catAdd, catBias, catEmbed, catAttnF, catAttnB, catHeadCE:

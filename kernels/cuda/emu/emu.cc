@@ -39,6 +39,7 @@ static const struct {
 } kernels[] = {
     REG(add_f32),          REG(scale_f32),        REG(swiglu_fwd),       REG(swiglu_bwd),
     REG(add_bias),         REG(embedding_fwd),    REG(embedding_bwd),    REG(adamw),
+    REG(adamw_bf16),
     REG(cast_f32_bf16),    REG(cast_bf16_f32),    REG(rope),             REG(rmsnorm_fwd),
     REG(rmsnorm_bwd_dx),   REG(colsum_partial),   REG(colsum_finish),    REG(reduce_partial),
     REG(reduce_finish),    REG(cross_entropy),    REG(attn_fwd_t1),      REG(attn_fwd_t2),

@@ -56,32 +56,39 @@ KERNEL void embedding_bwd(float* dtable, const float* dout, const int* ids, i64 
 
 // AdamW as kernels/cpu's AdamWStep; decay = 1 - lr*wd, step = lr/bc1 and
 // sqrtbc2 = sqrt(bc2) come from the host, computed as the CPU computes them.
+// adamw_at updates element i of p, m and v and returns the new p[i].
+DEV float adamw_at(float* p, const float* g, float* m, float* v, i64 i, float beta1, float beta2, float eps,
+                   float decay, float step, float sqrtbc2, float gscale) {
+  float gi = g[i] * gscale;
+  float mi = beta1 * m[i] + (1.f - beta1) * gi;
+  float vi = beta2 * v[i] + (1.f - beta2) * gi * gi;
+  m[i] = mi;
+  v[i] = vi;
+  float denom = __builtin_sqrtf(vi) / sqrtbc2 + eps;
+  float pi = p[i] * decay - step * mi / denom;
+  p[i] = pi;
+  return pi;
+}
+
 KERNEL void adamw(float* p, const float* g, float* m, float* v, i64 n, float beta1, float beta2, float eps,
                   float decay, float step, float sqrtbc2, float gscale) {
+  GRID_STRIDE(i, n) adamw_at(p, g, m, v, i, beta1, beta2, eps, decay, step, sqrtbc2, gscale);
+}
+
+// adamw_bf16 is adamw that also rounds the new p[i] of every i >= from into
+// p16[i - from] as cast_f32_bf16 does: a weight's bf16 copy made in the
+// update instead of by a second pass over p.
+KERNEL void adamw_bf16(float* p, const float* g, float* m, float* v, i64 n, float beta1, float beta2, float eps,
+                       float decay, float step, float sqrtbc2, float gscale, u16* p16, i64 from) {
   GRID_STRIDE(i, n) {
-    float gi = g[i] * gscale;
-    float mi = beta1 * m[i] + (1.f - beta1) * gi;
-    float vi = beta2 * v[i] + (1.f - beta2) * gi * gi;
-    m[i] = mi;
-    v[i] = vi;
-    float denom = __builtin_sqrtf(vi) / sqrtbc2 + eps;
-    p[i] = p[i] * decay - step * mi / denom;
+    float pi = adamw_at(p, g, m, v, i, beta1, beta2, eps, decay, step, sqrtbc2, gscale);
+    if (i >= from) p16[i - from] = (u16)bf16_rne(pi);
   }
 }
 
 // cast_f32_bf16 rounds to nearest even; NaN stays a (quiet) NaN.
 KERNEL void cast_f32_bf16(u16* out, const float* in, i64 n) {
-  GRID_STRIDE(i, n) {
-    float f = in[i];
-    u32 b = __builtin_bit_cast(u32, f);
-    u16 r;
-    if ((b & 0x7fffffffu) > 0x7f800000u) {
-      r = (u16)((b >> 16) | 0x40u);
-    } else {
-      r = (u16)((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
-    }
-    out[i] = r;
-  }
+  GRID_STRIDE(i, n) out[i] = (u16)bf16_rne(in[i]);
 }
 
 // cast_bf16_f32 widens exactly.
