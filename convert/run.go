@@ -113,6 +113,12 @@ func Run(ctx context.Context, opt Options, be kernels.Backend, log io.Writer) (*
 		return nil, fmt.Errorf("--resume needs --out, the folder of the run to continue")
 	}
 	if !opt.Resume {
+		// A source that is no model folder is named before anything else.
+		_, r, err := model.OpenDir(opt.Source)
+		if err != nil {
+			return nil, err
+		}
+		r.Close()
 		if err := opt.Resolve(); err != nil {
 			return nil, err
 		}
@@ -234,8 +240,8 @@ func (r *run) prepare() error {
 	} else if err := checkOut(o.Out, o.Force); err != nil {
 		return err
 	}
-	if st, err := os.Stat(o.Source); err != nil || !st.IsDir() {
-		return fmt.Errorf("source model %s is not a directory: give a Hugging Face model folder (config.json, *.safetensors, tokenizer.json)", o.Source)
+	if err := model.CheckDir(o.Source); err != nil {
+		return err
 	}
 	for _, p := range append(append([]string(nil), o.Data...), o.EvalData...) {
 		if _, err := os.Stat(p); err != nil {

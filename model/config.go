@@ -22,7 +22,9 @@ package model
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"math"
 	"os"
 	"path/filepath"
@@ -94,17 +96,31 @@ type DLLMInfo struct {
 }
 
 // LoadConfig reads config.json from a model directory (or the file itself).
+// Its errors are *DirError.
 func LoadConfig(path string) (*Config, error) {
-	if st, err := os.Stat(path); err == nil && st.IsDir() {
+	st, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, &DirError{path, fmt.Sprintf("%s: no such folder or file: pass a Hugging Face model folder or its config.json", path), err}
+	}
+	dir := path
+	if err == nil && st.IsDir() {
 		path = filepath.Join(path, "config.json")
 	}
 	b, err := regfile.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, noConfig(dir, err)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("cannot read model config: %w", err)
+		return nil, &DirError{dir, fmt.Sprintf("cannot read model config %s: %v", path, unwrapPath(err)), err}
 	}
 	c, err := ParseConfig(b)
+	var syn *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	if errors.As(err, &syn) || errors.As(err, &typ) {
+		return nil, &DirError{dir, fmt.Sprintf("%s: %v: a model's config.json is one JSON object (restore it from where the model came from)", path, err), err}
+	}
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, &DirError{dir, fmt.Sprintf("%s: %v", path, err), err}
 	}
 	c.Path = path
 	return c, nil
@@ -114,7 +130,7 @@ func LoadConfig(path string) (*Config, error) {
 func ParseConfig(b []byte) (*Config, error) {
 	var raw map[string]any
 	if err := json.Unmarshal(b, &raw); err != nil {
-		return nil, fmt.Errorf("not valid JSON: %v", err)
+		return nil, fmt.Errorf("not valid JSON: %w", err)
 	}
 	c := &Config{Raw: raw, BOS: -1, Pad: -1}
 	json.Unmarshal(b, &c.literal)

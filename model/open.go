@@ -1,7 +1,9 @@
 package model
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 
@@ -43,6 +45,9 @@ type OpenOptions struct {
 
 // Open reads the checkpoint in dir.
 func Open(dir string, o OpenOptions) (*Checkpoint, error) {
+	if err := CheckDir(dir); err != nil {
+		return nil, err
+	}
 	cfg, err := LoadConfig(dir)
 	if err != nil {
 		return nil, err
@@ -60,7 +65,7 @@ func Open(dir string, o OpenOptions) (*Checkpoint, error) {
 	if !o.NoTokenizer {
 		tok, err := tokenizer.Load(tokDir)
 		if err != nil {
-			return nil, err
+			return nil, tokenizerError(tokDir, err)
 		}
 		tokEOS = tok.EOS()
 		if cfg.BOS >= 0 && tok.BOS() < 0 {
@@ -80,6 +85,68 @@ func Open(dir string, o OpenOptions) (*Checkpoint, error) {
 	return c, nil
 }
 
+// DirError is the refusal of a model folder itself: not there, not a
+// folder, no or unusable config.json, tokenizer or weights, or weights that
+// do not match the config. Msg is the whole line: what is wrong and what to
+// do. The command line exits 2 on it (bad input).
+type DirError struct {
+	Dir string
+	Msg string
+	Err error // the cause, if any
+}
+
+func (e *DirError) Error() string { return e.Msg }
+func (e *DirError) Unwrap() error { return e.Err }
+
+const (
+	folderHint = "pass a Hugging Face model folder (config.json and *.safetensors)"
+	folderKind = "a Hugging Face model folder holds config.json and *.safetensors"
+)
+
+// CheckDir refuses, with a *DirError, a dir that is not there, is not a
+// folder or has no config.json.
+func CheckDir(dir string) error {
+	st, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return &DirError{dir, fmt.Sprintf("%s: no such folder: %s", dir, folderHint), err}
+	case err != nil:
+		return &DirError{dir, fmt.Sprintf("cannot open %s: %v: %s", dir, unwrapPath(err), folderHint), err}
+	case !st.IsDir():
+		return &DirError{dir, fmt.Sprintf("%s is a file, not a folder: %s", dir, folderHint), nil}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "config.json")); errors.Is(err, fs.ErrNotExist) {
+		return noConfig(dir, err)
+	}
+	return nil
+}
+
+// noConfig is the refusal of a folder without config.json.
+func noConfig(dir string, err error) error {
+	final := filepath.Join(dir, "final")
+	if st, e := os.Stat(filepath.Join(final, "config.json")); e == nil && st.Mode().IsRegular() {
+		return &DirError{dir, fmt.Sprintf("%s has no config.json: it looks like the --out folder of a dllm convert run; pass %s", dir, final), err}
+	}
+	return &DirError{dir, fmt.Sprintf("%s has no config.json: is it a model folder? (%s)", dir, folderKind), err}
+}
+
+// tokenizerError is tokenizer.Load's failure in a model folder as a
+// *DirError.
+func tokenizerError(dir string, err error) error {
+	if _, e := os.Stat(filepath.Join(dir, "tokenizer.json")); errors.Is(e, fs.ErrNotExist) {
+		return &DirError{dir, fmt.Sprintf("%s has no tokenizer.json: copy the model's tokenizer.json (and tokenizer_config.json) into it", dir), err}
+	}
+	return &DirError{dir, err.Error(), err}
+}
+
+func unwrapPath(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
 // AdapterError is Open's refusal of OpenOptions.Adapter (the folder is not
 // a LoRA adapter dllm can apply); its message is the wrapped error's.
 type AdapterError struct{ Err error }
@@ -95,7 +162,7 @@ func (c *Checkpoint) LoadModel(be kernels.Backend) error {
 	}
 	if HasNonFinite(be, m.Params) {
 		be.Free(m.Params)
-		return fmt.Errorf("the weights of %s hold NaN or infinite values: the checkpoint cannot be used (take an earlier checkpoint, or download or export it again)", c.Dir)
+		return &DirError{c.Dir, fmt.Sprintf("the weights of %s hold NaN or infinite values: the checkpoint cannot be used (take an earlier checkpoint, or download or export it again)", c.Dir), nil}
 	}
 	if c.adapter != nil {
 		if m, err = c.adapter.Merge(m); err != nil {
@@ -103,7 +170,7 @@ func (c *Checkpoint) LoadModel(be kernels.Backend) error {
 		}
 		if HasNonFinite(be, m.Params) {
 			be.Free(m.Params)
-			return fmt.Errorf("the adapter %s holds NaN or infinite values: it cannot be used", c.adapter.Dir)
+			return &AdapterError{fmt.Errorf("the adapter %s holds NaN or infinite values: it cannot be used", c.adapter.Dir)}
 		}
 	}
 	c.Model = m

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/dllm-dev/dllm/kernels"
@@ -220,15 +222,35 @@ func Load(dir string, be kernels.Backend) (*Model, error) {
 // OpenDir reads the config.json of the HF model directory dir and opens
 // its safetensors files; the caller closes r.
 func OpenDir(dir string) (*Config, *safetensors.Reader, error) {
+	if err := CheckDir(dir); err != nil {
+		return nil, nil, err
+	}
 	cfg, err := LoadConfig(dir)
 	if err != nil {
 		return nil, nil, err
 	}
+	if noWeights(dir) {
+		msg := fmt.Sprintf("%s has no weights (*.safetensors): is it a model folder? (%s)", dir, folderKind)
+		if bins, _ := filepath.Glob(filepath.Join(dir, "*.bin")); len(bins) > 0 {
+			msg = fmt.Sprintf("%s has no *.safetensors, only %s: dllm reads safetensors; save the model with safe_serialization=True", dir, filepath.Base(bins[0]))
+		}
+		return nil, nil, &DirError{dir, msg, nil}
+	}
 	r, err := safetensors.Open(dir)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, &DirError{dir, err.Error(), err}
 	}
 	return cfg, r, nil
+}
+
+// noWeights reports whether dir has neither a safetensors index nor a
+// *.safetensors file.
+func noWeights(dir string) bool {
+	if _, err := os.Stat(filepath.Join(dir, safetensors.IndexName)); err == nil {
+		return false
+	}
+	m, _ := filepath.Glob(filepath.Join(dir, "*.safetensors"))
+	return len(m) == 0
 }
 
 // openChecked is OpenDir refusing, in one line, weights that do not match
@@ -241,7 +263,7 @@ func openChecked(dir string) (cfg *Config, r *safetensors.Reader, tiedAs string,
 	for _, p := range problems {
 		if p.Kind != "unexpected" {
 			r.Close()
-			return nil, nil, "", fmt.Errorf("%s does not match its config.json: %s (run 'dllm inspect %s' for the full list)", dir, p, dir)
+			return nil, nil, "", &DirError{dir, fmt.Sprintf("%s does not match its config.json: %s (run 'dllm inspect %s' for the full list)", dir, p, dir), nil}
 		}
 	}
 	return cfg, r, tiedAs, nil

@@ -154,7 +154,8 @@ func TestAdapterChat(t *testing.T) {
 }
 
 // TestAdapterErrors: a folder that is not a usable adapter for the model is
-// refused by every command that takes --adapter, in one line naming it.
+// refused by every command that takes --adapter, in one line naming it,
+// exit 2.
 func TestAdapterErrors(t *testing.T) {
 	_, ad, src := loraTiny(t)
 	data := smallText(t)
@@ -205,8 +206,8 @@ func TestAdapterErrors(t *testing.T) {
 		} {
 			_, _, err := dllm(t, append(args, "--adapter", c.dir, "--threads", "1")...)
 			if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "--adapter") ||
-				strings.Contains(err.Error(), "\n") {
-				t.Errorf("%v --adapter %s: %v; want one line with %q", args, c.dir, err, c.want)
+				strings.Contains(err.Error(), "\n") || exitCode(err) != 2 {
+				t.Errorf("%v --adapter %s: %v (exit %d); want one line with %q, exit 2", args, c.dir, err, exitCode(err), c.want)
 			}
 		}
 	}

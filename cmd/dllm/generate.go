@@ -109,7 +109,7 @@ func runGenerate(cmd *cobra.Command, dir string, g *generateFlags) error {
 		// The hint where --ids mends it: the config was read, the tokenizer not.
 		var ae *model.AdapterError
 		if _, cerr := model.LoadConfig(dir); g.ids == "" && cerr == nil && !errors.As(err, &ae) {
-			return fmt.Errorf("%v (or give the prompt as --ids)", err)
+			return fmt.Errorf("%w (or give the prompt as --ids)", err)
 		}
 		return err
 	}

@@ -214,7 +214,7 @@ func TestGenerateOpenHint(t *testing.T) {
 	// Nor a config that cannot be read: --ids needs it too.
 	badType := t.TempDir()
 	os.WriteFile(filepath.Join(badType, "config.json"), []byte(`{"model_type": "gpt2"}`), 0o644)
-	for dir, want := range map[string]string{filepath.Join(t.TempDir(), "none"): "cannot read model config", badType: `model_type "gpt2" is not supported`} {
+	for dir, want := range map[string]string{filepath.Join(t.TempDir(), "none"): "no such folder", badType: `model_type "gpt2" is not supported`} {
 		if _, _, err := dllm(t, "generate", dir, "--prompt", "hi"); err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "--ids") {
 			t.Errorf("%s: %v; want %q without the --ids hint", dir, err, want)
 		}

@@ -88,11 +88,6 @@ on any inconsistency.`,
 }
 
 func inspect(dir string, listTensors bool) (*inspectReport, error) {
-	if st, err := os.Stat(dir); err != nil {
-		return nil, fmt.Errorf("cannot open %s: %v", dir, unwrapPathError(err))
-	} else if !st.IsDir() {
-		return nil, fmt.Errorf("%s is not a directory: point inspect at a model folder holding config.json and *.safetensors", dir)
-	}
 	cfg, r, err := model.OpenDir(dir)
 	if err != nil {
 		return nil, err

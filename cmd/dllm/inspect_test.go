@@ -248,9 +248,9 @@ func TestInspectBadPath(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, c := range []struct{ path, want string }{
-		{filepath.Join(tmp, "missing"), "no such file or directory"},
-		{file, "is not a directory"},
-		{empty, "cannot read model config"},
+		{filepath.Join(tmp, "missing"), "no such folder"},
+		{file, "is a file, not a folder"},
+		{empty, "has no config.json"},
 	} {
 		out, _, err := dllm(t, "inspect", c.path)
 		if err == nil {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/dllm-dev/dllm/corpus"
 	"github.com/dllm-dev/dllm/diffusion"
+	"github.com/dllm-dev/dllm/model"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -49,13 +50,16 @@ func main() {
 }
 
 // exitCode is an exitError's code (2: bad input), 2 for the bad input that
-// packages report with their own errors, else 1.
+// packages report with their own errors (a model folder or --adapter that
+// cannot be used among them), else 1.
 func exitCode(err error) int {
 	var ee *exitError
 	if errors.As(err, &ee) {
 		return ee.code
 	}
-	if errors.Is(err, corpus.ErrNoChatTemplate) || errors.Is(err, diffusion.ErrNotDiffusion) {
+	var de *model.DirError
+	var ae *model.AdapterError
+	if errors.Is(err, corpus.ErrNoChatTemplate) || errors.Is(err, diffusion.ErrNotDiffusion) || errors.As(err, &de) || errors.As(err, &ae) {
 		return 2
 	}
 	return 1

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
 
 	"github.com/spf13/cobra"
 
@@ -35,11 +34,7 @@ keeps for AR and block-diffusion decoding); generate and eval run the same
 plan before loading the weights.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			path := args[0]
-			if st, err := os.Stat(path); err == nil && st.IsDir() {
-				path = filepath.Join(path, "config.json")
-			}
-			cfg, err := model.LoadConfig(path)
+			cfg, err := model.LoadConfig(args[0])
 			if err != nil {
 				return err
 			}

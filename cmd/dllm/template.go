@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"os"
 
 	"github.com/spf13/cobra"
 
@@ -28,8 +27,8 @@ apply_chat_template(tokenize=False) does, and prints the text and nothing else.`
 			if messages == "" {
 				return &exitError{2, fmt.Errorf("--messages FILE.json is required")}
 			}
-			if _, err := os.Stat(args[0]); err != nil {
-				return fmt.Errorf("cannot open %s: %v", args[0], unwrapPathError(err))
+			if _, err := statTokenizerDir(args[0], "tokenizer_config.json"); err != nil {
+				return err
 			}
 			data, err := regfile.ReadFile(messages)
 			if err != nil {

@@ -3,14 +3,17 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
 
 	"github.com/spf13/cobra"
 
+	"github.com/dllm-dev/dllm/model"
 	"github.com/dllm-dev/dllm/tokenizer"
 )
 
@@ -71,18 +74,37 @@ a JSON array of ids instead and prints their text.`,
 	return cmd
 }
 
-// loadTokenizerDir loads DIR's tokenizer with a user-facing error.
+// loadTokenizerDir loads DIR's tokenizer; a DIR it cannot load from is a
+// *model.DirError (exit 2).
 func loadTokenizerDir(dir string) (*tokenizer.Tokenizer, error) {
-	st, err := os.Stat(dir)
+	st, err := statTokenizerDir(dir, "tokenizer.json")
 	if err != nil {
-		return nil, fmt.Errorf("cannot open %s: %v", dir, unwrapPathError(err))
+		return nil, err
 	}
 	if st.IsDir() {
 		if _, err := os.Stat(filepath.Join(dir, "tokenizer.json")); err != nil {
-			return nil, fmt.Errorf("%s has no tokenizer.json: point tokenize at a model folder or a folder holding tokenizer.json", dir)
+			return nil, &model.DirError{Dir: dir, Msg: fmt.Sprintf("%s has no tokenizer.json: point tokenize at a model folder or a folder holding tokenizer.json", dir), Err: err}
 		}
 	}
-	return tokenizer.Load(dir)
+	tok, err := tokenizer.Load(dir)
+	if err != nil {
+		return nil, &model.DirError{Dir: dir, Msg: err.Error(), Err: err}
+	}
+	return tok, nil
+}
+
+// statTokenizerDir is os.Stat of a model or tokenizer folder (or the file
+// itself) refusing, with a *model.DirError, one that is not there; file
+// names what it should hold.
+func statTokenizerDir(dir, file string) (os.FileInfo, error) {
+	st, err := os.Stat(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, &model.DirError{Dir: dir, Msg: fmt.Sprintf("%s: no such folder: pass a model folder or a folder holding %s", dir, file), Err: err}
+	}
+	if err != nil {
+		return nil, &model.DirError{Dir: dir, Msg: fmt.Sprintf("cannot open %s: %v", dir, unwrapPathError(err)), Err: err}
+	}
+	return st, nil
 }
 
 // parseIDs reads a JSON array of token ids and checks them against size.
