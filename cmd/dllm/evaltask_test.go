@@ -136,7 +136,7 @@ func TestEvalTaskErrors(t *testing.T) {
 		{[]string{"eval", src, "--task", writeFile(t, "bad.jsonl", `{"x": 1}`)}, "--task-format", 2},
 		{[]string{"eval", src, "--task", writeFile(t, "g.jsonl", `{"prompt": "a", "answer": "b"}`), "--extract", "("}, "--extract", 2},
 		{[]string{"eval", src, "--task", writeFile(t, "g2.jsonl", `{"prompt": "a", "answer": "b"}`), "--chat"}, src + " has no chat_template in tokenizer_config.json: pass --chat-template", 2},
-		{[]string{"eval", none, "--task", tk}, "open " + none, 1},
+		{[]string{"eval", none, "--task", tk}, none + ": no such folder", 2},
 		{[]string{"eval", src, "--task", writeFile(t, "g3.jsonl", `{"prompt": "a", "answer": "b"}`), "--gen-len", "300"}, "beyond the model's context of 256", 2},
 		{[]string{"eval", src, "--task", writeFile(t, "g4.jsonl", `{"prompt": "a", "answer": "b"}`), "--temperature", "NaN"}, src + ": --temperature must be a number", 2},
 	} {

@@ -56,7 +56,7 @@ func TestGenerateRefusesBadSettings(t *testing.T) {
 		{[]string{"--alg", "maskgit"}, `unknown --alg "maskgit"`, 2},
 		{[]string{"--threshold", "1"}, "--threshold must be in [0, 1)", 2},
 		{[]string{"--gen-len", "254"}, "beyond the model's context of 256", 2},
-		{[]string{"--ar", "--alg", "maskgit"}, "NaN", 1}, // the weights are loaded
+		{[]string{"--ar", "--alg", "maskgit"}, "NaN", 2}, // the weights are loaded and refused (model.DirError)
 	} {
 		_, _, err := dllm(t, append([]string{"generate", nan, "--ids", "1,5,6", "--threads", "1", "--device", "cpu"}, c.args...)...)
 		if err == nil || !strings.Contains(err.Error(), c.want) || exitCode(err) != c.code {

@@ -260,7 +260,7 @@ func TestServeBadFlags(t *testing.T) {
 		want string
 		code int
 	}{
-		{[]string{"serve", filepath.Join(t.TempDir(), "none")}, "no such file", 1},
+		{[]string{"serve", filepath.Join(t.TempDir(), "none")}, "no such folder", 2},
 		{[]string{"serve", dir, "--device", "cpu"}, "not a diffusion checkpoint", 2},
 	} {
 		_, _, err := dllm(t, c.args...)
