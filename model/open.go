@@ -154,6 +154,11 @@ type AdapterError struct{ Err error }
 func (e *AdapterError) Error() string { return e.Err.Error() }
 func (e *AdapterError) Unwrap() error { return e.Err }
 
+// adapterError is an *AdapterError of fmt.Errorf(format, a...).
+func adapterError(format string, a ...any) error {
+	return &AdapterError{fmt.Errorf(format, a...)}
+}
+
 // LoadModel reads the weights onto be.
 func (c *Checkpoint) LoadModel(be kernels.Backend) error {
 	m, err := Load(c.Dir, be)

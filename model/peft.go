@@ -209,7 +209,7 @@ func intList(l []any) []int {
 func (p *PEFTAdapter) Merge(m *Model) (*Model, error) {
 	r, err := safetensors.Open(filepath.Join(p.Dir, PEFTWeightsBase+".safetensors"))
 	if err != nil {
-		return nil, fmt.Errorf("--adapter %s: %w", p.Dir, err)
+		return nil, adapterError("--adapter %s: %w", p.Dir, err)
 	}
 	defer r.Close()
 	if need := p.vocab(); need > m.Cfg.Vocab {
@@ -229,7 +229,7 @@ func (p *PEFTAdapter) Merge(m *Model) (*Model, error) {
 	for _, full := range names {
 		name, ok := strings.CutPrefix(full, PEFTPrefix)
 		if !ok {
-			return nil, fmt.Errorf("--adapter %s: tensor %q lacks PEFT's %q prefix", p.Dir, full, PEFTPrefix)
+			return nil, adapterError("--adapter %s: tensor %q lacks PEFT's %q prefix", p.Dir, full, PEFTPrefix)
 		}
 		switch {
 		case strings.HasSuffix(name, ".lora_B.weight"):
@@ -252,7 +252,7 @@ func (p *PEFTAdapter) Merge(m *Model) (*Model, error) {
 				return nil, err
 			}
 			if len(vals) != len(p.TrainRows)*H {
-				return nil, fmt.Errorf("--adapter %s: %s holds %d values, trainable_token_indices %v needs %d x %d%s", p.Dir, full, len(vals), p.TrainRows, len(p.TrainRows), H, p.otherBase())
+				return nil, adapterError("--adapter %s: %s holds %d values, trainable_token_indices %v needs %d x %d%s", p.Dir, full, len(vals), p.TrainRows, len(p.TrainRows), H, p.otherBase())
 			}
 			dst, _ := m.Layout.View(m.Params, target)
 			for k, row := range p.TrainRows {
@@ -261,14 +261,14 @@ func (p *PEFTAdapter) Merge(m *Model) (*Model, error) {
 		default:
 			dst, ok := m.Layout.View(m.Params, name)
 			if !ok {
-				return nil, fmt.Errorf("--adapter %s: tensor %q is not part of the base model%s", p.Dir, full, p.otherBase())
+				return nil, adapterError("--adapter %s: tensor %q is not part of the base model%s", p.Dir, full, p.otherBase())
 			}
 			vals, err := r.Float32(full)
 			if err != nil {
 				return nil, err
 			}
 			if len(vals) != dst.N {
-				return nil, fmt.Errorf("--adapter %s: %s has %d values, the base's tensor %d%s", p.Dir, full, len(vals), dst.N, p.otherBase())
+				return nil, adapterError("--adapter %s: %s has %d values, the base's tensor %d%s", p.Dir, full, len(vals), dst.N, p.otherBase())
 			}
 			be.Upload(dst, vals)
 		}
@@ -280,17 +280,17 @@ func (p *PEFTAdapter) Merge(m *Model) (*Model, error) {
 func (p *PEFTAdapter) mergeLinear(m *Model, r *safetensors.Reader, aName, bName, wName string) error {
 	W, ok := m.Layout.View(m.Params, wName)
 	if !ok {
-		return fmt.Errorf("--adapter %s: %s adapts %s, which the base model does not have%s", p.Dir, aName, wName, p.otherBase())
+		return adapterError("--adapter %s: %s adapts %s, which the base model does not have%s", p.Dir, aName, wName, p.otherBase())
 	}
 	ai, ok1 := r.Info(aName)
 	bi, ok2 := r.Info(bName)
 	if !ok2 {
-		return fmt.Errorf("--adapter %s: %s has no %s", p.Dir, aName, bName)
+		return adapterError("--adapter %s: %s has no %s", p.Dir, aName, bName)
 	}
 	spec := m.Layout.Specs[m.Layout.index[wName]]
 	out, in := spec.Shape[0], spec.Shape[1]
 	if !ok1 || len(ai.Shape) != 2 || len(bi.Shape) != 2 || int(ai.Shape[1]) != in || int(bi.Shape[0]) != out || ai.Shape[0] != bi.Shape[1] {
-		return fmt.Errorf("--adapter %s: %s %v and %s %v do not fit %s %v%s", p.Dir, aName, ai.Shape, bName, bi.Shape, wName, spec.Shape, p.otherBase())
+		return adapterError("--adapter %s: %s %v and %s %v do not fit %s %v%s", p.Dir, aName, ai.Shape, bName, bi.Shape, wName, spec.Shape, p.otherBase())
 	}
 	rank := int(ai.Shape[0])
 	av, err := r.Float32(aName)

@@ -212,8 +212,8 @@ func TestAdapterErrors(t *testing.T) {
 		}
 	}
 	_, _, err := dllm(t, "eval", qwen, "--task", tk, "--adapter", ad, "--mode", "ar", "--threads", "1")
-	if err == nil || !strings.Contains(err.Error(), "trained on another model") || strings.Contains(err.Error(), "\n") {
-		t.Errorf("an adapter of another model: %v", err)
+	if err == nil || !strings.Contains(err.Error(), "trained on another model") || strings.Contains(err.Error(), "\n") || exitCode(err) != 2 {
+		t.Errorf("an adapter of another model: %v (exit %d), want exit 2", err, exitCode(err))
 	}
 }
 
