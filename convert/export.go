@@ -248,7 +248,32 @@ func (r *run) modelCard() string {
 	}
 	fmt.Fprintf(&b, "Sample with `dllm generate %s --prompt \"...\"`; measure with `dllm eval %s --data FILE --mode diffusion`.\n",
 		filepath.Join(o.Out, "final"), filepath.Join(o.Out, "final"))
+	transformersUse(&b, r.dllmBlock())
 	return b.String()
+}
+
+// transformersUse tells a transformers user the attention to pass: without
+// an attention_mask transformers applies a causal one, not this model's.
+func transformersUse(b *strings.Builder, info model.DLLMInfo) {
+	b.WriteString("\n## In transformers\n\n")
+	b.WriteString("`AutoModelForCausalLM.from_pretrained(\"final\")` loads it without remote code, but this model's attention is not causal, ")
+	b.WriteString("and without an `attention_mask` transformers applies a causal one. Pass an additive float mask of shape (batch, 1, L, L), ")
+	b.WriteString("0 where query i may see key j and the dtype's minimum elsewhere:\n\n```python\n")
+	b.WriteString("L = input_ids.shape[1]\n")
+	if info.Attention == "block" {
+		fmt.Fprintf(b, "i = torch.arange(L)  # block attention, block size %d: key j visible to query i when j // %d <= i // %d\n", info.BlockSize, info.BlockSize, info.BlockSize)
+		fmt.Fprintf(b, "visible = (i[None, :] // %d) <= (i[:, None] // %d)\n", info.BlockSize, info.BlockSize)
+		b.WriteString("mask = torch.zeros(L, L, dtype=model.dtype).masked_fill(~visible, torch.finfo(model.dtype).min)[None, None]\n")
+	} else {
+		b.WriteString("mask = torch.zeros(1, 1, L, L, dtype=model.dtype)  # bidirectional: every key visible\n")
+	}
+	b.WriteString("logits = model(input_ids=input_ids, attention_mask=mask).logits\n```\n\n")
+	fmt.Fprintf(b, "Positions to predict hold the mask token (id %d). ", info.MaskTokenID)
+	if info.Shift {
+		b.WriteString("The model is shifted (`\"shift\": true`): the logits at position i predict the token at i + 1, as in the AR source.\n")
+	} else {
+		b.WriteString("The logits at position i predict the token at i.\n")
+	}
 }
 
 func firstOf(a, b string) string {

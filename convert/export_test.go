@@ -105,3 +105,24 @@ func TestExportConfigLiterals(t *testing.T) {
 		t.Errorf("export config reads back as %+v, %v", back, err)
 	}
 }
+
+// TestCardTransformersUse: the model card gives a transformers user the
+// attention mask the model was trained for and the shift convention.
+func TestCardTransformersUse(t *testing.T) {
+	var bi, bl strings.Builder
+	transformersUse(&bi, model.DLLMInfo{MaskTokenID: 512, Attention: "bidirectional"})
+	transformersUse(&bl, model.DLLMInfo{MaskTokenID: 7, Attention: "block", BlockSize: 4, Shift: true})
+	for _, want := range []string{"torch.zeros(1, 1, L, L, dtype=model.dtype)", "mask token (id 512)", "position i predict the token at i.", "applies a causal one"} {
+		if !strings.Contains(bi.String(), want) {
+			t.Errorf("bidirectional card lacks %q:\n%s", want, bi.String())
+		}
+	}
+	for _, want := range []string{"(i[None, :] // 4) <= (i[:, None] // 4)", "block size 4", "mask token (id 7)", "predict the token at i + 1"} {
+		if !strings.Contains(bl.String(), want) {
+			t.Errorf("block card lacks %q:\n%s", want, bl.String())
+		}
+	}
+	if strings.Contains(bi.String(), "//") || strings.Contains(bl.String(), "torch.zeros(1, 1, L, L") {
+		t.Errorf("the two cards mix their masks")
+	}
+}
