@@ -43,13 +43,18 @@ type OpenOptions struct {
 	Adapter string
 }
 
-// Open reads the checkpoint in dir.
+// Open reads the checkpoint in dir. A folder without weights is refused
+// (before its tokenizer is read) even when no Backend loads them.
 func Open(dir string, o OpenOptions) (*Checkpoint, error) {
 	if err := CheckDir(dir); err != nil {
 		return nil, err
 	}
 	cfg, err := LoadConfig(dir)
 	if err != nil {
+		return nil, err
+	}
+	// The weights are what a folder must have most; name them missing first.
+	if err := checkWeights(dir); err != nil {
 		return nil, err
 	}
 	c := &Checkpoint{Dir: dir, Cfg: cfg}

@@ -89,8 +89,10 @@ func TestDirError(t *testing.T) {
 		{file, file + " is a file, not a folder: pass a Hugging Face model folder", "LBDO"},
 		{mk("empty", nil), "has no config.json: is it a model folder?", "LBDO"},
 		{mk("notjson", map[string]string{"config.json": "{model"}), "config.json: not valid JSON", "LBDO"},
-		{mk("noweights", map[string]string{"config.json": "config.json", "tokenizer.json": "tokenizer.json"}), "has no weights (*.safetensors): is it a model folder?", "LBD"},
-		{mk("bin", map[string]string{"config.json": "config.json", "tokenizer.json": "tokenizer.json", "pytorch_model.bin": "{}"}), "only pytorch_model.bin: dllm reads safetensors", "LBD"},
+		{mk("noweights", map[string]string{"config.json": "config.json", "tokenizer.json": "tokenizer.json"}), "has no weights (*.safetensors): is it a model folder?", "LBDO"},
+		// The weights are named before the tokenizer.
+		{mk("onlyconfig", map[string]string{"config.json": "config.json"}), "has no weights (*.safetensors): is it a model folder?", "LBDO"},
+		{mk("bin", map[string]string{"config.json": "config.json", "tokenizer.json": "tokenizer.json", "pytorch_model.bin": "{}"}), "only pytorch_model.bin: dllm reads safetensors", "LBDO"},
 		{mk("other", map[string]string{"config.json": string(qwen), "tokenizer.json": "tokenizer.json", "model.safetensors": "model.safetensors"}), "does not match its config.json", "LB"},
 		{mk("notok", map[string]string{"config.json": "config.json", "model.safetensors": "model.safetensors"}), "has no tokenizer.json: copy the model's tokenizer.json", "BO"},
 	} {

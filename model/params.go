@@ -229,18 +229,26 @@ func OpenDir(dir string) (*Config, *safetensors.Reader, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	if noWeights(dir) {
-		msg := fmt.Sprintf("%s has no weights (*.safetensors): is it a model folder? (%s)", dir, folderKind)
-		if bins, _ := filepath.Glob(filepath.Join(dir, "*.bin")); len(bins) > 0 {
-			msg = fmt.Sprintf("%s has no *.safetensors, only %s: dllm reads safetensors; save the model with safe_serialization=True", dir, filepath.Base(bins[0]))
-		}
-		return nil, nil, &DirError{dir, msg, nil}
+	if err := checkWeights(dir); err != nil {
+		return nil, nil, err
 	}
 	r, err := safetensors.Open(dir)
 	if err != nil {
 		return nil, nil, &DirError{dir, err.Error(), err}
 	}
 	return cfg, r, nil
+}
+
+// checkWeights refuses a folder without weights as a DirError.
+func checkWeights(dir string) error {
+	if !noWeights(dir) {
+		return nil
+	}
+	msg := fmt.Sprintf("%s has no weights (*.safetensors): is it a model folder? (%s)", dir, folderKind)
+	if bins, _ := filepath.Glob(filepath.Join(dir, "*.bin")); len(bins) > 0 {
+		msg = fmt.Sprintf("%s has no *.safetensors, only %s: dllm reads safetensors; save the model with safe_serialization=True", dir, filepath.Base(bins[0]))
+	}
+	return &DirError{dir, msg, nil}
 }
 
 // noWeights reports whether dir has neither a safetensors index nor a
