@@ -47,7 +47,7 @@ func checkOut(dir string, force bool) error {
 		return err
 	}
 	if len(ours) > 0 && !force {
-		return fmt.Errorf("%s already holds a run (%s): continue it with --resume, or start over with --force", dir, strings.Join(ours, ", "))
+		return badInput("%s already holds a run (%s): continue it with --resume, or start over with --force", dir, strings.Join(ours, ", "))
 	}
 	other, err := foreignEntries(dir)
 	if err != nil {
@@ -57,7 +57,7 @@ func checkOut(dir string, force bool) error {
 		if len(other) > 3 {
 			other = append(other[:3], "...")
 		}
-		return fmt.Errorf("%s is not empty and holds no dllm run (%s): choose another --out, or pass --force to use it (only a run's own files are ever removed)", dir, strings.Join(other, ", "))
+		return badInput("%s is not empty and holds no dllm run (%s): choose another --out, or pass --force to use it (only a run's own files are ever removed)", dir, strings.Join(other, ", "))
 	}
 	return nil
 }
@@ -111,10 +111,10 @@ func checkpointDir(out string, step int) string {
 func latestCheckpoint(out string) (string, error) {
 	steps, err := checkpoints(out)
 	if err != nil {
-		return "", fmt.Errorf("--resume: cannot read %s: %v", out, err)
+		return "", badInput("--resume: cannot read %s: %v", out, err)
 	}
 	if len(steps) == 0 {
-		return "", fmt.Errorf("--resume: no checkpoint-STEP folder in %s to continue from", out)
+		return "", badInput("--resume: no checkpoint-STEP folder in %s to continue from", out)
 	}
 	return checkpointDir(out, steps[len(steps)-1]), nil
 }
@@ -122,12 +122,12 @@ func latestCheckpoint(out string) (string, error) {
 func readState(dir string) (*trainerState, error) {
 	b, err := regfile.ReadFile(filepath.Join(dir, "trainer_state.json"))
 	if err != nil {
-		return nil, fmt.Errorf("resume: %v", err)
+		return nil, badInput("resume: %v", err)
 	}
 	// Settings added since the checkpoint was written keep their defaults.
 	s := trainerState{Options: Defaults()}
 	if err := json.Unmarshal(b, &s); err != nil {
-		return nil, fmt.Errorf("resume: %s/trainer_state.json is not valid: %v", dir, err)
+		return nil, badInput("resume: %s/trainer_state.json is not valid: %v", dir, err)
 	}
 	return &s, nil
 }

@@ -123,9 +123,30 @@ func Defaults() Options {
 	}
 }
 
+// InputError is a run refused for its inputs: an option out of range or
+// unknown, inconsistent flags, data that is missing or unusable, an output
+// folder that cannot be used, a resume of an incompatible run. The command
+// line exits 2 on it; failures while running are other errors.
+type InputError struct{ Err error }
+
+func (e *InputError) Error() string { return e.Err.Error() }
+func (e *InputError) Unwrap() error { return e.Err }
+
+// badInput is an InputError with a formatted message.
+func badInput(format string, a ...any) error {
+	return &InputError{fmt.Errorf(format, a...)}
+}
+
 // Resolve fills the derived defaults and checks every value, returning the
-// first problem as a message that says what to change.
+// first problem as an InputError whose message says what to change.
 func (o *Options) Resolve() error {
+	if err := o.resolve(); err != nil {
+		return &InputError{err}
+	}
+	return nil
+}
+
+func (o *Options) resolve() error {
 	switch {
 	case o.Source == "":
 		return fmt.Errorf("no source model: give the Hugging Face model directory to convert")

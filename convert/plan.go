@@ -125,7 +125,7 @@ func (r *run) checkFits(cfg *model.Config) error {
 	if noCopies {
 		o.BF16Copies = "off" // auto: the leaner plan, and suggestions without copies
 	}
-	return fmt.Errorf("%s", refusal(cfg, &o, dev, mm, p, avail, source))
+	return badInput("%s", refusal(cfg, &o, dev, mm, p, avail, source))
 }
 
 // refusal says what a run needs, what there is, and what would fit.

@@ -110,7 +110,7 @@ type trainerState struct {
 func Run(ctx context.Context, opt Options, be kernels.Backend, log io.Writer) (*Summary, error) {
 	// A resumed run takes its settings from the checkpoint (prepare).
 	if opt.Resume && opt.Out == "" {
-		return nil, fmt.Errorf("--resume needs --out, the folder of the run to continue")
+		return nil, badInput("--resume needs --out, the folder of the run to continue")
 	}
 	if !opt.Resume {
 		// A source that is no model folder is named before anything else.
@@ -125,10 +125,11 @@ func Run(ctx context.Context, opt Options, be kernels.Backend, log io.Writer) (*
 	}
 	if opt.Source != "" {
 		if err := checkInputsOutside(&opt); err != nil {
-			return nil, err
+			return nil, &InputError{err}
 		}
 	}
 	_, statErr := os.Stat(opt.Out)
+	_, lockErr := os.Stat(filepath.Join(opt.Out, lockName))
 	lock, err := lockOut(opt.Out)
 	if err != nil {
 		return nil, err
@@ -143,9 +144,11 @@ func Run(ctx context.Context, opt Options, be kernels.Backend, log io.Writer) (*
 		return nil, fmt.Errorf("%s: cleaning up after a killed run: %w", opt.Out, err)
 	}
 	if err := r.prepare(); err != nil {
-		if os.IsNotExist(statErr) {
-			// Nothing was written: leave no empty folder behind.
+		// Nothing was written: leave no lock file or empty folder behind.
+		if os.IsNotExist(lockErr) {
 			os.Remove(filepath.Join(opt.Out, lockName))
+		}
+		if os.IsNotExist(statErr) {
 			os.Remove(opt.Out)
 		}
 		return nil, err
@@ -222,19 +225,19 @@ func (r *run) prepare() error {
 			case "resume", "out", "config":
 			default:
 				if !contains(Resumable, name) {
-					return fmt.Errorf("--%s cannot change when resuming: the run's settings are in %s/trainer_state.json (start over with --force instead)", name, d)
+					return badInput("--%s cannot change when resuming: the run's settings are in %s/trainer_state.json (start over with --force instead)", name, d)
 				}
 			}
 		}
 		o.Resume, o.Force, o.Out = true, false, keep.Out
 		if keep.Source != "" && keep.Source != o.Source {
-			return fmt.Errorf("--resume: the run converts %s, not %s", o.Source, keep.Source)
+			return badInput("--resume: the run converts %s, not %s", o.Source, keep.Source)
 		}
 		if err := o.Resolve(); err != nil {
 			return err
 		}
 		if err := checkInputsOutside(o); err != nil {
-			return err
+			return &InputError{err}
 		}
 		r.state = *saved
 	} else if err := checkOut(o.Out, o.Force); err != nil {
@@ -245,7 +248,7 @@ func (r *run) prepare() error {
 	}
 	for _, p := range append(append([]string(nil), o.Data...), o.EvalData...) {
 		if _, err := os.Stat(p); err != nil {
-			return fmt.Errorf("training data %s: %v", p, unwrapPath(err))
+			return badInput("training data %s: %v", p, unwrapPath(err))
 		}
 	}
 
@@ -262,10 +265,10 @@ func (r *run) prepare() error {
 		return err
 	}
 	if tok.EOS() < 0 {
-		return fmt.Errorf("%s: neither the tokenizer nor config.json names an EOS token; documents need one", o.Source)
+		return badInput("%s: neither the tokenizer nor config.json names an EOS token; documents need one", o.Source)
 	}
 	if r.plan, err = src.PlanMask(o.MaskToken); err != nil {
-		return fmt.Errorf("mask token: %w", err)
+		return badInput("mask token: %w", err)
 	}
 	r.summary.MaskToken = r.plan
 
@@ -273,10 +276,10 @@ func (r *run) prepare() error {
 	case o.LoRARank > 0:
 		if resumeDir != "" {
 			if r.state.MaskID != r.plan.ID {
-				return fmt.Errorf("resume: the checkpoint used mask id %d but the source now gives %d", r.state.MaskID, r.plan.ID)
+				return badInput("resume: the checkpoint used mask id %d but the source now gives %d", r.state.MaskID, r.plan.ID)
 			}
 			if fp, err := sourceFingerprint(o.Source); err != nil || fp != r.state.Source {
-				return fmt.Errorf("resume: %s is not the base this LoRA run started from (fingerprint %s, the run's %s): resume with the same source weights", o.Source, fp, r.state.Source)
+				return badInput("resume: %s is not the base this LoRA run started from (fingerprint %s, the run's %s): resume with the same source weights", o.Source, fp, r.state.Source)
 			}
 		}
 		// The frozen base, its matrices in bf16 on a GPU with bf16 matmuls,
@@ -295,7 +298,7 @@ func (r *run) prepare() error {
 			return fmt.Errorf("resume from %s: %w", resumeDir, err)
 		}
 		if r.state.MaskID != r.plan.ID {
-			return fmt.Errorf("resume: the checkpoint used mask id %d but the source now gives %d", r.state.MaskID, r.plan.ID)
+			return badInput("resume: the checkpoint used mask id %d but the source now gives %d", r.state.MaskID, r.plan.ID)
 		}
 		src, err := model.LoadConfig(o.Source)
 		if err == nil {
@@ -312,9 +315,9 @@ func (r *run) prepare() error {
 	}
 	if r.m.HasNonFinite() {
 		if resumeDir != "" {
-			return fmt.Errorf("%s holds NaN or infinite weights: it cannot be resumed; move it out of %s to resume from the checkpoint before it, or start over with --force", resumeDir, o.Out)
+			return badInput("%s holds NaN or infinite weights: it cannot be resumed; move it out of %s to resume from the checkpoint before it, or start over with --force", resumeDir, o.Out)
 		}
-		return fmt.Errorf("the weights of %s hold NaN or infinite values: it cannot be converted (download or export it again)", o.Source)
+		return badInput("the weights of %s hold NaN or infinite values: it cannot be converted (download or export it again)", o.Source)
 	}
 	r.warnings(cfg, tok)
 	if o.LoRARank > 0 && r.plan.Kind == tokenizer.MaskNewRow {
@@ -387,7 +390,7 @@ func (r *run) prepare() error {
 		return err
 	}
 	if r.data.Train.Rows() == 0 {
-		return fmt.Errorf("the training data gives no full row of %d tokens: add data or lower --seq-len", o.SeqLen)
+		return badInput("the training data gives no full row of %d tokens: add data or lower --seq-len", o.SeqLen)
 	}
 
 	r.adam = r.newOptimizer()
@@ -468,7 +471,7 @@ func (r *run) dataNames() []string {
 // sameData refuses to resume on data other than the run's.
 func (r *run) sameData(dir string) error {
 	if saved, now := r.state.DataCache, r.dataNames(); len(saved) > 0 && strings.Join(saved, ",") != strings.Join(now, ",") {
-		return fmt.Errorf("--resume: the data %v changed since the run started (%s/trainer_state.json records other contents): resuming would not continue the same experiment; restore the data, or start over with --force", r.opt.Data, dir)
+		return badInput("--resume: the data %v changed since the run started (%s/trainer_state.json records other contents): resuming would not continue the same experiment; restore the data, or start over with --force", r.opt.Data, dir)
 	}
 	return nil
 }

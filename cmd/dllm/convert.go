@@ -88,7 +88,7 @@ second signal exits at once. --resume continues exactly.`,
 			}
 			if configFile != "" {
 				if err := applyConfigFile(cmd, configFile, map[string]*string{"source": &src}); err != nil {
-					return err
+					return &exitError{2, err}
 				}
 			}
 			if src == "" && !opt.Resume {

@@ -30,5 +30,5 @@ func openBackend(device string, threads int, log io.Writer) (kernels.Backend, er
 		}
 		return cpu.New(threads), nil
 	}
-	return nil, fmt.Errorf("unknown device %q: use auto, cpu or cuda", device)
+	return nil, &exitError{2, fmt.Errorf("unknown device %q: use auto, cpu or cuda", device)}
 }

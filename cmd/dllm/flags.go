@@ -51,7 +51,7 @@ func bindFlags(fs *pflag.FlagSet, opts any, usage map[string]string) {
 func applyConfigFile(cmd *cobra.Command, path string, extra map[string]*string) error {
 	raw, err := regfile.ReadFile(path)
 	if err != nil {
-		return fmt.Errorf("--config: %v", unwrapPathError(err))
+		return fmt.Errorf("--config %s: %v", path, unwrapPathError(err))
 	}
 	var m map[string]any
 	if err := yaml.Unmarshal(raw, &m); err != nil {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/dllm-dev/dllm/convert"
 	"github.com/dllm-dev/dllm/corpus"
 	"github.com/dllm-dev/dllm/diffusion"
 	"github.com/dllm-dev/dllm/model"
@@ -51,7 +52,7 @@ func main() {
 
 // exitCode is an exitError's code (2: bad input), 2 for the bad input that
 // packages report with their own errors (a model folder or --adapter that
-// cannot be used among them), else 1.
+// cannot be used among them, and convert's refusals of its inputs), else 1.
 func exitCode(err error) int {
 	var ee *exitError
 	if errors.As(err, &ee) {
@@ -59,7 +60,8 @@ func exitCode(err error) int {
 	}
 	var de *model.DirError
 	var ae *model.AdapterError
-	if errors.Is(err, corpus.ErrNoChatTemplate) || errors.Is(err, diffusion.ErrNotDiffusion) || errors.As(err, &de) || errors.As(err, &ae) {
+	var ie *convert.InputError
+	if errors.Is(err, corpus.ErrNoChatTemplate) || errors.Is(err, diffusion.ErrNotDiffusion) || errors.As(err, &de) || errors.As(err, &ae) || errors.As(err, &ie) {
 		return 2
 	}
 	return 1
