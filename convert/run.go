@@ -130,6 +130,7 @@ func Run(ctx context.Context, opt Options, be kernels.Backend, log io.Writer) (*
 	}
 	_, statErr := os.Stat(opt.Out)
 	_, lockErr := os.Stat(filepath.Join(opt.Out, lockName))
+	_, cacheErr := os.Stat(filepath.Join(opt.Out, "cache"))
 	lock, err := lockOut(opt.Out)
 	if err != nil {
 		return nil, err
@@ -144,7 +145,11 @@ func Run(ctx context.Context, opt Options, be kernels.Backend, log io.Writer) (*
 		return nil, fmt.Errorf("%s: cleaning up after a killed run: %w", opt.Out, err)
 	}
 	if err := r.prepare(); err != nil {
-		// Nothing was written: leave no lock file or empty folder behind.
+		// Refused: leave no lock file, data cache (of this run alone: the
+		// data was refused after it) or empty folder behind.
+		if os.IsNotExist(cacheErr) {
+			os.RemoveAll(filepath.Join(opt.Out, "cache"))
+		}
 		if os.IsNotExist(lockErr) {
 			os.Remove(filepath.Join(opt.Out, lockName))
 		}
@@ -912,7 +917,7 @@ func (r *run) loadSFT(evalFrac float64) error {
 	o := &r.opt
 	ct, err := tokenizer.LoadChatTemplate(o.Source, o.ChatTemplate)
 	if err != nil {
-		return err
+		return &InputError{err}
 	}
 	r.chat = ct
 	if ct != nil {

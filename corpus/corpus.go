@@ -17,6 +17,19 @@ import (
 	"github.com/dllm-dev/dllm/internal/regfile"
 )
 
+// DataError is data or options refused for what they are (a path that is
+// not there or not a file, text that is not UTF-8, a JSONL row without its
+// field, too little text for one row), not a failure to read or cache them.
+// The command line exits 2 on it (bad input).
+type DataError struct{ Err error }
+
+func (e *DataError) Error() string { return e.Err.Error() }
+func (e *DataError) Unwrap() error { return e.Err }
+
+func dataErrorf(format string, a ...any) error {
+	return &DataError{fmt.Errorf(format, a...)}
+}
+
 // Options says what to read and how to pack it.
 type Options struct {
 	Paths        []string // files and folders of .txt / .jsonl / .json (JSON lines)
@@ -82,16 +95,16 @@ func Load(tok *tokenizer.Tokenizer, opt Options, progress func(done, total int64
 		return nil, fmt.Errorf("corpus: no tokenizer")
 	}
 	if opt.SeqLen < 2 {
-		return nil, fmt.Errorf("corpus: sequence length %d is too short", opt.SeqLen)
+		return nil, dataErrorf("corpus: sequence length %d is too short", opt.SeqLen)
 	}
 	if len(opt.Paths) == 0 {
-		return nil, fmt.Errorf("corpus: no training data given")
+		return nil, dataErrorf("corpus: no training data given")
 	}
 	if opt.EvalFraction < 0 || opt.EvalFraction >= 1 || math.IsNaN(opt.EvalFraction) {
-		return nil, fmt.Errorf("corpus: eval fraction %g is not in [0, 1)", opt.EvalFraction)
+		return nil, dataErrorf("corpus: eval fraction %g is not in [0, 1)", opt.EvalFraction)
 	}
 	if len(opt.EvalPaths) > 0 && opt.EvalFraction > 0 {
-		return nil, fmt.Errorf("corpus: give either eval paths or an eval fraction, not both")
+		return nil, dataErrorf("corpus: give either eval paths or an eval fraction, not both")
 	}
 	if opt.TextField == "" {
 		opt.TextField = "text"
@@ -101,12 +114,12 @@ func Load(tok *tokenizer.Tokenizer, opt Options, progress func(done, total int64
 		opt.Separator = SepBlank
 	case SepBlank, SepLine, SepNone, SepSingleNewline:
 	default:
-		return nil, fmt.Errorf("corpus: unknown document separator %q (want blank, line, none or single-newline)", opt.Separator)
+		return nil, dataErrorf("corpus: unknown document separator %q (want blank, line, none or single-newline)", opt.Separator)
 	}
 	st := Stats{SeqLen: opt.SeqLen, DocumentBOS: tok.AddsBOS() && tok.BOS() >= 0, BOS: tok.BOS(), EOS: tok.EOS()}
 	st.BOSAtRowStart = opt.BOSAtRowStart
 	if st.BOSAtRowStart && tok.BOS() < 0 {
-		return nil, fmt.Errorf("corpus: BOS at row start asked for, but the tokenizer has no BOS token")
+		return nil, dataErrorf("corpus: BOS at row start asked for, but the tokenizer has no BOS token")
 	}
 
 	trainFiles, err := listFiles(opt.Paths)
@@ -132,7 +145,7 @@ func Load(tok *tokenizer.Tokenizer, opt Options, progress func(done, total int64
 		return nil, err
 	}
 	if all.docs() == 0 {
-		return nil, fmt.Errorf("corpus: no documents in %v (%d files, all empty)", opt.Paths, len(trainFiles))
+		return nil, dataErrorf("corpus: no documents in %v (%d files, all empty)", opt.Paths, len(trainFiles))
 	}
 	var train, eval *stream
 	switch {
@@ -142,12 +155,12 @@ func Load(tok *tokenizer.Tokenizer, opt Options, progress func(done, total int64
 			return nil, err
 		}
 		if eval.docs() == 0 {
-			return nil, fmt.Errorf("corpus: no documents in the eval data %v", opt.EvalPaths)
+			return nil, dataErrorf("corpus: no documents in the eval data %v", opt.EvalPaths)
 		}
 	case opt.EvalFraction > 0:
 		n := all.docs()
 		if n < 2 {
-			return nil, fmt.Errorf("corpus: an eval fraction needs at least 2 documents, the corpus has %d", n)
+			return nil, dataErrorf("corpus: an eval fraction needs at least 2 documents, the corpus has %d", n)
 		}
 		k := int(math.Round(opt.EvalFraction * float64(n)))
 		k = min(max(k, 1), n-1)
@@ -164,14 +177,14 @@ func Load(tok *tokenizer.Tokenizer, opt Options, progress func(done, total int64
 	st.TrainDocuments, st.TrainTokens, st.TrainRows = train.docs(), int64(len(train.tokens)), c.Train.rows
 	st.DroppedTokens = int64(len(train.tokens) - c.Train.rows*opt.SeqLen)
 	if c.Train.rows == 0 {
-		return nil, fmt.Errorf("corpus: the training data has %d tokens, fewer than one row of %d", len(train.tokens), opt.SeqLen)
+		return nil, dataErrorf("corpus: the training data has %d tokens, fewer than one row of %d", len(train.tokens), opt.SeqLen)
 	}
 	if eval != nil {
 		c.Eval = newSplit(eval, opt.SeqLen, bos)
 		st.EvalDocuments, st.EvalTokens, st.EvalRows = eval.docs(), int64(len(eval.tokens)), c.Eval.rows
 		st.DroppedTokens += int64(len(eval.tokens) - c.Eval.rows*opt.SeqLen)
 		if c.Eval.rows == 0 {
-			return nil, fmt.Errorf("corpus: the eval split has %d tokens, fewer than one row of %d: give more eval text or a larger eval fraction", len(eval.tokens), opt.SeqLen)
+			return nil, dataErrorf("corpus: the eval split has %d tokens, fewer than one row of %d: give more eval text or a larger eval fraction", len(eval.tokens), opt.SeqLen)
 		}
 	}
 	st.Documents = st.TrainDocuments + st.EvalDocuments

@@ -2,6 +2,7 @@ package corpus
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -422,4 +423,27 @@ func intSlice(a []int32) []int {
 		out[i] = int(v)
 	}
 	return out
+}
+
+// TestDataError: data refused for what it is is a *DataError (exit 2 on the
+// command line), with the message it had.
+func TestDataError(t *testing.T) {
+	tok := charTokenizer(t, false)
+	dir := t.TempDir()
+	noField := filepath.Join(dir, "rows.jsonl")
+	os.WriteFile(noField, []byte(`{"content": "hi"}`+"\n"), 0o644)
+	for _, c := range []struct {
+		paths []string
+		want  string
+	}{
+		{[]string{filepath.Join(dir, "absent.txt")}, "absent.txt: no such file or directory"},
+		{[]string{noField}, `rows.jsonl:1: no "text" field`},
+		{nil, "no training data given"},
+	} {
+		_, err := Load(tok, Options{Paths: c.paths, SeqLen: 8}, nil)
+		var de *DataError
+		if !errors.As(err, &de) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: %v (%T), want a *DataError with %q", c.paths, err, err, c.want)
+		}
+	}
 }

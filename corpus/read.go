@@ -51,13 +51,13 @@ func listFiles(paths []string) ([]inputFile, error) {
 		st, err := os.Stat(p)
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
-				return nil, fmt.Errorf("corpus: %s: no such file or directory", p)
+				return nil, dataErrorf("corpus: %s: no such file or directory", p)
 			}
-			return nil, fmt.Errorf("corpus: %v", err)
+			return nil, dataErrorf("corpus: %v", err)
 		}
 		if !st.IsDir() {
 			if err := regfile.Check(p, st.Mode()); err != nil {
-				return nil, fmt.Errorf("corpus: %v", err)
+				return nil, dataErrorf("corpus: %v", err)
 			}
 			k := fileKind(p)
 			if k == "" {
@@ -103,7 +103,7 @@ func listFiles(paths []string) ([]inputFile, error) {
 			return nil, fmt.Errorf("corpus: %v", err)
 		}
 		if len(found) == 0 {
-			return nil, fmt.Errorf("corpus: no .txt, .jsonl or .json files under %s", p)
+			return nil, dataErrorf("corpus: no .txt, .jsonl or .json files under %s", p)
 		}
 		sort.Slice(found, func(i, j int) bool { return found[i].path < found[j].path })
 		out = append(out, found...)
@@ -120,7 +120,7 @@ func checkUTF8(path string, data []byte) error {
 		r, sz := utf8.DecodeRune(data[i:])
 		if r == utf8.RuneError && sz <= 1 {
 			line := bytes.Count(data[:i], []byte("\n")) + 1
-			return fmt.Errorf("corpus: %s: not UTF-8 at byte offset %d (line %d)", path, i, line)
+			return dataErrorf("corpus: %s: not UTF-8 at byte offset %d (line %d)", path, i, line)
 		}
 		i += sz
 	}
@@ -211,15 +211,15 @@ func jsonlDocuments(path, text, field string) ([]string, error) {
 		}
 		var obj map[string]json.RawMessage
 		if err := json.Unmarshal([]byte(l), &obj); err != nil {
-			return nil, fmt.Errorf("corpus: %s:%d: not a JSON object: %v", path, line, err)
+			return nil, dataErrorf("corpus: %s:%d: not a JSON object: %v", path, line, err)
 		}
 		raw, ok := obj[field]
 		if !ok {
-			return nil, fmt.Errorf("corpus: %s:%d: no %q field (name the text field with the text-field option)", path, line, field)
+			return nil, dataErrorf("corpus: %s:%d: no %q field (name the text field with the text-field option)", path, line, field)
 		}
 		var s string
 		if err := json.Unmarshal(raw, &s); err != nil {
-			return nil, fmt.Errorf("corpus: %s:%d: field %q is not a string", path, line, field)
+			return nil, dataErrorf("corpus: %s:%d: field %q is not a string", path, line, field)
 		}
 		if s != "" {
 			docs = append(docs, s)
@@ -254,7 +254,7 @@ func ReadDocuments(paths []string, separator, field string) ([]string, error) {
 		docs = append(docs, d...)
 	}
 	if len(docs) == 0 {
-		return nil, fmt.Errorf("corpus: %s holds no text", strings.Join(paths, ", "))
+		return nil, dataErrorf("corpus: %s holds no text", strings.Join(paths, ", "))
 	}
 	return docs, nil
 }

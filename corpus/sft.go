@@ -65,23 +65,23 @@ func LoadSFT(tok *tokenizer.Tokenizer, opt SFTOptions) (*Corpus, error) {
 		return nil, fmt.Errorf("corpus: no tokenizer")
 	}
 	if opt.SeqLen < 2 {
-		return nil, fmt.Errorf("corpus: sequence length %d is too short", opt.SeqLen)
+		return nil, dataErrorf("corpus: sequence length %d is too short", opt.SeqLen)
 	}
 	if len(opt.Paths) == 0 {
-		return nil, fmt.Errorf("corpus: no training data given")
+		return nil, dataErrorf("corpus: no training data given")
 	}
 	if opt.EvalFraction < 0 || opt.EvalFraction >= 1 || math.IsNaN(opt.EvalFraction) {
-		return nil, fmt.Errorf("corpus: eval fraction %g is not in [0, 1)", opt.EvalFraction)
+		return nil, dataErrorf("corpus: eval fraction %g is not in [0, 1)", opt.EvalFraction)
 	}
 	switch opt.Pad {
 	case "":
 		opt.Pad = PadEOS
 	case PadEOS, PadNone:
 	default:
-		return nil, fmt.Errorf("corpus: unknown SFT padding %q (want eos or none)", opt.Pad)
+		return nil, dataErrorf("corpus: unknown SFT padding %q (want eos or none)", opt.Pad)
 	}
 	if tok.EOS() < 0 {
-		return nil, fmt.Errorf("corpus: SFT rows end with EOS, but the tokenizer has none")
+		return nil, dataErrorf("corpus: SFT rows end with EOS, but the tokenizer has none")
 	}
 	st := &SFTStats{Pad: opt.Pad}
 	if opt.Template != nil {
@@ -93,7 +93,7 @@ func LoadSFT(tok *tokenizer.Tokenizer, opt SFTOptions) (*Corpus, error) {
 		return nil, err
 	}
 	if len(train) == 0 {
-		return nil, fmt.Errorf("corpus: no SFT rows in %v", opt.Paths)
+		return nil, dataErrorf("corpus: no SFT rows in %v", opt.Paths)
 	}
 	var eval [][]sftExample
 	switch {
@@ -102,12 +102,12 @@ func LoadSFT(tok *tokenizer.Tokenizer, opt SFTOptions) (*Corpus, error) {
 			return nil, err
 		}
 		if len(eval) == 0 {
-			return nil, fmt.Errorf("corpus: no SFT rows in the eval data %v", opt.EvalPaths)
+			return nil, dataErrorf("corpus: no SFT rows in the eval data %v", opt.EvalPaths)
 		}
 	case opt.EvalFraction > 0:
 		n := len(train)
 		if n < 2 {
-			return nil, fmt.Errorf("corpus: an eval fraction needs at least 2 conversations, the data has %d", n)
+			return nil, dataErrorf("corpus: an eval fraction needs at least 2 conversations, the data has %d", n)
 		}
 		k := min(max(int(math.Round(opt.EvalFraction*float64(n))), 1), n-1)
 		train, eval = train[:n-k], train[n-k:]
@@ -115,11 +115,11 @@ func LoadSFT(tok *tokenizer.Tokenizer, opt SFTOptions) (*Corpus, error) {
 	c := &Corpus{}
 	var trainDocs, evalDocs int
 	if c.Train, trainDocs = s.split(train); c.Train.rows == 0 {
-		return nil, fmt.Errorf("corpus: no SFT row of %v keeps a response token within --seq-len %d", opt.Paths, opt.SeqLen)
+		return nil, dataErrorf("corpus: no SFT row of %v keeps a response token within --seq-len %d", opt.Paths, opt.SeqLen)
 	}
 	if eval != nil {
 		if c.Eval, evalDocs = s.split(eval); c.Eval.rows == 0 {
-			return nil, fmt.Errorf("corpus: no held-out SFT row keeps a response token within --seq-len %d", opt.SeqLen)
+			return nil, dataErrorf("corpus: no held-out SFT row keeps a response token within --seq-len %d", opt.SeqLen)
 		}
 	}
 	c.Stats = Stats{
@@ -158,7 +158,7 @@ func (s *sftReader) read(paths []string) ([][]sftExample, error) {
 			}
 		}
 		if f.kind != "jsonl" {
-			return nil, fmt.Errorf("corpus: %s: SFT data is JSONL (.jsonl or .json) with \"messages\" or \"prompt\"+\"completion\" per line", f.path)
+			return nil, dataErrorf("corpus: %s: SFT data is JSONL (.jsonl or .json) with \"messages\" or \"prompt\"+\"completion\" per line", f.path)
 		}
 		data, err := regfile.ReadFile(f.path)
 		if err != nil {
@@ -182,7 +182,7 @@ func (s *sftReader) read(paths []string) ([][]sftExample, error) {
 			}
 			ex, err := s.line(l)
 			if err != nil {
-				return nil, fmt.Errorf("corpus: %s:%d: %w", f.path, line, err)
+				return nil, dataErrorf("corpus: %s:%d: %w", f.path, line, err)
 			}
 			out = append(out, ex)
 			s.stats.Lines++

@@ -35,6 +35,14 @@ func TestConvertBadInput(t *testing.T) {
 	cfgMissing := filepath.Join(tmp, "absent.yaml")
 	cfgUnknown := file("unknown.yaml", "stpes: 3\n")
 	cfgBad := file("bad.yaml", "steps: [1\n")
+	noField := file("nofield.jsonl", `{"content": "a story"}`+"\n")
+	notUTF8 := file("latin1.txt", "caf\xe9 au lait\n")
+	noText := filepath.Dir(file("notext/.hidden.txt", "hidden text"))
+	empty := file("empty.txt", "\n\n")
+	emptyOut := filepath.Join(tmp, "emptyout")
+	if err := os.Mkdir(emptyOut, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	cases := []struct {
 		name string
 		args []string // after SRC; --out is added unless given
@@ -67,6 +75,15 @@ func TestConvertBadInput(t *testing.T) {
 		{"lorarandom", []string{"--data", data, "--lora-rank", "2", "--init", "random"}, "", "drop one of them"},
 		{"loratarget", []string{"--data", data, "--lora-rank", "2", "--lora-targets", "nope_proj"}, "", "nope_proj"},
 		{"routeraux", []string{"--data", data, "--router-aux-coef", "-2"}, "", "--router-aux-coef must be >= 0"},
+		{"nofield", []string{"--data", noField}, "", `no "text" field`},
+		{"notutf8", []string{"--data", notUTF8}, "", "not UTF-8"},
+		{"notext", []string{"--data", noText}, "", "no .txt, .jsonl or .json files under"},
+		{"emptydata", []string{"--data", empty}, "", "no documents in"},
+		{"shortdata", []string{"--data", data, "--seq-len", "4096", "--batch-size", "1", "--eval-fraction", "0"}, "", "fewer than one row of 4096"},
+		{"sfttext", []string{"--data", data, "--sft"}, "", "SFT data is JSONL"},
+		{"sftrow", []string{"--data", noField, "--sft"}, "", `needs "messages" or both "prompt" and "completion"`},
+		{"chattemplatefile", []string{"--data", noField, "--sft", "--chat-template", filepath.Join(tmp, "nope.jinja")}, "", "nope.jinja"},
+		{"emptyout", []string{"--data", empty}, emptyOut, "no documents in"},
 		{"datainsideout", []string{"--data", filepath.Join(tmp, "in/x.txt"), "--out", filepath.Join(tmp, "in")}, "", "is inside the output folder"},
 		{"foreignout", []string{"--data", data}, foreign, "is not empty and holds no dllm run"},
 		{"configmissing", []string{"--data", data, "--config", cfgMissing}, "", "--config " + cfgMissing + ": no such file or directory"},

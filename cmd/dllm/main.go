@@ -52,7 +52,8 @@ func main() {
 
 // exitCode is an exitError's code (2: bad input), 2 for the bad input that
 // packages report with their own errors (a model folder or --adapter that
-// cannot be used among them, and convert's refusals of its inputs), else 1.
+// cannot be used among them, convert's refusals of its inputs and the
+// data corpus refuses), else 1.
 func exitCode(err error) int {
 	var ee *exitError
 	if errors.As(err, &ee) {
@@ -61,7 +62,9 @@ func exitCode(err error) int {
 	var de *model.DirError
 	var ae *model.AdapterError
 	var ie *convert.InputError
-	if errors.Is(err, corpus.ErrNoChatTemplate) || errors.Is(err, diffusion.ErrNotDiffusion) || errors.As(err, &de) || errors.As(err, &ae) || errors.As(err, &ie) {
+	var dae *corpus.DataError
+	if errors.Is(err, corpus.ErrNoChatTemplate) || errors.Is(err, diffusion.ErrNotDiffusion) || errors.As(err, &de) || errors.As(err, &ae) ||
+		errors.As(err, &ie) || errors.As(err, &dae) {
 		return 2
 	}
 	return 1
