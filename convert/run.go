@@ -372,12 +372,6 @@ func (r *run) prepare() error {
 	}
 
 	r.logf("data: reading %v", o.Data)
-	if resumeDir == "" {
-		// Inputs are valid: now the output folder may change.
-		if err := prepareOut(o.Out); err != nil {
-			return err
-		}
-	}
 	evalFrac := o.EvalFraction
 	if len(o.EvalData) > 0 {
 		evalFrac = 0
@@ -396,6 +390,13 @@ func (r *run) prepare() error {
 	}
 	if r.data.Train.Rows() == 0 {
 		return badInput("the training data gives no full row of %d tokens: add data or lower --seq-len", o.SeqLen)
+	}
+	if resumeDir == "" {
+		// The data too is valid: only now may --force remove an earlier run
+		// (prepareOut keeps the data cache just made).
+		if err := prepareOut(o.Out); err != nil {
+			return err
+		}
 	}
 
 	r.adam = r.newOptimizer()

@@ -2,6 +2,7 @@ package convert
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -230,6 +231,29 @@ func TestRefusesToOverwrite(t *testing.T) {
 	_, err := Run(context.Background(), o, cpu.New(2), io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "--force") {
 		t.Fatalf("want a refusal naming --force, got %v", err)
+	}
+	// --force with data that is refused (too short for one row, not UTF-8)
+	// keeps the earlier run: only valid inputs may replace it.
+	before, err := os.ReadFile(filepath.Join(o.Out, "final", "model.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, text := range map[string][]byte{"short.txt": []byte("too short."), "latin1.txt": {'c', 'a', 'f', 0xe9, '\n'}} {
+		bad := o
+		bad.Force, bad.Data = true, []string{filepath.Join(t.TempDir(), name)}
+		if err := os.WriteFile(bad.Data[0], text, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Run(context.Background(), bad, cpu.New(2), io.Discard); err == nil {
+			t.Fatalf("--force with %s: want a refusal", name)
+		}
+		after, err := os.ReadFile(filepath.Join(o.Out, "final", "model.safetensors"))
+		if err != nil || !bytes.Equal(before, after) {
+			t.Fatalf("--force with refused data %s removed or changed the earlier run's final/: %v", name, err)
+		}
+		if _, err := os.Stat(filepath.Join(o.Out, "metrics.jsonl")); err != nil {
+			t.Fatalf("--force with refused data %s: %v", name, err)
+		}
 	}
 	o.Force = true
 	if _, err := Run(context.Background(), o, cpu.New(2), io.Discard); err != nil {
