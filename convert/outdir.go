@@ -146,17 +146,17 @@ func inside(path, dir string) bool {
 }
 
 // checkInputsOutside refuses a source or data path inside the output folder:
-// --force would delete what the run reads.
+// --force would delete what the run reads (an InputError).
 func checkInputsOutside(o *Options) error {
 	if inside(o.Source, o.Out) {
-		return fmt.Errorf("the source model %s is inside the output folder %s: give --out a folder of its own", o.Source, o.Out)
+		return badInput("the source model %s is inside the output folder %s: give --out a folder of its own", o.Source, o.Out)
 	}
 	if inside(o.Out, o.Source) {
-		return fmt.Errorf("the output folder %s is inside the source model %s: give --out a folder of its own", o.Out, o.Source)
+		return badInput("the output folder %s is inside the source model %s: give --out a folder of its own", o.Out, o.Source)
 	}
 	for _, p := range append(append([]string(nil), o.Data...), o.EvalData...) {
 		if inside(p, o.Out) {
-			return fmt.Errorf("the data %s is inside the output folder %s: give --out a folder of its own", p, o.Out)
+			return badInput("the data %s is inside the output folder %s: give --out a folder of its own", p, o.Out)
 		}
 	}
 	return nil

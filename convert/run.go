@@ -125,7 +125,7 @@ func Run(ctx context.Context, opt Options, be kernels.Backend, log io.Writer) (*
 	}
 	if opt.Source != "" {
 		if err := checkInputsOutside(&opt); err != nil {
-			return nil, &InputError{err}
+			return nil, err
 		}
 	}
 	_, statErr := os.Stat(opt.Out)
@@ -242,7 +242,7 @@ func (r *run) prepare() error {
 			return err
 		}
 		if err := checkInputsOutside(o); err != nil {
-			return &InputError{err}
+			return err
 		}
 		r.state = *saved
 	} else if err := checkOut(o.Out, o.Force); err != nil {
