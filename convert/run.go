@@ -388,9 +388,6 @@ func (r *run) prepare() error {
 	if err != nil {
 		return err
 	}
-	if r.data.Train.Rows() == 0 {
-		return badInput("the training data gives no full row of %d tokens: add data or lower --seq-len", o.SeqLen)
-	}
 	if resumeDir == "" {
 		// The data too is valid: only now may --force remove an earlier run
 		// (prepareOut keeps the data cache just made).

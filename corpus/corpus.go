@@ -177,7 +177,7 @@ func Load(tok *tokenizer.Tokenizer, opt Options, progress func(done, total int64
 	st.TrainDocuments, st.TrainTokens, st.TrainRows = train.docs(), int64(len(train.tokens)), c.Train.rows
 	st.DroppedTokens = int64(len(train.tokens) - c.Train.rows*opt.SeqLen)
 	if c.Train.rows == 0 {
-		return nil, dataErrorf("corpus: the training data has %d tokens, fewer than one row of %d", len(train.tokens), opt.SeqLen)
+		return nil, dataErrorf("corpus: the training data has %d tokens, fewer than one row of %d: add data or lower --seq-len", len(train.tokens), opt.SeqLen)
 	}
 	if eval != nil {
 		c.Eval = newSplit(eval, opt.SeqLen, bos)
