@@ -219,20 +219,8 @@ func TestLoRAResume(t *testing.T) {
 	if _, err := Run(context.Background(), part, cpu.New(2), io.Discard); err != nil {
 		t.Fatal(err)
 	}
-	resume := part
-	resume.Steps, resume.Resume, resume.Set = 6, true, []string{"steps"}
-	if _, err := Run(context.Background(), resume, cpu.New(2), io.Discard); err != nil {
-		t.Fatal(err)
-	}
-	a, b := trainLosses(t, full.Out), trainLosses(t, part.Out)
-	if len(a) != 6 || len(b) != 6 {
-		t.Fatalf("%d and %d train records, want 6", len(a), len(b))
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			t.Fatalf("step %d: uninterrupted %+v, resumed %+v", i+1, a[i], b[i])
-		}
-	}
+	resumeTo(t, part, 6)
+	sameTrainLosses(t, full.Out, part.Out, 6)
 	fa, _ := os.ReadFile(filepath.Join(full.Out, "final", "adapter", "adapter_model.safetensors"))
 	fb, _ := os.ReadFile(filepath.Join(part.Out, "final", "adapter", "adapter_model.safetensors"))
 	if len(fa) == 0 || !bytes.Equal(fa, fb) {
@@ -310,18 +298,9 @@ func TestLoRAResumeMoE(t *testing.T) {
 	if _, err := Run(context.Background(), part, cpu.New(2), io.Discard); err != nil {
 		t.Fatal(err)
 	}
-	part.Steps, part.Resume, part.Set = 6, true, []string{"steps"}
-	if _, err := Run(context.Background(), part, cpu.New(2), io.Discard); err != nil {
-		t.Fatal(err)
-	}
-	a, b := trainLosses(t, full.Out), trainLosses(t, part.Out)
-	if len(a) != 6 || len(b) != 6 || a[0] == a[5] {
-		t.Fatalf("train records %v and %v", a, b)
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			t.Fatalf("step %d: uninterrupted %+v, resumed %+v", i+1, a[i], b[i])
-		}
+	resumeTo(t, part, 6)
+	if a := sameTrainLosses(t, full.Out, part.Out, 6); a[0] == a[5] {
+		t.Fatalf("train records %v: the run did not train", a)
 	}
 	fa, _ := os.ReadFile(filepath.Join(full.Out, "final", "adapter", "adapter_model.safetensors"))
 	fb, _ := os.ReadFile(filepath.Join(part.Out, "final", "adapter", "adapter_model.safetensors"))

@@ -79,6 +79,32 @@ func trainLosses(t *testing.T, out string) []metric {
 	return ms
 }
 
+// resumeTo continues the run in o.Out to steps, as --resume --steps does.
+func resumeTo(t *testing.T, o Options, steps int) {
+	t.Helper()
+	o.Steps, o.Resume, o.Set = steps, true, []string{"steps"}
+	if _, err := Run(context.Background(), o, cpu.New(2), io.Discard); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// sameTrainLosses fails unless the uninterrupted run in full and the
+// resumed one in resumed both logged n train records, equal step by step;
+// it returns full's.
+func sameTrainLosses(t *testing.T, full, resumed string, n int) []metric {
+	t.Helper()
+	a, b := trainLosses(t, full), trainLosses(t, resumed)
+	if len(a) != n || len(b) != n {
+		t.Fatalf("%d and %d train records, want %d", len(a), len(b), n)
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			t.Fatalf("step %d: uninterrupted %+v, resumed %+v", i+1, a[i], b[i])
+		}
+	}
+	return a
+}
+
 // TestResumeIsExact: a run stopped after 3 steps and resumed to 6 gives the
 // same loss at every step, bit for bit, as a run of 6 steps (with embedding
 // noise on for the first 4 steps, which must change the losses).
@@ -102,19 +128,8 @@ func TestResumeIsExact(t *testing.T) {
 	if _, err := Run(context.Background(), part, cpu.New(2), io.Discard); err != nil {
 		t.Fatal(err)
 	}
-	part.Steps, part.Resume, part.Set = 6, true, []string{"steps"}
-	if _, err := Run(context.Background(), part, cpu.New(2), io.Discard); err != nil {
-		t.Fatal(err)
-	}
-	a, b := trainLosses(t, full.Out), trainLosses(t, part.Out)
-	if len(a) != 6 || len(b) != 6 {
-		t.Fatalf("%d and %d train records, want 6", len(a), len(b))
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			t.Fatalf("step %d: uninterrupted %+v, resumed %+v", i+1, a[i], b[i])
-		}
-	}
+	resumeTo(t, part, 6)
+	sameTrainLosses(t, full.Out, part.Out, 6)
 }
 
 // TestInterruptSavesCheckpoint: a cancelled context stops the run with a
@@ -313,15 +328,7 @@ func TestBlockSchedule(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, c := trainLosses(t, full.Out), trainLosses(t, part.Out)
-	if len(a) != 8 || len(c) != 8 {
-		t.Fatalf("%d and %d steps, want 8", len(a), len(c))
-	}
-	for i := range a {
-		if a[i] != c[i] {
-			t.Fatalf("step %d: uninterrupted %+v, resumed %+v", i+1, a[i], c[i])
-		}
-	}
+	sameTrainLosses(t, full.Out, part.Out, 8)
 	cfg, err := model.LoadConfig(sum.Export)
 	if err != nil {
 		t.Fatal(err)
