@@ -299,7 +299,7 @@ func TestLoRAResumeMoE(t *testing.T) {
 		t.Fatal(err)
 	}
 	resumeTo(t, part, 6)
-	if a := sameTrainLosses(t, full.Out, part.Out, 6); a[0] == a[5] {
+	if a := sameTrainLosses(t, full.Out, part.Out, 6); a[0].Loss == a[5].Loss {
 		t.Fatalf("train records %v: the run did not train", a)
 	}
 	fa, _ := os.ReadFile(filepath.Join(full.Out, "final", "adapter", "adapter_model.safetensors"))
