@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -106,10 +105,11 @@ func runGenerate(cmd *cobra.Command, dir string, g *generateFlags) error {
 	}
 	ck, err := model.Open(dir, model.OpenOptions{NoTokenizer: g.ids != "", Adapter: g.adapter})
 	if err != nil {
-		// The hint where --ids mends it: the config was read, the tokenizer not.
-		var ae *model.AdapterError
-		if _, cerr := model.LoadConfig(dir); g.ids == "" && cerr == nil && !errors.As(err, &ae) {
-			return fmt.Errorf("%w (or give the prompt as --ids)", err)
+		// The hint where --ids mends it: all but the tokenizer opens.
+		if g.ids == "" {
+			if _, e := model.Open(dir, model.OpenOptions{NoTokenizer: true, Adapter: g.adapter}); e == nil {
+				return fmt.Errorf("%w (or give the prompt as --ids)", err)
+			}
 		}
 		return err
 	}

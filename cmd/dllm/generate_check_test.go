@@ -192,21 +192,31 @@ func TestMemoryPlanRefusal(t *testing.T) {
 	}
 }
 
-// TestGenerateOpenHint: a folder generate cannot open gets the hint that
-// --ids needs no tokenizer; an --adapter refusal and a config that cannot
-// be read, which --ids does not mend, do not.
+// TestGenerateOpenHint: a folder generate cannot open for its tokenizer
+// gets the hint that --ids needs no tokenizer; missing weights, an --adapter
+// refusal and a config that cannot be read, which --ids does not mend, do
+// not.
 func TestGenerateOpenHint(t *testing.T) {
 	src := filepath.Join(moduleRoot(t), "testdata/tiny/llama")
-	noTok := t.TempDir()
-	b, err := os.ReadFile(filepath.Join(src, "config.json"))
-	if err != nil {
-		t.Fatal(err)
+	noTok, noWeights := t.TempDir(), t.TempDir()
+	for _, f := range []string{"config.json", "model.safetensors"} {
+		b, err := os.ReadFile(filepath.Join(src, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(noTok, f), b, 0o644)
+		if f == "config.json" {
+			os.WriteFile(filepath.Join(noWeights, f), b, 0o644)
+		}
 	}
-	os.WriteFile(filepath.Join(noTok, "config.json"), b, 0o644)
 	const hint = "(or give the prompt as --ids)"
-	if _, _, err := dllm(t, "generate", noTok, "--prompt", "hi"); err == nil || !strings.HasSuffix(err.Error(), hint) {
+	if _, _, err := dllm(t, "generate", noTok, "--prompt", "hi"); err == nil || !strings.Contains(err.Error(), "has no tokenizer.json") || !strings.HasSuffix(err.Error(), hint) {
 		t.Errorf("no tokenizer.json: %v; want the %q hint", err, hint)
 	}
+	if _, _, err := dllm(t, "generate", noWeights, "--prompt", "hi"); err == nil || !strings.Contains(err.Error(), "has no weights") || strings.Contains(err.Error(), "--ids") {
+		t.Errorf("no weights: %v; want the refusal without the --ids hint", err)
+	}
+	var err error
 	_, _, err = dllm(t, "generate", src, "--prompt", "hi", "--adapter", t.TempDir())
 	if err == nil || !strings.HasPrefix(err.Error(), "--adapter ") || strings.Contains(err.Error(), "--ids") {
 		t.Errorf("a folder that is no adapter: %v; want the --adapter refusal without the --ids hint", err)
