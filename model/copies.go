@@ -60,27 +60,26 @@ func (m *Model) enableCopies() {
 			l.W16 = at[LayerPrefix(i)+l.Name+".weight"]
 		}
 	}
-	m.copyRuns = copyRuns(m.Layout, ins, offs)
+	m.copyRuns = copyRuns(m.Layout, ins, offs, m.copies)
 	m.ParamsWritten()
 }
 
-// A copyRun is one cast of ParamsWritten: n values from Params at src to
-// the copies at dst, tensors that follow one another in both (the padding
-// between them cast too, read by nobody).
-type copyRun struct{ dst, src, n int }
-
 // copyRuns groups the copied tensors, layout tensors ins placed at offs in
-// the copies, into runs of neighbours in the layout that keep their
-// distances in the copies.
-func copyRuns(l *Layout, ins, offs []int) []copyRun {
-	var runs []copyRun
+// copies, into runs of neighbours in the layout that keep their distances
+// in the copies: one cast each for ParamsWritten (the padding between them
+// cast too, read by nobody).
+func copyRuns(l *Layout, ins, offs []int, copies kernels.Buf) []BF16Run {
+	var runs []BF16Run
+	var dst int // the last run's offset in copies
 	for j, i := range ins {
 		src, n := l.Offsets[i], l.Specs[i].Elements()
-		if k := len(runs) - 1; k >= 0 && ins[j-1] == i-1 && offs[j]-runs[k].dst == src-runs[k].src {
-			runs[k].n = offs[j] + n - runs[k].dst
+		if k := len(runs) - 1; k >= 0 && ins[j-1] == i-1 && offs[j]-dst == src-runs[k].Src {
+			runs[k].N = offs[j] + n - dst
+			runs[k].Copy = copies.Slice(dst, runs[k].N)
 			continue
 		}
-		runs = append(runs, copyRun{offs[j], src, n})
+		dst = offs[j]
+		runs = append(runs, BF16Run{src, n, copies.Slice(dst, n)})
 	}
 	return runs
 }
@@ -115,7 +114,7 @@ func (m *Model) SetBF16Copies(on bool) {
 // without copies). Call it after anything writes m.Params.
 func (m *Model) ParamsWritten() {
 	for _, r := range m.copyRuns {
-		m.BE.Copy(m.copies.Slice(r.dst, r.n), m.Params.Slice(r.src, r.n))
+		m.BE.Copy(r.Copy, m.Params.Slice(r.Src, r.N))
 	}
 }
 
@@ -127,15 +126,10 @@ type BF16Run struct {
 }
 
 // BF16Runs are the runs ParamsWritten casts, in the order of Params (none
-// without copies). An update that writes every run itself, rounded as
-// Copy rounds (kernels.AdamWBF16), need not call ParamsWritten.
-func (m *Model) BF16Runs() []BF16Run {
-	var runs []BF16Run
-	for _, r := range m.copyRuns {
-		runs = append(runs, BF16Run{r.src, r.n, m.copies.Slice(r.dst, r.n)})
-	}
-	return runs
-}
+// without copies; the model's own slice, made once: not to be changed). An
+// update that writes every run itself, rounded as Copy rounds
+// (kernels.AdamWBF16), need not call ParamsWritten.
+func (m *Model) BF16Runs() []BF16Run { return m.copyRuns }
 
 // BF16Copies is the number of values held in bf16 copies.
 func (m *Model) BF16Copies() int { return m.copies.N }

@@ -106,7 +106,7 @@ type Model struct {
 	// products read (copyTensors), made from Params by ParamsWritten, one
 	// cast per run of tensors that follow one another in both.
 	copies   kernels.Buf
-	copyRuns []copyRun
+	copyRuns []BF16Run
 	noCopies bool // SetBF16Copies(false)
 
 	// With Half: tensor i sits at place[i] in Params, or at ^place[i] in Half.
