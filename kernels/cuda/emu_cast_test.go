@@ -18,28 +18,6 @@ type perProduct struct{ *Backend }
 
 func (perProduct) CastBF16(kernels.Buf) (kernels.Buf, bool) { return kernels.Buf{}, false }
 
-// newCastCounted is newEmuBackend counting the bf16 casts it launches.
-func newCastCounted(t *testing.T, matmul string) (*Backend, *castCounter) {
-	t.Helper()
-	path := buildEmu(t)
-	fp32, err := parseMatmul(matmul)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := &castCounter{}
-	be, err := newBackend(fp32, func() (driver, error) {
-		var err error
-		d.driver, err = openEmu(path)
-		return d, err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { be.Close() })
-	be.headChunk = 1 << 14
-	return be, d
-}
-
 // stepBits are the losses, each step's gradients and the final weights of a
 // run, compared bit for bit.
 type stepBits struct {

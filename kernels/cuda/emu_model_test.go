@@ -185,6 +185,16 @@ func (d *castCounter) launch(k kernel, grid, block dim3, p *params) error {
 	return d.driver.launch(k, grid, block, p)
 }
 
+// newCastCounted is newEmuBackend counting the bf16 casts it launches.
+func newCastCounted(t *testing.T, matmul string) (*Backend, *castCounter) {
+	d := &castCounter{}
+	be := newEmuWrapped(t, matmul, func(drv driver) driver {
+		d.driver = drv
+		return d
+	})
+	return be, d
+}
+
 // TestEmulatorAdamWBF16: AdamW writing the bf16 copies (adamw_bf16, one
 // launch per run of copied tensors, no cast pass after it) equals adamw
 // followed by cast_f32_bf16 bit for bit: the losses of training steps
@@ -195,7 +205,6 @@ func TestEmulatorAdamWBF16(t *testing.T) {
 	if testing.Short() {
 		t.Skip("slow: the emulator runs one fiber per CUDA thread")
 	}
-	path := buildEmu(t)
 	for _, arch := range []string{"llama", "qwen2", "qwen3", "qwen3_moe"} {
 		t.Run(arch, func(t *testing.T) {
 			dir := float32Copy(t, "../../testdata/tiny/"+arch)
@@ -206,16 +215,7 @@ func TestEmulatorAdamWBF16(t *testing.T) {
 				runs            int
 			}
 			run := func(twoPass bool) result {
-				d := &castCounter{}
-				be, err := newBackend(false, func() (driver, error) {
-					var err error
-					d.driver, err = openEmu(path)
-					return d, err
-				})
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer be.Close()
+				be, d := newCastCounted(t, "bf16")
 				be.adamwTwoPass = twoPass
 				m, err := model.Load(dir, be)
 				if err != nil {
@@ -303,19 +303,9 @@ func TestEmulatorAdamWBF16(t *testing.T) {
 // per run of copied tensors that are neighbours in the layout (fewer casts
 // than tensors), and every linear's copy is then its weight rounded to bf16.
 func TestEmulatorCopyRuns(t *testing.T) {
-	path := buildEmu(t)
 	for _, arch := range []string{"llama", "qwen2", "qwen3", "qwen2_moe"} {
 		t.Run(arch, func(t *testing.T) {
-			d := &castCounter{}
-			be, err := newBackend(false, func() (driver, error) {
-				var err error
-				d.driver, err = openEmu(path)
-				return d, err
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer be.Close()
+			be, d := newCastCounted(t, "bf16")
 			m, err := model.Load(float32Copy(t, "../../testdata/tiny/"+arch), be)
 			if err != nil {
 				t.Fatal(err)

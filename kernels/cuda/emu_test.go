@@ -157,12 +157,24 @@ func (d *emuDriver) elapsed() (float32, error) { return 0, nil }
 func (d *emuDriver) close() error              { return nil }
 
 func newEmuBackend(t testing.TB, matmul string) *Backend {
+	return newEmuWrapped(t, matmul, nil)
+}
+
+// newEmuWrapped is newEmuBackend on the emulator's driver as wrap (nil:
+// none) wraps it.
+func newEmuWrapped(t testing.TB, matmul string, wrap func(driver) driver) *Backend {
 	path := buildEmu(t)
 	fp32, err := parseMatmul(matmul)
 	if err != nil {
 		t.Fatal(err)
 	}
-	be, err := newBackend(fp32, func() (driver, error) { return openEmu(path) })
+	be, err := newBackend(fp32, func() (driver, error) {
+		d, err := openEmu(path)
+		if err != nil || wrap == nil {
+			return d, err
+		}
+		return wrap(d), nil
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
