@@ -148,30 +148,9 @@ func TestEmulatorSharedCastsLoRA(t *testing.T) {
 			t.Fatal(err)
 		}
 		m.SetAdapter(ad)
-		const B, L = 2, 16
-		a := m.NewActivationsWith(B, L, model.ActOptions{Training: true, Recompute: true})
-		mom, vel := dev.Alloc(ad.Params.N), dev.Alloc(ad.Params.N)
-		dev.Zero(mom)
-		dev.Zero(vel)
-		vis := kernels.Visibility{Mode: kernels.Annealed, Ratio: 0.5, Seed: 9}
 		var r stepBits
 		before := d.casts.Load()
-		for step := 1; step <= 3; step++ {
-			rows := a.ScoreRows(B * L / 2)
-			for i := 0; i < B*L; i++ {
-				a.IDs[i] = int32((i*37 + 11*step) % m.Cfg.Vocab)
-			}
-			for k := range rows {
-				rows[k], a.Targets[k], a.Weights[k] = int32(2*k), int32((k*53+5*step)%m.Cfg.Vocab), 1
-			}
-			a.Upload(dev)
-			dev.Zero(ad.Grads)
-			loss, g := lossAndGrads(t, m, a, vis, len(rows), ad.Grads)
-			r.losses, r.grads = append(r.losses, loss), append(r.grads, g)
-			bc1, bc2 := 1-math.Pow(0.9, float64(step)), 1-math.Pow(0.999, float64(step))
-			dev.AdamWStep(ad.Params, ad.Grads, mom, vel, ad.Params.N, kernels.AdamW{LR: 0.02, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8,
-				WeightDecay: 0.01, BC1: float32(bc1), BC2: float32(bc2), GradScale: 1})
-		}
+		r.losses, r.grads = loraSteps(t, dev, m, ad, -1)
 		r.casts = d.casts.Load() - before
 		r.weights = make([]float32, ad.Params.N)
 		dev.Download(r.weights, ad.Params)

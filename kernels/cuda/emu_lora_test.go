@@ -144,33 +144,8 @@ func TestEmulatorLoRABF16Base(t *testing.T) {
 					t.Fatal(err)
 				}
 				m.SetAdapter(ad)
-				const B, L = 2, 16
-				a := m.NewActivationsWith(B, L, model.ActOptions{Training: true, Recompute: true})
-				mom, vel := be.Alloc(ad.Params.N), be.Alloc(ad.Params.N)
-				be.Zero(mom)
-				be.Zero(vel)
 				var res result
-				vis := kernels.Visibility{Mode: kernels.Annealed, Ratio: 0.5, Seed: 9}
-				for step := 1; step <= 3; step++ {
-					rows := a.ScoreRows(B * L / 2)
-					for i := 0; i < B*L; i++ {
-						a.IDs[i] = int32((i*37 + 11*step) % m.Cfg.Vocab)
-						if i%4 == 1 {
-							a.IDs[i] = int32(row)
-						}
-					}
-					for k := range rows {
-						rows[k], a.Targets[k], a.Weights[k] = int32(2*k), int32((k*53+5*step)%m.Cfg.Vocab), 1
-					}
-					a.Upload(be)
-					be.Zero(ad.Grads)
-					loss, g := lossAndGrads(t, m, a, vis, len(rows), ad.Grads)
-					res.losses, res.grads = append(res.losses, loss), append(res.grads, g)
-					bc1, bc2 := 1-math.Pow(0.9, float64(step)), 1-math.Pow(0.999, float64(step))
-					be.AdamWStep(ad.Params, ad.Grads, mom, vel, ad.Params.N, kernels.AdamW{LR: 0.02, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8,
-						WeightDecay: 0.01, BC1: float32(bc1), BC2: float32(bc2), GradScale: 1})
-					ad.CopyInto(m)
-				}
+				res.losses, res.grads = loraSteps(t, be, m, ad, row)
 				res.inUse = be.MemStats().InUse
 				if frozen {
 					q := m.Layers[0].Attn.Q.W
@@ -379,6 +354,40 @@ func TestEmulatorLoRAConvert(t *testing.T) {
 	if adapted == 0 || frozen == 0 {
 		t.Errorf("%d adapted and %d frozen tensors checked", adapted, frozen)
 	}
+}
+
+// loraSteps trains the adapter ad of m for three AdamW steps on fixed
+// B2 x L16 batches with recompute, every fourth id the row given (none
+// when row < 0), and returns each step's loss and adapter gradients.
+func loraSteps(t *testing.T, be *Backend, m *model.Model, ad *model.LoRA, row int) (losses []float64, grads [][]float32) {
+	t.Helper()
+	const B, L = 2, 16
+	a := m.NewActivationsWith(B, L, model.ActOptions{Training: true, Recompute: true})
+	mom, vel := be.Alloc(ad.Params.N), be.Alloc(ad.Params.N)
+	be.Zero(mom)
+	be.Zero(vel)
+	vis := kernels.Visibility{Mode: kernels.Annealed, Ratio: 0.5, Seed: 9}
+	for step := 1; step <= 3; step++ {
+		rows := a.ScoreRows(B * L / 2)
+		for i := 0; i < B*L; i++ {
+			a.IDs[i] = int32((i*37 + 11*step) % m.Cfg.Vocab)
+			if row >= 0 && i%4 == 1 {
+				a.IDs[i] = int32(row)
+			}
+		}
+		for k := range rows {
+			rows[k], a.Targets[k], a.Weights[k] = int32(2*k), int32((k*53+5*step)%m.Cfg.Vocab), 1
+		}
+		a.Upload(be)
+		be.Zero(ad.Grads)
+		loss, g := lossAndGrads(t, m, a, vis, len(rows), ad.Grads)
+		losses, grads = append(losses, loss), append(grads, g)
+		bc1, bc2 := 1-math.Pow(0.9, float64(step)), 1-math.Pow(0.999, float64(step))
+		be.AdamWStep(ad.Params, ad.Grads, mom, vel, ad.Params.N, kernels.AdamW{LR: 0.02, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8,
+			WeightDecay: 0.01, BC1: float32(bc1), BC2: float32(bc2), GradScale: 1})
+		ad.CopyInto(m)
+	}
+	return losses, grads
 }
 
 // lossAndGrads runs a's forward, its loss over n rows and the backward,
