@@ -53,7 +53,9 @@ func sameBits(t *testing.T, what string, ref, got stepBits) {
 // (biases), qwen3 (QK norm, tied head), qwen2_moe (router and shared
 // expert gate, experts) and qwen3_moe, with the bf16 weight copies (and,
 // on llama, without), with and without recompute, with fewer casts
-// launched; with fp32 matmuls it launches no cast at all.
+// launched and no device allocation after the second step (casting per
+// product, the head's gradient scratch follows the step's scored rows and
+// may grow); with fp32 matmuls it launches no cast at all.
 func TestEmulatorSharedCasts(t *testing.T) {
 	if testing.Short() {
 		t.Skip("slow: the emulator runs one fiber per CUDA thread")
@@ -79,6 +81,7 @@ func TestEmulatorSharedCasts(t *testing.T) {
 				rng := rand.New(rand.NewPCG(5, 6))
 				var r stepBits
 				before := d.casts.Load()
+				var allocs int
 				for step := 1; step <= 3; step++ {
 					l, err := st.Step(convert.RandomStepBatch(rng, B, L, m.Cfg.Vocab, 6), vis, step)
 					if err != nil {
@@ -87,6 +90,11 @@ func TestEmulatorSharedCasts(t *testing.T) {
 					g := make([]float32, m.Grads.N)
 					dev.Download(g, m.Grads)
 					r.losses, r.grads = append(r.losses, l), append(r.grads, g)
+					if a := dev.MemStats().Allocs; step == 2 {
+						allocs = a
+					} else if step == 3 && shared && a != allocs {
+						t.Errorf("%s, recompute %v, copies %v: step 3 made %d device allocations (the shared casts' buffers are the pool's)", matmul, recompute, copies, a-allocs)
+					}
 				}
 				r.casts = d.casts.Load() - before
 				r.weights = make([]float32, m.Params.N)
